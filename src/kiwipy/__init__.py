@@ -1,0 +1,98 @@
+# kiwipy: robust messaging for scientific workflows. Tasks (durable, acknowledged when done,
+# results back as futures), RPC and broadcasts behind one Communicator interface, over an
+# in-process transport or RabbitMQ. A drop-in replacement for kiwipy 0.9's public API.
+"""Robust messaging (tasks, RPC, broadcasts) for scientific workflows."""
+
+from __future__ import annotations
+
+import logging
+
+from . import communications, encoders, exceptions, filters, futures, local, utils
+from .communications import (
+    AsyncCommunicator,
+    BroadcastSubscriber,
+    Communicator,
+    CommunicatorHelper,
+    RpcSubscriber,
+    TaskSubscriber,
+    connect,
+)
+from .exceptions import (
+    CommunicatorClosed,
+    ConnectionLost,
+    DecodeError,
+    DeliveryFailed,
+    DuplicateSubscriberIdentifier,
+    EncodeError,
+    EncodingError,
+    InvalidStateError,
+    KiwiError,
+    MessageTooLarge,
+    PublishNacked,
+    QueueEmpty,
+    RemoteException,
+    ReplyLost,
+    TaskRejected,
+    TimeoutError,
+    UnroutableError,
+)
+from .filters import BroadcastFilter
+from .futures import (
+    CancelledError,
+    Future,
+    as_completed,
+    capture_exceptions,
+    chain,
+    copy_future,
+    wait,
+)
+from .local import LocalCommunicator
+from .utils import EventHelper
+
+__version__ = "1.0.0.dev0"
+
+__all__ = (
+    "AsyncCommunicator",
+    "BroadcastFilter",
+    "BroadcastSubscriber",
+    "CancelledError",
+    "Communicator",
+    "CommunicatorClosed",
+    "CommunicatorHelper",
+    "ConnectionLost",
+    "DecodeError",
+    "DeliveryFailed",
+    "DuplicateSubscriberIdentifier",
+    "EncodeError",
+    "EncodingError",
+    "EventHelper",
+    "Future",
+    "InvalidStateError",
+    "KiwiError",
+    "LocalCommunicator",
+    "MessageTooLarge",
+    "PublishNacked",
+    "QueueEmpty",
+    "RemoteException",
+    "ReplyLost",
+    "RpcSubscriber",
+    "TaskRejected",
+    "TaskSubscriber",
+    "TimeoutError",
+    "UnroutableError",
+    "as_completed",
+    "capture_exceptions",
+    "chain",
+    "communications",
+    "connect",
+    "copy_future",
+    "encoders",
+    "exceptions",
+    "filters",
+    "futures",
+    "local",
+    "utils",
+    "wait",
+)
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,211 @@
+"""Encoders: how message bodies become bytes and back.
+
+An :class:`Encoder` has a ``name``, a ``content_type`` and a pair ``encode``/``decode``. Any
+failure is raised as :class:`~kiwipy.exceptions.EncodeError` or
+:class:`~kiwipy.exceptions.DecodeError` naming the encoder, so a consumer can reject the one
+bad message and carry on.
+
+The default is :data:`YAML`, byte-for-byte the kiwipy 0.9 wire format: ``yaml.dump`` with the
+default :class:`yaml.Dumper` and ``yaml.load`` with :class:`yaml.FullLoader`. It is kept as the
+default for compatibility only (kiwipy 0.9 peers and clients such as plumpy register
+representers on ``yaml.Dumper`` and constructors for ``FullLoader``); new deployments that do
+not need to talk to kiwipy 0.9 should prefer :data:`JSON` or :data:`MSGPACK`, which cannot
+construct arbitrary objects.
+
+Communicators also accept kiwipy 0.9's ``encoder=``/``decoder=`` pair of plain callables;
+:func:`resolve` turns either form into an :class:`Encoder`.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from typing import Any, Callable, Optional
+
+import yaml
+
+from .exceptions import DecodeError, EncodeError
+
+__all__ = (
+    "JSON",
+    "MSGPACK",
+    "YAML",
+    "CallableEncoder",
+    "Encoder",
+    "JsonEncoder",
+    "MsgpackEncoder",
+    "YamlEncoder",
+    "get_encoder",
+    "resolve",
+)
+
+EncodeFn = Callable[[Any], bytes]
+DecodeFn = Callable[[bytes], Any]
+
+
+class Encoder(abc.ABC):
+    """Turns message bodies into bytes and back.
+
+    Subclasses implement :meth:`_encode` and :meth:`_decode`; the public methods wrap every
+    failure into the typed errors.
+    """
+
+    #: Short name used in error messages and on the command line.
+    name: str = "custom"
+    #: AMQP ``content_type`` set on messages, or ``None`` to set none (the YAML default does
+    #: not set one, as kiwipy 0.9 did not).
+    content_type: Optional[str] = None
+
+    def encode(self, obj: Any) -> bytes:
+        """:returns: *obj* as bytes. :raises EncodeError: if *obj* cannot be encoded."""
+        try:
+            data = self._encode(obj)
+        except EncodeError:
+            raise
+        except Exception as exc:
+            raise EncodeError(
+                f"cannot encode {type(obj).__name__}: {exc}", encoder=self.name
+            ) from exc
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise EncodeError(
+                f"encoder returned {type(data).__name__}, not bytes", encoder=self.name
+            )
+        return bytes(data)
+
+    def decode(self, data: bytes) -> Any:
+        """:returns: the object *data* encodes. :raises DecodeError: if it cannot be decoded."""
+        try:
+            return self._decode(data)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            preview = bytes(data[:40])
+            raise DecodeError(
+                f"cannot decode {len(data)} bytes ({preview!r}...): {exc}", encoder=self.name
+            ) from exc
+
+    @abc.abstractmethod
+    def _encode(self, obj: Any) -> bytes: ...
+
+    @abc.abstractmethod
+    def _decode(self, data: bytes) -> Any: ...
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class YamlEncoder(Encoder):
+    """kiwipy 0.9's wire format: ``yaml.dump(obj, encoding='utf-8')`` (default ``yaml.Dumper``)
+    and ``yaml.load(data, Loader=yaml.FullLoader)``.
+
+    .. warning:: ``FullLoader`` constructs Python tuples and any type registered with
+       ``yaml.add_constructor``; only accept messages from peers you trust.
+    """
+
+    name = "yaml"
+
+    def _encode(self, obj: Any) -> bytes:
+        data: bytes = yaml.dump(obj, encoding="utf-8")
+        return data
+
+    def _decode(self, data: bytes) -> Any:
+        return yaml.load(data, Loader=yaml.FullLoader)
+
+
+class JsonEncoder(Encoder):
+    """UTF-8 JSON. Tuples arrive as lists; only JSON types round-trip."""
+
+    name = "json"
+    content_type = "application/json"
+
+    def _encode(self, obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+    def _decode(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+class MsgpackEncoder(Encoder):
+    """msgpack (needs the ``msgpack`` extra: ``pip install kiwipy[msgpack]``). Tuples arrive
+    as lists."""
+
+    name = "msgpack"
+    content_type = "application/msgpack"
+
+    def __init__(self) -> None:
+        try:
+            import msgpack
+        except ImportError:  # pragma: no cover - depends on the environment
+            self._msgpack: Any = None
+        else:
+            self._msgpack = msgpack
+
+    def _require(self) -> Any:
+        if self._msgpack is None:
+            raise RuntimeError("the msgpack encoder needs msgpack: pip install 'kiwipy[msgpack]'")
+        return self._msgpack
+
+    def _encode(self, obj: Any) -> bytes:
+        data: bytes = self._require().packb(obj, use_bin_type=True)
+        return data
+
+    def _decode(self, data: bytes) -> Any:
+        return self._require().unpackb(data, raw=False)
+
+
+class CallableEncoder(Encoder):
+    """An encoder built from kiwipy 0.9's ``encoder``/``decoder`` callables."""
+
+    def __init__(self, encode: EncodeFn, decode: DecodeFn, name: str | None = None) -> None:
+        self._encode_fn = encode
+        self._decode_fn = decode
+        self.name = name or getattr(encode, "__name__", None) or "custom"
+
+    def _encode(self, obj: Any) -> bytes:
+        return self._encode_fn(obj)
+
+    def _decode(self, data: bytes) -> Any:
+        return self._decode_fn(data)
+
+
+YAML = YamlEncoder()
+JSON = JsonEncoder()
+MSGPACK = MsgpackEncoder()
+
+_BY_NAME: dict[str, Encoder] = {enc.name: enc for enc in (YAML, JSON, MSGPACK)}
+
+
+def get_encoder(name: str) -> Encoder:
+    """:returns: the built-in encoder called *name* (``yaml``, ``json`` or ``msgpack``).
+
+    :raises ValueError: for any other name.
+    """
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown encoder {name!r}; choose one of: {', '.join(sorted(_BY_NAME))}"
+        ) from None
+
+
+def resolve(
+    encoder: Encoder | EncodeFn | str | None = None, decoder: DecodeFn | None = None
+) -> Encoder:
+    """Turn the ``encoder``/``decoder`` arguments communicators accept into one :class:`Encoder`.
+
+    :param encoder: an :class:`Encoder`, a built-in encoder's name, a kiwipy 0.9 style
+        ``encoder(obj) -> bytes`` callable, or ``None`` for the YAML default.
+    :param decoder: with a callable *encoder*, its ``decoder(bytes) -> obj`` (``None`` means
+        the YAML decoder); must be ``None`` otherwise.
+    """
+    if isinstance(encoder, Encoder):
+        if decoder is not None:
+            raise ValueError("pass either an Encoder or an encoder/decoder pair, not both")
+        return encoder
+    if isinstance(encoder, str):
+        if decoder is not None:
+            raise ValueError("pass either an encoder name or an encoder/decoder pair, not both")
+        return get_encoder(encoder)
+    if encoder is None and decoder is None:
+        return YAML
+    return CallableEncoder(encoder or YAML.encode, decoder or YAML.decode)

@@ -1,0 +1,145 @@
+"""Every error kiwipy raises.
+
+All of kiwipy's own exceptions derive from :class:`KiwiError`, so ``except kiwipy.KiwiError``
+catches anything this library raises on purpose. The names of kiwipy 0.9 are kept. The one
+exception to the tree is :data:`TimeoutError`: as in kiwipy 0.9 it *is*
+:class:`concurrent.futures.TimeoutError` (the builtin :class:`TimeoutError` on Python 3.11+),
+because callers catch it from ``Future.result(timeout)`` as well as from kiwipy calls.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+__all__ = (
+    "CommunicatorClosed",
+    "ConnectionLost",
+    "DecodeError",
+    "DeliveryFailed",
+    "DuplicateSubscriberIdentifier",
+    "EncodeError",
+    "EncodingError",
+    "InvalidStateError",
+    "KiwiError",
+    "MessageTooLarge",
+    "PublishNacked",
+    "QueueEmpty",
+    "RemoteException",
+    "ReplyLost",
+    "TaskRejected",
+    "TimeoutError",
+    "UnroutableError",
+)
+
+TimeoutError = concurrent.futures.TimeoutError  # upstream name, kept on purpose
+
+
+class KiwiError(Exception):
+    """Root of every exception kiwipy raises on purpose."""
+
+
+# Outcomes reported by the other side
+
+
+class RemoteException(KiwiError):
+    """The subscriber on the other side raised; ``args[0]`` is its message.
+
+    :ivar remote_type: the qualified name of the remote exception's class, when the sender
+        reported it (this library does; kiwipy 0.9 does not), else ``None``.
+    :ivar remote_traceback: the remote traceback as text, when reported, else ``None``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        remote_type: str | None = None,
+        remote_traceback: str | None = None,
+    ) -> None:
+        super().__init__(*args)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+
+class TaskRejected(KiwiError):
+    """Raised by a task subscriber to pass the task on to another subscriber or worker."""
+
+
+# Delivery errors
+
+
+class DeliveryFailed(KiwiError):
+    """A message could not be delivered; the base of the more specific delivery errors."""
+
+
+class UnroutableError(DeliveryFailed):
+    """Nobody can receive the message: no queue is bound for it (unknown RPC recipient,
+    task queue that does not exist)."""
+
+
+class PublishNacked(DeliveryFailed):
+    """The broker refused to take responsibility for a message (``basic.nack``)."""
+
+
+class ConnectionLost(DeliveryFailed):
+    """The connection was lost and not restored in time, so the operation's outcome is not
+    known to have happened (a send was not confirmed, a reply cannot arrive)."""
+
+
+class ReplyLost(DeliveryFailed):
+    """The reply to a request can never arrive: its responder or the reply queue is gone."""
+
+
+# Subscribers and lifecycle
+
+
+class DuplicateSubscriberIdentifier(KiwiError):
+    """A subscriber with this identifier is already registered (here, or for RPC
+    identifiers on this library's RabbitMQ transport, anywhere on the broker)."""
+
+
+class CommunicatorClosed(KiwiError):
+    """The communicator was closed; no further operation is possible."""
+
+
+class InvalidStateError(KiwiError):
+    """An operation is not allowed in the current state (kept from kiwipy 0.9)."""
+
+
+class QueueEmpty(KiwiError):
+    """``next_task`` found no task in the queue."""
+
+
+# Encoding
+
+
+class EncodingError(KiwiError):
+    """Base of the errors raised while turning messages into bytes and back.
+
+    :ivar encoder: the name of the encoder that failed (``'yaml'``, ``'json'``, ...).
+    """
+
+    def __init__(self, message: str, *, encoder: str) -> None:
+        super().__init__(f"[{encoder}] {message}")
+        self.encoder = encoder
+
+
+class EncodeError(EncodingError, TypeError):
+    """A message (or a result) cannot be encoded by the communicator's encoder."""
+
+
+class DecodeError(EncodingError, ValueError):
+    """Received bytes cannot be decoded by the communicator's decoder."""
+
+
+class MessageTooLarge(KiwiError, ValueError):
+    """An encoded message is larger than the communicator's configured limit.
+
+    :ivar size: the encoded size in bytes.
+    :ivar limit: the configured limit in bytes.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"encoded message is {size} bytes, over the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
