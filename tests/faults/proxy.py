@@ -73,8 +73,9 @@ class TcpProxy:
         self.target_port = target_port
         self.port = 0
         self.accepted = 0
-        """Connections accepted and forwarded (refused ones are counted in ``refused``)."""
+        """Connections accepted and forwarded."""
         self.refused = 0
+        """Connections reset at once: accepted while refusing, or with the target down."""
         self._links: set[_Link] = set()
         self._refusing = False
         self._loop = asyncio.new_event_loop()
@@ -112,7 +113,11 @@ class TcpProxy:
         self._call(self._flowing.clear)
 
     def resume(self) -> None:
-        """Forward again; bytes held back during the stall are delivered, in order."""
+        """Forward again; bytes held back during the stall are delivered, in order.
+
+        Peers may have given up meanwhile (heartbeats; the broker's 10 s handshake timeout for
+        connections opened during the stall): their EOF or RST then ends the link.
+        """
         self._call(self._flowing.set)
 
     def refuse(self, refusing: bool = True) -> None:
@@ -178,6 +183,7 @@ class TcpProxy:
         try:
             up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
+            self.refused += 1
             _reset(writer)  # the target is down: look like it to the client
             return
         self.accepted += 1
