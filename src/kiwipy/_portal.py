@@ -117,9 +117,22 @@ def to_concurrent(source: asyncio.Future[Any]) -> concurrent.futures.Future[Any]
         if done.cancelled() and not loop.is_closed():
             loop.call_soon_threadsafe(source.cancel)
 
-    source.add_done_callback(copy)
+    # asyncio futures are not thread-safe: from another thread (the facade converts results on
+    # the caller's thread), a callback added while *source* completes could be lost, or be
+    # scheduled with a plain call_soon that never wakes the loop.
+    if _running_loop() is loop:
+        source.add_done_callback(copy)
+    else:
+        loop.call_soon_threadsafe(source.add_done_callback, copy)
     target.add_done_callback(cancel_source)
     return target
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def to_asyncio(

@@ -1,0 +1,394 @@
+"""``AsyncMemoryCommunicator``: the asyncio core of the in-process transport.
+
+Invariants:
+
+* The core's state is only touched on its own loop: the broker posts everything it delivers
+  there with ``call_soon_threadsafe``, and subscribers run there as jobs.
+* Every message body goes through :meth:`AsyncMemoryCommunicator._encode` when sent and
+  :meth:`~AsyncMemoryCommunicator._decode` when received, so with an encoder nothing crosses
+  the broker that could not cross RabbitMQ.
+* Closing cancels the running jobs; the broker has already put their tasks back in the queues,
+  so a closed communicator never replies or acks afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any, Optional, TypedDict, Union
+
+import shortuuid
+from typing_extensions import Unpack
+
+from . import _memory_outcome as outcome
+from . import encoders, exceptions
+from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
+from ._memory_tasks import MemoryIncomingTask, MemoryTaskQueue
+from .communications import (
+    AsyncCommunicator,
+    BroadcastSubscriber,
+    RpcSubscriber,
+    TaskSubscriber,
+)
+
+__all__ = ("DEFAULT_TASK_QUEUE", "AsyncMemoryCommunicator", "MemoryOptions")
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_TASK_QUEUE = "kiwipy.tasks"
+_CLOSE_TIMEOUT = 5.0  # seconds disconnect() waits for cancelled subscriber calls to unwind
+
+
+class MemoryOptions(TypedDict, total=False):
+    """Options of :func:`async_connect`, :func:`connect` and the communicators.
+
+    ``encoder``/``decoder``: an :class:`~kiwipy.encoders.Encoder`, a built-in encoder's name
+    (``'yaml'``, ``'json'``, ``'msgpack'``) or kiwipy 0.9's pair of callables; see
+    :func:`kiwipy.encoders.resolve`. Neither given: bodies are passed by reference.
+    ``task_queue``: the default task queue's name. ``task_prefetch_count``: how many tasks
+    of the default queue may be in progress at once (0: no limit).
+
+    ``message_exchange``, ``task_exchange``, ``queue_expires``, ``task_prefetch_size`` and
+    ``testing_mode`` are accepted and ignored, so that options written for the RabbitMQ
+    transport work here too; isolate communicators with the broker name instead.
+    """
+
+    encoder: Union[encoders.Encoder, encoders.EncodeFn, str, None]
+    decoder: Optional[encoders.DecodeFn]
+    task_queue: str
+    task_prefetch_count: int
+    task_prefetch_size: int
+    message_exchange: str
+    task_exchange: str
+    queue_expires: int
+    testing_mode: bool
+
+
+_OPTION_NAMES = frozenset(MemoryOptions.__optional_keys__)
+
+
+class AsyncMemoryCommunicator(AsyncCommunicator):
+    """The asyncio communicator of the in-process transport.
+
+    Subscribers are called with this communicator as first argument; they may be functions,
+    coroutine functions or objects with an ``async def __call__``.
+
+    :param broker: the broker to connect to (see :func:`kiwipy.memory.get_broker`).
+    :param options: see :class:`MemoryOptions`.
+    """
+
+    def __init__(self, broker: MemoryBroker, **options: Unpack[MemoryOptions]) -> None:
+        unknown = set(options) - _OPTION_NAMES
+        if unknown:
+            raise TypeError(f"unknown memory communicator options: {', '.join(sorted(unknown))}")
+        encoder, decoder = options.get("encoder"), options.get("decoder")
+        self._encoder = (
+            None if encoder is None and decoder is None else encoders.resolve(encoder, decoder)
+        )
+        self._broker = broker
+        self._default_queue = options.get("task_queue", DEFAULT_TASK_QUEUE)
+        self._prefetch_count = options.get("task_prefetch_count", 0)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._connection: Optional[Connection] = None
+        self._closed = False
+        self._replies: dict[str, asyncio.Future[Any]] = {}
+        self._rpc: dict[str, RpcSubscriber] = {}
+        self._broadcast: dict[Any, BroadcastSubscriber] = {}
+        self._queues: dict[str, MemoryTaskQueue] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._held: set[MemoryIncomingTask] = set()  # pull-mode tasks being processed
+
+    @property
+    def broker(self) -> MemoryBroker:
+        """The broker this communicator is connected to."""
+        return self._broker
+
+    @property
+    def encoder(self) -> Optional[encoders.Encoder]:
+        """The encoder every message goes through, or ``None`` (passed by reference)."""
+        return self._encoder
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("the communicator is not connected yet")
+        return self._loop
+
+    async def connect(self) -> None:
+        """Connect to the broker on the running loop (once).
+
+        :raises CommunicatorClosed: after :meth:`disconnect`.
+        """
+        if self._closed:
+            raise exceptions.CommunicatorClosed
+        if self._connection is None:
+            self._loop = asyncio.get_running_loop()
+            self._connection = self._broker.connect(self._loop, self._on_reply, self._on_broadcast)
+
+    def connected(self) -> bool:
+        return not self._closed and self._connection is not None and not self._connection.closed
+
+    async def disconnect(self) -> None:
+        """Close: tasks in progress go back to their queues for other workers, RPC identities
+        are released, and futures still waiting for a reply fail with
+        :class:`~kiwipy.CommunicatorClosed`. Calling it again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._connection is not None:
+            self._broker.close(self._connection)
+        current = asyncio.current_task()
+        jobs = [job for job in self._jobs if job is not current]
+        for job in jobs:
+            job.cancel()
+        if jobs:
+            await asyncio.wait(jobs, timeout=_CLOSE_TIMEOUT)
+        replies, self._replies = self._replies, {}
+        for future in replies.values():
+            if not future.done():
+                future.set_exception(exceptions.CommunicatorClosed())
+                future.exception()  # retrieved: nobody waiting for it is not worth a log line
+        self._held.clear()
+
+    # Subscribers
+
+    async def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: Any = None) -> Any:
+        """RPC identifiers are unique across the whole broker and compared as strings (a
+        ``uuid.UUID`` reaches the subscriber registered with its ``str``), as on RabbitMQ.
+
+        :raises DuplicateSubscriberIdentifier: if any communicator holds the identifier.
+        """
+        connection = self._open()
+        identifier = shortuuid.uuid() if identifier is None else identifier
+        self._broker.bind_rpc(connection, str(identifier), self._on_rpc)
+        self._rpc[str(identifier)] = subscriber
+        return identifier
+
+    async def remove_rpc_subscriber(self, identifier: Any) -> None:
+        connection = self._open()
+        if self._rpc.pop(str(identifier), None) is None:
+            raise ValueError(f"Unknown subscriber '{identifier}'")
+        self._broker.unbind_rpc(connection, str(identifier))
+
+    async def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
+        return await self._task_queue(self._default_queue).add_task_subscriber(
+            subscriber, identifier
+        )
+
+    async def remove_task_subscriber(self, identifier: Any) -> None:
+        await self._task_queue(self._default_queue).remove_task_subscriber(identifier)
+
+    async def add_broadcast_subscriber(
+        self, subscriber: BroadcastSubscriber, identifier: Any = None
+    ) -> Any:
+        self._open()
+        identifier = shortuuid.uuid() if identifier is None else identifier
+        if identifier in self._broadcast:
+            raise exceptions.DuplicateSubscriberIdentifier(f"Broadcast identifier '{identifier}'")
+        self._broadcast[identifier] = subscriber
+        return identifier
+
+    async def remove_broadcast_subscriber(self, identifier: Any) -> None:
+        self._open()
+        if self._broadcast.pop(identifier, None) is None:
+            raise ValueError(f"Broadcast subscriber '{identifier}' unknown")
+
+    async def task_queue(
+        self, queue_name: str, prefetch_size: int = 0, prefetch_count: int = 0
+    ) -> MemoryTaskQueue:
+        """:returns: the task queue *queue_name* (``prefetch_size`` is ignored)."""
+        self._open()
+        return self._task_queue(queue_name, prefetch_count)
+
+    # Sending
+
+    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
+        """Queue *task* on the default task queue; it waits there until a worker takes it.
+
+        :raises EncodeError: if the task cannot be encoded (nothing is sent).
+        """
+        return self._send_task(self._default_queue, task, no_reply)
+
+    async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
+        """:raises UnroutableError: if nobody holds *recipient_id*.
+        :raises EncodeError: if *msg* cannot be encoded."""
+        connection = self._open()
+        correlation_id = str(uuid.uuid4())
+        message = Message(self._encode(msg), correlation_id, connection)
+        self._broker.send_rpc(str(recipient_id), message)
+        # Replies are posted to this loop, so none can arrive before the future is registered.
+        return self._expect(correlation_id)
+
+    async def broadcast_send(
+        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+    ) -> bool:
+        """:returns: ``True`` (not an error when nobody listens).
+        :raises EncodeError: if the broadcast cannot be encoded."""
+        self._open()
+        envelope = {
+            "body": body,
+            "sender": sender,
+            "subject": subject,
+            "correlation_id": correlation_id,
+        }
+        self._broker.broadcast(self._encode(envelope))
+        return True
+
+    # Helpers shared with the task queues (package-private)
+
+    def _open(self) -> Connection:
+        if self._closed or (self._connection is not None and self._connection.closed):
+            raise exceptions.CommunicatorClosed
+        if self._connection is None:
+            raise RuntimeError("the communicator is not connected: await connect() first")
+        return self._connection
+
+    def _task_queue(self, name: str, prefetch_count: Optional[int] = None) -> MemoryTaskQueue:
+        queue = self._queues.get(name)
+        if queue is None:
+            if prefetch_count is None or (name == self._default_queue and not prefetch_count):
+                prefetch_count = self._prefetch_count
+            queue = self._queues[name] = MemoryTaskQueue(self, name, prefetch_count)
+        return queue
+
+    def _send_task(self, queue: str, task: Any, no_reply: bool) -> Optional[asyncio.Future[Any]]:
+        connection = self._open()
+        correlation_id = str(uuid.uuid4())
+        message = Message(self._encode((task, no_reply)), correlation_id, connection)
+        self._broker.publish(queue, message)
+        return None if no_reply else self._expect(correlation_id)
+
+    def _encode(self, obj: Any) -> Payload:
+        if self._encoder is None:
+            return Payload(obj, None)
+        return Payload(self._encoder.encode(obj), self._encoder)
+
+    def _decode(self, payload: Payload) -> Any:
+        if payload.encoder is None:
+            return payload.data
+        return (self._encoder or payload.encoder).decode(payload.data)
+
+    def _decode_task(self, payload: Payload) -> tuple[Any, bool]:
+        body = self._decode(payload)
+        if not isinstance(body, (tuple, list)) or len(body) != 2:
+            encoder = self._encoder or payload.encoder
+            name = encoder.name if encoder is not None else "memory"
+            raise exceptions.DecodeError("a task message is a (task, no_reply) pair", encoder=name)
+        return body[0], bool(body[1])
+
+    def _expect(self, correlation_id: str) -> asyncio.Future[Any]:
+        future = self._replies[correlation_id] = self.loop.create_future()
+        return future
+
+    def _spawn(self, coro: Any) -> None:
+        job = self.loop.create_task(coro)
+        self._jobs.add(job)
+        job.add_done_callback(self._job_done)
+
+    def _job_done(self, job: asyncio.Task[None]) -> None:
+        self._jobs.discard(job)
+        if not job.cancelled() and job.exception() is not None:
+            _LOGGER.error("kiwipy memory communicator job failed", exc_info=job.exception())
+
+    async def _call(self, subscriber: Any, *args: Any) -> Any:
+        return await outcome.call_subscriber(subscriber, self, *args)
+
+    def _closing(self) -> bool:
+        return self._closed
+
+    def _own_cancellation(self, exc: BaseException) -> bool:
+        return outcome.own_cancellation(exc, self._closing)
+
+    async def _final_reply(
+        self, message: Message, send_pending: bool, ok: bool, value: Any
+    ) -> dict[str, Any]:
+        """:returns: the final reply for a subscriber's outcome (*value*, or the exception
+        it raised if not *ok*), sending ``pending`` replies on the way if asked."""
+        if not ok:
+            return outcome.exception_reply(value)
+
+        def on_pending() -> None:
+            if send_pending:
+                self._reply(message, outcome.PENDING)
+
+        return await outcome.final_reply(value, self.loop, on_pending, self._closing)
+
+    def _reply(self, message: Message, response: dict[str, Any]) -> bool:
+        """Send *response* to the requester of *message*; an unencodable one is replaced by
+        the encoding error. :returns: whether *response* itself could be sent."""
+        if message.reply_to is None:
+            return True
+        try:
+            payload, sent = self._encode(response), True
+        except exceptions.EncodeError as exc:
+            payload, sent = self._encode(outcome.exception_reply(exc)), False
+        self._broker.send_reply(message.reply_to, message.correlation_id, payload)
+        return sent
+
+    async def _conclude_task(
+        self, delivery: Delivery, no_reply: bool, ok: bool, value: Any
+    ) -> None:
+        """Reply with a task's final outcome, then ack it (the order RabbitMQ tasks use)."""
+        response = await self._final_reply(delivery.message, not no_reply, ok, value)
+        if self._closed:  # the task went back to its queue when the connection closed
+            return
+        if no_reply or self._reply(delivery.message, response):
+            self._broker.ack(delivery)
+        else:
+            self._broker.dead_letter(delivery, "its reply cannot be encoded")
+
+    # Receiving (posted to this loop by the broker)
+
+    def _on_reply(self, correlation_id: str, payload: Payload) -> None:
+        future = self._replies.pop(correlation_id, None)
+        if future is None or future.done():
+            _LOGGER.debug("dropping reply for unknown or finished request %s", correlation_id)
+            return
+        try:
+            reply = self._decode(payload)
+        except exceptions.DecodeError as exc:
+            future.set_exception(exc)
+            return
+        outcome.settle_reply(future, reply, lambda: self._expect(correlation_id))
+
+    def _on_rpc(self, key: str, message: Message) -> None:
+        subscriber = self._rpc.get(key)
+        if self._closed or subscriber is None:
+            self._reply(message, outcome.lost_reply(f"the RPC subscriber '{key}' is gone"))
+        else:
+            self._spawn(self._serve_rpc(subscriber, message))
+
+    async def _serve_rpc(self, subscriber: RpcSubscriber, message: Message) -> None:
+        try:
+            try:
+                value, ok = await self._call(subscriber, self._decode(message.payload)), True
+            except BaseException as exc:  # SystemExit & co. are outcomes too, never fatal
+                if self._own_cancellation(exc):
+                    raise
+                value, ok = exc, False
+            self._reply(message, await self._final_reply(message, True, ok, value))
+        except asyncio.CancelledError:
+            if self._closed:
+                self._reply(message, outcome.lost_reply("the RPC subscriber was closed"))
+            raise
+
+    def _on_broadcast(self, payload: Payload) -> None:
+        if self._closed or not self._broadcast:
+            return
+        try:
+            envelope = self._decode(payload)
+            args = tuple(envelope[key] for key in ("body", "sender", "subject", "correlation_id"))
+        except (exceptions.DecodeError, TypeError, KeyError):
+            _LOGGER.exception("dropping a broadcast that cannot be decoded")
+            return
+        for subscriber in list(self._broadcast.values()):
+            self._spawn(self._call_broadcast(subscriber, args))
+
+    async def _call_broadcast(self, subscriber: BroadcastSubscriber, args: tuple[Any, ...]) -> None:
+        try:
+            await self._call(subscriber, *args)
+        except BaseException as exc:
+            if self._own_cancellation(exc):
+                raise
+            _LOGGER.exception("Exception in broadcast receiver")

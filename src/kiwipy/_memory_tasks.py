@@ -1,0 +1,308 @@
+"""Task queues of the in-process transport, in push mode (subscribers) and pull mode.
+
+Rules (the RabbitMQ transport follows the same ones):
+
+* A task is acked only once its outcome is final and its reply was sent; until then it is
+  unsettled and goes back to its queue if the communicator closes.
+* Push mode tries the queue's subscribers in the order they were added. ``TaskRejected``
+  passes the task to the next one; if all reject it, the broker offers it to *another*
+  consumer (or keeps it until the subscribers change), never straight back to this one.
+* Pull mode hands out :class:`MemoryIncomingTask` objects; a task that is still pending when
+  the caller lets go of it (end of ``next_task``, end of iteration, its outcome future
+  garbage-collected unresolved) is requeued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any, Optional
+
+import shortuuid
+
+from . import exceptions
+from ._memory_broker import Consumer, Delivery
+from ._memory_outcome import exception_reply
+from .communications import AsyncIncomingTask, AsyncTaskQueue, TaskSubscriber
+
+if TYPE_CHECKING:
+    from ._memory_core import AsyncMemoryCommunicator
+
+__all__ = (
+    "TASK_FINISHED",
+    "TASK_PENDING",
+    "TASK_PROCESSING",
+    "TASK_REQUEUED",
+    "MemoryIncomingTask",
+    "MemoryTaskQueue",
+)
+
+TASK_PENDING = "pending"
+TASK_PROCESSING = "processing"
+TASK_FINISHED = "finished"
+TASK_REQUEUED = "requeued"
+
+
+class MemoryTaskQueue(AsyncTaskQueue):
+    """A named task queue of an :class:`~kiwipy.memory.AsyncMemoryCommunicator`.
+
+    :param communicator: the owning communicator.
+    :param name: the queue's name on the broker.
+    :param prefetch_count: how many of its tasks may be in progress here at once (0: any).
+    """
+
+    def __init__(
+        self, communicator: AsyncMemoryCommunicator, name: str, prefetch_count: int = 0
+    ) -> None:
+        self._comm = communicator
+        self._name = name
+        self._prefetch_count = prefetch_count
+        self._subscribers: dict[Any, TaskSubscriber] = {}
+        self._consumer: Optional[Consumer] = None
+
+    @property
+    def name(self) -> str:
+        """The queue's name."""
+        return self._name
+
+    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
+        """Queue *task* here; see :meth:`~kiwipy.memory.AsyncMemoryCommunicator.task_send`."""
+        return self._comm._send_task(self._name, task, no_reply)
+
+    async def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
+        """:raises DuplicateSubscriberIdentifier: if *identifier* is taken on this queue."""
+        connection = self._comm._open()
+        identifier = shortuuid.uuid() if identifier is None else identifier
+        if identifier in self._subscribers:
+            raise exceptions.DuplicateSubscriberIdentifier(f"Task identifier '{identifier}'")
+        self._subscribers[identifier] = subscriber
+        broker = self._comm.broker
+        if self._consumer is None:
+            self._consumer = broker.consume(
+                connection, self._name, self._prefetch_count, self._on_delivery
+            )
+        else:  # the new subscriber may accept what the others rejected
+            broker.refresh(self._consumer)
+        return identifier
+
+    async def remove_task_subscriber(self, identifier: Any) -> None:
+        self._comm._open()
+        try:
+            del self._subscribers[identifier]
+        except KeyError:
+            raise ValueError(f"Unknown task subscriber '{identifier}'") from None
+        if not self._subscribers and self._consumer is not None:
+            self._comm.broker.cancel(self._consumer)
+            self._consumer = None
+
+    @contextlib.asynccontextmanager
+    async def next_task(
+        self, no_ack: bool = False, fail: bool = True, timeout: float = 5.0
+    ) -> AsyncIterator[Optional[MemoryIncomingTask]]:
+        """Async context manager yielding the next task, waiting up to *timeout* seconds for
+        one. A task still pending at exit is requeued. With *no_ack* the task leaves the
+        queue at once and is lost if not processed.
+
+        :raises QueueEmpty: if no task came and *fail* is true (else it yields ``None``).
+        """
+        await asyncio.sleep(0)  # let requeues already posted to this loop happen first
+        task = await self._take(no_ack, timeout)
+        if task is None:
+            if fail:
+                raise exceptions.QueueEmpty(f"no task in queue '{self._name}'")
+            yield None
+            return
+        try:
+            yield task
+        finally:
+            if task.state == TASK_PENDING:
+                task._give_back()
+
+    async def __aiter__(self) -> AsyncGenerator[MemoryIncomingTask, None]:
+        """Yield the tasks waiting in the queue until it is empty; those still pending when
+        the iteration ends are requeued (so none is seen twice in one iteration)."""
+        held: list[MemoryIncomingTask] = []
+        await asyncio.sleep(0)
+        try:
+            while True:
+                delivery = self._comm.broker.get(self._comm._open(), self._name)
+                if delivery is None:
+                    return
+                task = self._incoming(delivery, no_ack=False)
+                if task is not None:
+                    held.append(task)
+                    yield task
+        finally:
+            for task in held:
+                if task.state == TASK_PENDING:
+                    task._give_back()
+
+    async def _take(self, no_ack: bool, timeout: float) -> Optional[MemoryIncomingTask]:
+        loop, broker, connection = self._comm.loop, self._comm.broker, self._comm._open()
+        deadline = loop.time() + timeout
+        while True:
+            wake = asyncio.Event()
+            notify = wake.set
+            delivery = broker.get(connection, self._name, notify)  # raises once closed
+            if delivery is None:
+                try:
+                    await asyncio.wait_for(wake.wait(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    return None
+                finally:
+                    broker.forget_waiter(connection, notify)
+                continue
+            task = self._incoming(delivery, no_ack)
+            if task is not None:
+                return task
+
+    def _incoming(self, delivery: Delivery, no_ack: bool) -> Optional[MemoryIncomingTask]:
+        """:returns: the pull-mode task for *delivery*, or ``None`` if it could not be
+        decoded (then it is answered with the error and dead-lettered)."""
+        try:
+            body, no_reply = self._comm._decode_task(delivery.message.payload)
+        except exceptions.DecodeError as exc:
+            self._reject_undecodable(delivery, exc)
+            return None
+        if no_ack:
+            self._comm.broker.ack(delivery)
+        return MemoryIncomingTask(self._comm, delivery, body, no_reply)
+
+    def _reject_undecodable(self, delivery: Delivery, exc: exceptions.DecodeError) -> None:
+        self._comm._reply(delivery.message, exception_reply(exc))
+        self._comm.broker.dead_letter(delivery, str(exc))
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        if delivery.settled:  # given back while the call was on its way to this loop
+            return
+        if self._comm._closed or delivery.consumer is not self._consumer:
+            self._comm.broker.requeue(delivery)  # no subscriber here any more
+            return
+        self._comm._spawn(self._serve(delivery))
+
+    async def _serve(self, delivery: Delivery) -> None:
+        comm = self._comm
+        try:
+            task, no_reply = comm._decode_task(delivery.message.payload)
+        except exceptions.DecodeError as exc:
+            self._reject_undecodable(delivery, exc)
+            return
+        for subscriber in list(self._subscribers.values()):
+            try:
+                value = await comm._call(subscriber, task)
+            except exceptions.TaskRejected:
+                continue
+            except BaseException as exc:  # SystemExit & co. are outcomes too, never fatal
+                if comm._own_cancellation(exc):
+                    raise
+                await comm._conclude_task(delivery, no_reply, False, exc)
+                return
+            await comm._conclude_task(delivery, no_reply, True, value)
+            return
+        comm.broker.requeue(delivery, reject=True)
+
+
+class MemoryIncomingTask(AsyncIncomingTask):
+    """A task taken in pull mode. ``state`` goes ``'pending'`` → ``'processing'`` →
+    ``'finished'``, or to ``'requeued'`` when given back.
+
+    Cancelling the outcome future of :meth:`process` requeues the task.
+    """
+
+    def __init__(
+        self, communicator: AsyncMemoryCommunicator, delivery: Delivery, body: Any, no_reply: bool
+    ) -> None:
+        self._comm = communicator
+        self._delivery = delivery
+        self._body = body
+        self._no_reply = no_reply
+        self._state = TASK_PENDING
+        # Only a weak reference: dropping the outcome unresolved must requeue the task.
+        self._outcome_ref: Optional[weakref.ref[asyncio.Future[Any]]] = None
+
+    @property
+    def body(self) -> Any:
+        return self._body
+
+    @property
+    def no_reply(self) -> bool:
+        return self._no_reply
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def process(self) -> asyncio.Future[Any]:
+        """:returns: the outcome future; resolving it replies to the requester and acks.
+
+        :raises InvalidStateError: unless the task is pending.
+        :raises CommunicatorClosed: if the communicator was closed.
+        """
+        self._comm._open()
+        self._expect_state("process", TASK_PENDING)
+        self._state = TASK_PROCESSING
+        outcome: asyncio.Future[Any] = self._comm.loop.create_future()
+        outcome.add_done_callback(self._on_outcome)
+        self._outcome_ref = weakref.ref(outcome, self._on_outcome_lost)
+        self._comm._held.add(self)  # keeps the weak reference (and its callback) alive
+        return outcome
+
+    async def requeue(self) -> None:
+        """Give the task back to its queue.
+
+        :raises InvalidStateError: unless the task is pending or processing.
+        """
+        self._expect_state("requeue", TASK_PENDING, TASK_PROCESSING)
+        self._give_back()
+
+    @contextlib.asynccontextmanager
+    async def processing(self) -> AsyncIterator[asyncio.Future[Any]]:
+        """Async context manager yielding the outcome future. An exception in the block is
+        the task's outcome (sent to the requester) and is re-raised; an outcome still
+        unresolved at exit requeues the task."""
+        outcome = self.process()
+        try:
+            yield outcome
+        except Exception as exc:
+            if not outcome.done():
+                outcome.set_exception(exc)
+            raise
+        finally:
+            if not outcome.done():
+                self._give_back()
+
+    def _expect_state(self, action: str, *states: str) -> None:
+        if self._state not in states:
+            raise exceptions.InvalidStateError(f"cannot {action} a task that is {self._state}")
+
+    def _give_back(self) -> None:
+        if self._state not in (TASK_PENDING, TASK_PROCESSING):
+            return
+        self._state = TASK_REQUEUED
+        self._comm._held.discard(self)
+        self._comm.broker.requeue(self._delivery)
+
+    def _on_outcome(self, outcome: asyncio.Future[Any]) -> None:
+        if self._state != TASK_PROCESSING:
+            return
+        if outcome.cancelled():
+            self._give_back()
+            return
+        self._state = TASK_FINISHED
+        self._comm._held.discard(self)
+        error = outcome.exception()
+        ok, value = (False, error) if error is not None else (True, outcome.result())
+        self._comm._spawn(self._comm._conclude_task(self._delivery, self._no_reply, ok, value))
+
+    def _on_outcome_lost(self, _ref: Any) -> None:
+        # Called by the garbage collector, on whatever thread it runs.
+        try:
+            self._comm.loop.call_soon_threadsafe(self._requeue_if_processing)
+        except RuntimeError:  # loop closed: closing the connection gave the task back already
+            pass
+
+    def _requeue_if_processing(self) -> None:
+        if self._state == TASK_PROCESSING:
+            self._give_back()

@@ -1,0 +1,129 @@
+"""The in-process transport: ``memory://`` communicators that share a :class:`MemoryBroker`.
+
+It has the semantics of the RabbitMQ transport (``docs/architecture.md``) without a broker
+process, so the same code and the same contract tests run on both:
+
+* :class:`AsyncMemoryCommunicator` is the asyncio core (from :func:`async_connect`);
+  :class:`MemoryCommunicator` is the blocking flavour (from :func:`connect` or
+  ``kiwipy.connect('memory://')``), the shared thread facade over that core.
+* ``memory://`` is the process's default broker and ``memory://NAME`` a named one; every
+  communicator connected to one name shares its task queues, RPC identities and broadcasts,
+  whatever thread or event loop it lives on.
+* With an ``encoder`` every message (tasks, RPC requests, replies, broadcasts) is encoded when
+  sent and decoded when received, so an unencodable message fails as it would on RabbitMQ.
+  Without one, objects are passed by reference, like :class:`~kiwipy.LocalCommunicator`.
+
+The broker is in ``kiwipy._memory_broker``, the asyncio core in ``kiwipy._memory_core`` and
+its task queues in ``kiwipy._memory_tasks``; this module is the public entry point.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from typing_extensions import Unpack
+
+from ._memory_broker import MemoryBroker
+from ._memory_core import DEFAULT_TASK_QUEUE, AsyncMemoryCommunicator, MemoryOptions
+from ._memory_tasks import MemoryIncomingTask, MemoryTaskQueue
+from ._thread import DEFAULT_TIMEOUT, ThreadCommunicator
+
+__all__ = (
+    "DEFAULT_TASK_QUEUE",
+    "SCHEME",
+    "AsyncMemoryCommunicator",
+    "MemoryBroker",
+    "MemoryCommunicator",
+    "MemoryIncomingTask",
+    "MemoryOptions",
+    "MemoryTaskQueue",
+    "async_connect",
+    "broker_name",
+    "connect",
+    "drop_broker",
+    "get_broker",
+)
+
+#: The uri scheme of this transport.
+SCHEME = "memory://"
+
+
+# Named brokers of this process
+
+_BROKERS: dict[str, MemoryBroker] = {}
+_BROKERS_LOCK = threading.Lock()
+
+
+def get_broker(name: str = "") -> MemoryBroker:
+    """:returns: the broker called *name* (``''`` is the default one), created on first use."""
+    with _BROKERS_LOCK:
+        broker = _BROKERS.get(name)
+        if broker is None:
+            broker = _BROKERS[name] = MemoryBroker(name)
+        return broker
+
+
+def drop_broker(name: str) -> None:
+    """Forget the broker called *name*: the next :func:`get_broker` creates a fresh one.
+    Communicators still connected to it keep working among themselves."""
+    with _BROKERS_LOCK:
+        _BROKERS.pop(name, None)
+
+
+def broker_name(uri: str) -> str:
+    """:returns: the broker name in a ``memory://[NAME]`` *uri*.
+
+    :raises ValueError: if *uri* is not a ``memory://`` uri.
+    """
+    if not uri.startswith(SCHEME):
+        raise ValueError(f"not a memory uri: '{uri}' (expected memory://[name])")
+    return uri[len(SCHEME) :].strip("/")
+
+
+async def async_connect(
+    uri: str = SCHEME, **options: Unpack[MemoryOptions]
+) -> AsyncMemoryCommunicator:
+    """:returns: an :class:`AsyncMemoryCommunicator` connected on the running loop to the
+    broker named in *uri* (``memory://`` or ``memory://NAME``).
+
+    :param options: see :class:`MemoryOptions`.
+    :raises ValueError: if *uri* is not a ``memory://`` uri.
+    """
+    communicator = AsyncMemoryCommunicator(get_broker(broker_name(uri)), **options)
+    await communicator.connect()
+    return communicator
+
+
+class MemoryCommunicator(ThreadCommunicator):
+    """The blocking in-process communicator: :class:`AsyncMemoryCommunicator` on a private
+    loop thread, behind the shared thread facade. Subscribers receive this communicator.
+
+    :param uri: ``memory://`` or ``memory://NAME``.
+    :param async_task_timeout: seconds any call may take before :data:`kiwipy.TimeoutError`.
+    :param options: see :class:`MemoryOptions`.
+    """
+
+    def __init__(
+        self,
+        uri: str = SCHEME,
+        *,
+        async_task_timeout: float = DEFAULT_TIMEOUT,
+        **options: Unpack[MemoryOptions],
+    ) -> None:
+        broker_name(uri)  # fail early, on the caller's thread
+
+        async def create() -> AsyncMemoryCommunicator:
+            return await async_connect(uri, **options)
+
+        super().__init__(create, timeout=async_task_timeout, name=f"kiwipy {uri}")
+
+
+def connect(
+    uri: str = SCHEME, *, async_task_timeout: float = DEFAULT_TIMEOUT, **options: Any
+) -> MemoryCommunicator:
+    """:returns: a :class:`MemoryCommunicator`; what ``kiwipy.connect('memory://...')`` calls.
+
+    :param options: see :class:`MemoryOptions`.
+    """
+    return MemoryCommunicator(uri, async_task_timeout=async_task_timeout, **options)

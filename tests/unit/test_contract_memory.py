@@ -1,0 +1,72 @@
+"""The communicator contract (``tests/contract.py``) against the in-process communicators."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+import kiwipy
+from kiwipy import memory
+from tests.contract import (
+    ALL,
+    ENCODES,
+    AsyncTransport,
+    BlockingTransport,
+    CommunicatorContract,
+    ContractTransport,
+)
+
+
+class TestLocalCommunicator(CommunicatorContract):
+    """Synchronous and queue-less: only the parts of the contract that need no capability."""
+
+    capabilities = frozenset()
+
+    @pytest.fixture
+    async def transport(self, unique_name: str) -> AsyncIterator[ContractTransport]:
+        async with BlockingTransport(kiwipy.LocalCommunicator, namespace=unique_name) as t:
+            yield t
+
+
+def _memory_transport(unique_name: str, flavour: str, encoder: Any) -> ContractTransport:
+    uri = f"memory://{unique_name}"
+    if flavour == "async":
+
+        async def create() -> memory.AsyncMemoryCommunicator:
+            return await memory.async_connect(uri, encoder=encoder)
+
+        return AsyncTransport(create, namespace=unique_name)
+    return BlockingTransport(lambda: memory.connect(uri, encoder=encoder), namespace=unique_name)
+
+
+class _MemoryContract(CommunicatorContract):
+    flavour = "async"
+    encoder: Any = None
+
+    @pytest.fixture
+    async def transport(self, unique_name: str) -> AsyncIterator[ContractTransport]:
+        async with _memory_transport(unique_name, self.flavour, self.encoder) as transport:
+            yield transport
+        memory.drop_broker(unique_name)
+
+
+class TestAsyncMemory(_MemoryContract):
+    capabilities = ALL - {ENCODES}
+
+
+class TestAsyncMemoryYaml(_MemoryContract):
+    capabilities = ALL
+    encoder = "yaml"
+
+
+class TestThreadMemory(_MemoryContract):
+    capabilities = ALL - {ENCODES}
+    flavour = "thread"
+
+
+class TestThreadMemoryJson(_MemoryContract):
+    capabilities = ALL
+    flavour = "thread"
+    encoder = "json"
