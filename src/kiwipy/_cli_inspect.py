@@ -1,0 +1,191 @@
+"""``kiwipy inspect``: what the broker is, and how full the task queues are.
+
+It reads without changing anything: it does not create a communicator (which would declare
+exchanges and queues) but opens a plain aio-pika connection with a short timeout and uses
+*passive* declares, which report a queue's ready messages and consumers, or that it does not
+exist, through AMQP itself, so the management plugin is not needed. A passive declare of a
+missing entity closes its channel, so each check gets a channel of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from ._cli_common import (
+    DEFAULT_QUEUE,
+    EXIT_OK,
+    CliError,
+    check_url,
+    describe,
+    format_value,
+    mask_url,
+    out,
+)
+
+__all__ = ("cmd_inspect",)
+
+CONNECT_TIMEOUT = 3.0
+_DEAD_SUFFIX = ".dead"
+
+
+def queues_to_inspect(args: argparse.Namespace) -> list[str]:
+    """:returns: the queues named with ``--queue`` (default the default task queue), each
+    followed by its ``.dead`` dead-letter queue."""
+    names: list[str] = []
+    for name in args.queue or [DEFAULT_QUEUE]:
+        for candidate in (name, name + _DEAD_SUFFIX):
+            if name.endswith(_DEAD_SUFFIX) and candidate != name:
+                continue
+            if candidate not in names:
+                names.append(candidate)
+    return names
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    url: str = args.url
+    check_url(url)
+    if url.startswith("memory://"):
+        report = _inspect_memory(args)
+    else:
+        report = asyncio.run(_inspect_amqp(args))
+    if args.json:
+        out(format_value(report))
+    else:
+        for line in _render(report):
+            out(line)
+    return EXIT_OK
+
+
+async def _inspect_amqp(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        import aio_pika
+    except ImportError:
+        raise CliError("inspect needs aio-pika: pip install 'kiwipy[rmq]'") from None
+    try:
+        connection = await aio_pika.connect(args.url, timeout=CONNECT_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise CliError(
+            f"cannot connect to {mask_url(args.url)}: no answer within {CONNECT_TIMEOUT:g} s"
+        ) from None
+    except Exception as exc:
+        raise CliError(f"cannot connect to {mask_url(args.url)}: {describe(exc)}") from None
+    try:
+        transport = connection.transport
+        properties = dict(transport.connection.server_properties) if transport else {}
+        exchanges = [
+            await _exchange(connection, name)
+            for name in (
+                args.message_exchange or "kiwipy.messages",
+                args.task_exchange or "kiwipy.tasks",
+            )
+        ]
+        queues = [await _queue(connection, name) for name in queues_to_inspect(args)]
+    finally:
+        await connection.close()
+    return {
+        "url": mask_url(args.url),
+        "transport": "amqp",
+        "broker": {key: _text(properties.get(key)) for key in _BROKER_KEYS},
+        "exchanges": exchanges,
+        "queues": queues,
+    }
+
+
+_BROKER_KEYS = ("product", "version", "platform", "cluster_name")
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+async def _exchange(connection: Any, name: str) -> dict[str, Any]:
+    import aiormq
+
+    channel = await connection.channel()
+    try:
+        await channel.declare_exchange(name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return {"name": name, "exists": False}
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return {"name": name, "exists": True}
+
+
+async def _queue(connection: Any, name: str) -> dict[str, Any]:
+    import aiormq
+
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return {"name": name, "exists": False, "messages": None, "consumers": None}
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    result = queue.declaration_result
+    return {
+        "name": name,
+        "exists": True,
+        "messages": result.message_count,
+        "consumers": result.consumer_count,
+    }
+
+
+def _inspect_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """The in-process broker of *this* process: useful only when the command line runs inside
+    the process that uses it (tests, notebooks calling :func:`kiwipy.cli.main`)."""
+    from . import memory
+
+    broker = memory.get_broker(memory.broker_name(args.url))
+    queues = []
+    for name in args.queue or [DEFAULT_QUEUE]:
+        ready, unsettled = broker.queue_stats(name)
+        dead = len(broker.dead_letters(name))
+        queues.append({"name": name, "messages": ready, "unacked": unsettled, "dead": dead})
+    return {
+        "url": args.url,
+        "transport": "memory",
+        "broker": {"product": "kiwipy in-process broker", "version": _version()},
+        "note": "the in-process broker lives inside one Python process: this command sees "
+        "only its own, empty one unless it runs inside the process that uses it",
+        "memory_queues": queues,
+    }
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _render(report: dict[str, Any]) -> list[str]:
+    broker = report["broker"]
+    platform = f" on {broker['platform']}" if broker.get("platform") else ""
+    lines = [
+        f"broker: {broker.get('product')} {broker.get('version')}{platform} at {report['url']}"
+    ]
+    if "note" in report:
+        lines.append(report["note"])
+    for exchange in report.get("exchanges", []):
+        state = "exists" if exchange["exists"] else "does not exist"
+        lines.append(f"exchange {exchange['name']}: {state}")
+    for queue in report.get("memory_queues", []):
+        lines.append(
+            f"queue {queue['name']}: {queue['messages']} ready, {queue['unacked']} in progress, "
+            f"{queue['dead']} dead-lettered"
+        )
+    queues = report.get("queues", [])
+    if queues:
+        width = max(len("queue"), *(len(q["name"]) for q in queues))
+        lines.append(f"{'queue':<{width}}  {'ready':>7}  {'consumers':>9}")
+        for queue in queues:
+            if queue.get("exists", True):
+                lines.append(
+                    f"{queue['name']:<{width}}  {queue['messages']:>7}  {queue['consumers']:>9}"
+                )
+            else:
+                lines.append(f"{queue['name']:<{width}}  (does not exist)")
+    return lines

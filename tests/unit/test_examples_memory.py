@@ -1,0 +1,39 @@
+"""The examples that need no broker: ``examples/quickstart.py`` and the README's thirty-second
+example, both on the in-process transport, as a new user runs them."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_python(argv: list[str]) -> list[str]:
+    env = {key: value for key, value in os.environ.items() if key != "KIWIPY_URL"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    result = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout.splitlines()
+
+
+def test_quickstart() -> None:
+    assert run_python([str(ROOT / "examples" / "quickstart.py")]) == [
+        "42",
+        "Hello, Ada!",
+        "job.7.finished from client: done",
+    ]
+
+
+def test_readme_thirty_second_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Thirty seconds", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert code is not None
+    assert run_python(["-c", code.group(1)]) == ["42", "Hello, Ada!"]
