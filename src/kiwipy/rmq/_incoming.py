@@ -1,0 +1,387 @@
+"""A task taken from a queue, and how it is finished, given back or parked.
+
+Rules (the at-least-once contract):
+
+1. A task is acknowledged only once its outcome is final **and** its reply (when one is
+   wanted) has been confirmed by the broker. A worker dying anywhere before that leaves the
+   task unacknowledged, so the broker gives it to another worker. If the reply cannot be
+   confirmed because the connection failed, the task is requeued, not acknowledged.
+2. A cancelled outcome is final: the sender gets kiwipy 0.9's ``cancelled`` reply and the task
+   is acknowledged (kiwipy 0.9 left it unacknowledged until the channel closed: bug B5).
+3. A task that can never be processed (too large, undecodable, the wrong shape) is *parked*:
+   copied, with a confirm, to the durable queue ``<queue>.dead`` with the header
+   ``x-kiwipy-reason`` (``too-large``, ``undecodable``, ``malformed``), the error text and its
+   original exchange, routing key and queue; the sender (if it gave ``reply_to``) gets an
+   exception reply; then the original is acknowledged. Never redelivered in a loop.
+4. A task every local subscriber rejected goes back to the queue (``basic.nack`` with requeue)
+   so another consumer can take it. The first time, at once; if it comes back to this worker,
+   it is held (unacknowledged) for ``reject_backoff`` seconds, doubling on each return up to
+   ten times that, before it is requeued again: a task nobody here wants costs this worker at
+   most one delivery per backoff period instead of a tight loop (bug B6). The same backoff
+   applies when a task cannot be parked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any, Optional
+
+import aiormq.abc
+from aiormq import exceptions as amqp_errors
+from pamqp import commands as spec
+
+from .. import exceptions
+from ..communications import AsyncIncomingTask
+from . import _amqp, _outcome, defaults, protocol
+from ._session import Session
+
+__all__ = (
+    "TASK_FINISHED",
+    "TASK_PENDING",
+    "TASK_PROCESSING",
+    "TASK_REQUEUED",
+    "RejectBackoff",
+    "RmqIncomingTask",
+    "TaskInfo",
+    "TaskResponder",
+    "declare_task_queue",
+    "task_queue_arguments",
+)
+
+_LOGGER = logging.getLogger("kiwipy.rmq.tasks")
+
+TASK_PENDING = "pending"
+TASK_FINISHED = "finished"
+TASK_PROCESSING = "processing"
+TASK_REQUEUED = "requeued"
+
+#: kiwipy 0.9's name for the decoded ``(task, no_reply)`` pair.
+TaskInfo = protocol.TaskBody
+
+REASON_HEADER = "x-kiwipy-reason"
+
+
+class TaskStateError(exceptions.InvalidStateError, asyncio.InvalidStateError):
+    """The task is not in a state that allows this (kiwipy 0.9 raised
+    :class:`asyncio.InvalidStateError`, which this also is)."""
+
+
+class RejectBackoff:
+    """Remembers tasks given back recently, to hold them when they keep coming back.
+
+    :param base: seconds of the first hold; doubles per return, up to ten times *base*.
+    """
+
+    _MAX_ENTRIES = 10000
+
+    def __init__(self, base: float) -> None:
+        self._base = base
+        self._seen: collections.OrderedDict[Any, tuple[int, float]] = collections.OrderedDict()
+
+    def delay(self, key: Any, now: float) -> float:
+        """:returns: seconds to hold the task *key* before requeueing it (0: at once)."""
+        count, last = self._seen.pop(key, (0, 0.0))
+        if now - last > self._base * 40:
+            count = 0  # it stayed away a long while: start over
+        self._seen[key] = (count + 1, now)
+        while len(self._seen) > self._MAX_ENTRIES:
+            self._seen.popitem(last=False)
+        return 0.0 if count == 0 else min(self._base * 2 ** (count - 1), self._base * 10)
+
+
+def _task_key(message: aiormq.abc.DeliveredMessage) -> Any:
+    props = message.header.properties
+    return props.message_id or props.correlation_id or hash(message.body)
+
+
+class TaskResponder:
+    """Replies, acknowledgements and parking for the tasks of one queue.
+
+    :param session: the session to publish with.
+    :param exchange: the task exchange (kiwipy 0.9 replies through it).
+    :param queue: the task queue's name.
+    """
+
+    def __init__(self, session: Session, exchange: str, queue: str) -> None:
+        self.session = session
+        self.exchange = exchange
+        self.queue = queue
+        self.backoff = RejectBackoff(session.options["reject_backoff"])
+        self._content_type = session.encoder.content_type
+
+    async def reply(self, message: aiormq.abc.DeliveredMessage, response: dict[str, Any]) -> bool:
+        """Send *response* (with host info) to the task's sender and wait for the confirm.
+
+        :returns: ``False`` if the task must not be acknowledged (the reply was not taken
+            because of the connection); ``True`` when confirmed or when its reply queue is
+            gone (nobody is waiting any more).
+        """
+        props = message.header.properties
+        if not props.reply_to:
+            return True
+        protocol.add_host_info(response)
+        try:
+            body = self.session.encoder.encode(response)
+        except exceptions.EncodeError as exc:
+            fallback = protocol.exception_response(exc)
+            protocol.add_host_info(fallback)
+            body = self.session.encoder.encode(fallback)
+        reply = _amqp.properties(
+            correlation_id=props.correlation_id, content_type=self._content_type
+        )
+        _LOGGER.debug(
+            "Replying to task %s via %r: %r", props.correlation_id, props.reply_to, response
+        )
+        try:
+            await self.session.publish(self.exchange, props.reply_to, body, reply, True)
+        except exceptions.UnroutableError:
+            _LOGGER.warning("the sender of task %s is gone; reply dropped", props.correlation_id)
+        except exceptions.KiwiError as exc:
+            _LOGGER.warning("reply to task %s not sent: %s", props.correlation_id, exc)
+            return False
+        return True
+
+    async def settle(self, message: aiormq.abc.DeliveredMessage, requeue: Optional[bool]) -> None:
+        """Acknowledge the delivery (``requeue=None``) or nack it. Nothing to do when its
+        channel is gone: the broker has given the task back already."""
+        if message.channel.is_closed or message.delivery_tag is None:
+            return
+        with contextlib.suppress(*_amqp.SEND_ERRORS):
+            if requeue is None:
+                await message.channel.basic_ack(message.delivery_tag)
+            else:
+                await message.channel.basic_nack(message.delivery_tag, requeue=requeue)
+
+    async def give_back(self, message: aiormq.abc.DeliveredMessage) -> None:
+        """Requeue a task this worker cannot take, holding it first if it keeps coming back
+        (module rule 4)."""
+        delay = self.backoff.delay(_task_key(message), self.session.loop.time())
+        if delay:
+            _LOGGER.debug(
+                "holding task %s for %.2f s before requeueing it", _task_key(message), delay
+            )
+            await asyncio.sleep(delay)
+        await self.settle(message, requeue=True)
+
+    async def park(
+        self, message: aiormq.abc.DeliveredMessage, reason: str, error: BaseException
+    ) -> None:
+        """Move a task that can never be processed to ``<queue>.dead`` (module rule 3)."""
+        _LOGGER.error(
+            "parking a task of %s in %s.dead (%s): %s", self.queue, self.queue, reason, error
+        )
+        try:
+            await self.session.publish(
+                "",
+                f"{self.queue}.dead",
+                message.body,
+                self._parked(message, reason, error),
+                mandatory=True,
+                check_size=False,  # a copy of what we were sent, whatever its size
+            )
+        except exceptions.KiwiError as exc:
+            _LOGGER.error("could not park the task (%s); it goes back to the queue", exc)
+            await self.give_back(message)
+            return
+        await self.reply(message, protocol.exception_response(error))
+        await self.settle(message, requeue=None)
+
+    def _parked(
+        self, message: aiormq.abc.DeliveredMessage, reason: str, error: BaseException
+    ) -> spec.Basic.Properties:
+        props = message.header.properties
+        headers = dict(props.headers or {})
+        headers.update(
+            {
+                REASON_HEADER: reason,
+                "x-kiwipy-error": str(error)[:1000],
+                "x-kiwipy-original-exchange": message.exchange or "",
+                "x-kiwipy-original-routing-key": message.routing_key or "",
+                "x-kiwipy-original-queue": self.queue,
+            }
+        )
+        return spec.Basic.Properties(
+            content_type=props.content_type,
+            content_encoding=props.content_encoding,
+            headers=headers,
+            delivery_mode=2,
+            correlation_id=props.correlation_id,
+            reply_to=props.reply_to,
+            message_id=props.message_id,
+            timestamp=props.timestamp,
+        )
+
+    async def decode(self, message: aiormq.abc.DeliveredMessage) -> Optional[protocol.TaskBody]:
+        """:returns: the task in *message*, or ``None`` after parking it if it has none."""
+        from ._replies import decode_body
+
+        try:
+            return protocol.decode_task(await decode_body(self.session, message.body))
+        except exceptions.MessageTooLarge as exc:
+            await self.park(message, "too-large", exc)
+        except protocol.MalformedMessage as exc:
+            await self.park(message, "malformed", exc)
+        except exceptions.DecodeError as exc:
+            await self.park(message, "undecodable", exc)
+        return None
+
+
+def task_queue_arguments(queue: str, compat: bool, testing_mode: bool) -> dict[str, Any]:
+    """:returns: the arguments a *new* task queue is declared with (rule 2 of
+    :mod:`kiwipy.rmq.tasks`)."""
+    if compat:
+        arguments: dict[str, Any] = {"x-message-ttl": defaults.TASK_MESSAGE_TTL}
+    else:
+        arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{queue}.dead"}
+    if testing_mode:
+        arguments["x-expires"] = defaults.TEST_QUEUE_EXPIRES
+    return arguments
+
+
+async def declare_task_queue(session: Session, exchange: str, queue: str) -> None:
+    """Make sure *queue* exists, bound to *exchange*, with its ``.dead`` queue (see
+    :mod:`kiwipy.rmq.tasks`)."""
+    options = session.options
+    testing = options["testing_mode"]
+    dead_args = {"x-expires": defaults.TEST_QUEUE_EXPIRES} if testing else None
+    await session.call(
+        "declaring a dead-letter queue",
+        "queue_declare",
+        queue=f"{queue}.dead",
+        durable=True,
+        arguments=dead_args,
+    )
+    if await session.passive_declare(queue) is None:
+        arguments = task_queue_arguments(queue, options["task_queue_compat"], testing)
+        try:
+            await session.call(
+                "declaring a task queue",
+                "queue_declare",
+                queue=queue,
+                durable=True,
+                arguments=arguments,
+            )
+        except amqp_errors.ChannelPreconditionFailed:
+            _LOGGER.info("task queue %s was just declared elsewhere; using it as it is", queue)
+    await session.call(
+        "binding a task queue", "queue_bind", queue=queue, exchange=exchange, routing_key=queue
+    )
+
+
+class RmqIncomingTask(AsyncIncomingTask):
+    """A task received from a queue; see :class:`kiwipy.communications.AsyncIncomingTask`.
+
+    :param responder: the queue's :class:`TaskResponder` (kiwipy 0.9 took the subscriber).
+    :param message: the aiormq delivery.
+    :param task: the decoded task (decoded from *message* if ``None``).
+    :param no_ack: the delivery was taken without acknowledgement.
+    """
+
+    def __init__(
+        self,
+        responder: TaskResponder,
+        message: aiormq.abc.DeliveredMessage,
+        task: Optional[protocol.TaskBody] = None,
+        no_ack: bool = False,
+    ) -> None:
+        self._responder = responder
+        self._message = message
+        if task is None:
+            task = protocol.decode_task(responder.session.encoder.decode(message.body))
+        self._task = task
+        self._no_ack = no_ack
+        self._state = TASK_PENDING
+        self._outcome_ref: Optional[weakref.ReferenceType[asyncio.Future[Any]]] = None
+        self._loop = responder.session.loop
+        self._finishing: set[asyncio.Task[Any]] = set()
+
+    @property
+    def body(self) -> Any:
+        return self._task.task
+
+    @property
+    def no_reply(self) -> bool:
+        return self._task.no_reply
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def _start(self) -> None:
+        if self._state != TASK_PENDING:
+            raise TaskStateError(f"The task is {self._state}")
+        self._state = TASK_PROCESSING
+
+    def process(self) -> asyncio.Future[Any]:
+        self._start()
+        outcome: asyncio.Future[Any] = self._loop.create_future()
+        outcome.add_done_callback(self._on_outcome)
+        # Only the caller holds the outcome: if they drop it unresolved, requeue the task.
+        self._outcome_ref = weakref.ref(outcome, self._outcome_destroyed)
+        return outcome
+
+    def _on_outcome(self, outcome: asyncio.Future[Any]) -> None:
+        self._outcome_ref = None
+        task = self._loop.create_task(self.finish(outcome_of(outcome)))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    def _outcome_destroyed(self, ref: weakref.ReferenceType[asyncio.Future[Any]]) -> None:
+        # May run on any thread (garbage collection), so hop onto the loop.
+        if self._outcome_ref is ref and not self._loop.is_closed():
+            self._outcome_ref = None
+            asyncio.run_coroutine_threadsafe(self.requeue(), self._loop)
+
+    async def requeue(self) -> None:
+        if self._state not in (TASK_PENDING, TASK_PROCESSING):
+            raise TaskStateError(f"The task is {self._state}")
+        self._state = TASK_REQUEUED
+        self._outcome_ref = None
+        if not self._no_ack:
+            await self._responder.settle(self._message, requeue=True)
+
+    @contextlib.asynccontextmanager
+    async def processing(self) -> AsyncIterator[asyncio.Future[Any]]:
+        self._start()
+        outcome: asyncio.Future[Any] = self._loop.create_future()
+        try:
+            yield outcome
+        except Exception as exc:
+            if not outcome.done():
+                outcome.set_exception(exc)
+            raise
+        finally:
+            if outcome.done():
+                await self.finish(outcome_of(outcome))
+            else:
+                await self.requeue()
+
+    async def finish(self, outcome: _outcome.Outcome) -> None:
+        """Reply with *outcome* (unless ``no_reply``), then acknowledge (module rule 1)."""
+        if self._state in (TASK_FINISHED, TASK_REQUEUED):
+            return
+        self._state = TASK_FINISHED
+        if outcome.kind == _outcome.EXCEPTION:
+            _LOGGER.warning("task raised %r", outcome.value)
+        if not self.no_reply:
+            if not await self._responder.reply(self._message, _outcome.to_response(outcome)):
+                self._state = TASK_REQUEUED
+                await self._responder.settle(self._message, requeue=True)
+                return
+        if not self._no_ack:
+            await self._responder.settle(self._message, requeue=None)
+
+
+def outcome_of(future: asyncio.Future[Any]) -> _outcome.Outcome:
+    """:returns: the :class:`~kiwipy.rmq._outcome.Outcome` of a finished future."""
+    if future.cancelled():
+        return _outcome.Outcome(_outcome.CANCELLED, "the task's outcome was cancelled")
+    exc = future.exception()
+    if exc is not None:
+        return _outcome.Outcome(_outcome.EXCEPTION, exc)
+    return _outcome.Outcome(_outcome.RESULT, future.result())

@@ -1,0 +1,292 @@
+"""The asyncio RabbitMQ communicator, :class:`RmqCommunicator`, and :func:`async_connect`.
+
+One communicator = one aio-pika connection (which it owns and closes), one
+:class:`~kiwipy.rmq._session.Session` over it, one reply queue shared by every sender, and
+components created on first use: the message publisher and subscriber
+(:mod:`kiwipy.rmq.messages`), the default task queue and any named task queues
+(:mod:`kiwipy.rmq.tasks`). Each component re-declares and re-consumes what it owns after
+aio-pika reconnects, so subscribers keep receiving without the user doing anything; connection
+state changes are observable with :meth:`RmqCommunicator.add_connection_callback`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Mapping
+from typing import Any, Callable, Optional, TypeVar, cast
+
+import aio_pika
+from typing_extensions import Unpack
+
+from .. import exceptions
+from ..communications import (
+    AsyncCommunicator,
+    BroadcastSubscriber,
+    RpcSubscriber,
+    TaskSubscriber,
+)
+from ._options import ConnectionFactory, ConnectionParams, RmqOptions, resolve_options
+from ._replies import ReplyQueue
+from ._session import Session
+from .messages import RmqPublisher, RmqSubscriber
+from .tasks import RmqTaskQueue
+
+__all__ = ("RmqCommunicator", "RmqPublisher", "RmqSubscriber", "async_connect")
+
+_LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds ``disconnect`` gives the components to stop cleanly before closing anyway (with
+#: the session's own bounded close, it stays under the thread facade's 5 s call timeout).
+_CLOSE_BUDGET = 2.0
+
+
+class RmqCommunicator(AsyncCommunicator):
+    """An asyncio communicator over RabbitMQ, wire-compatible with kiwipy 0.9.
+
+    It takes ownership of *connection*: :meth:`disconnect` closes it.
+
+    :param connection: an aio-pika connection (connected or not), e.g. from
+        :func:`aio_pika.connect_robust`, which reconnects by itself.
+    :param options: see :class:`~kiwipy.rmq._options.RmqOptions` (kiwipy 0.9's
+        ``message_exchange``, ``queue_expires``, ``task_exchange``, ``task_queue``,
+        ``task_prefetch_size``, ``task_prefetch_count``, ``encoder``, ``decoder``,
+        ``testing_mode`` and this library's additions).
+    :raises TypeError: for an unknown option.
+    """
+
+    def __init__(self, connection: Any, **options: Unpack[RmqOptions]) -> None:
+        self._options = resolve_options(options)
+        self._connection = connection
+        self._session = Session(connection, self._options, owns_connection=True)
+        self._replies = ReplyQueue(self._session, self._options["message_exchange"])
+        self._lazy: dict[str, asyncio.Future[Any]] = {}
+        self._task_queues: list[RmqTaskQueue] = []
+        self._closed = False
+
+    def __str__(self) -> str:
+        return f"RmqCommunicator({self._connection})"
+
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        """The broker's ``connection.start`` properties (product, version, platform, ...);
+        ``{}`` while not connected."""
+        transport = self._connection.transport
+        if transport is None:
+            return {}
+        return dict(transport.connection.server_properties)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop driving the connection."""
+        loop: asyncio.AbstractEventLoop = self._connection.loop
+        return loop
+
+    def add_close_callback(self, callback: Callable[..., Any], weak: bool = False) -> None:
+        """Call ``callback(connection, exc)`` every time the connection closes.
+
+        :param weak: keep only a weak reference to *callback*.
+        """
+        self._connection.close_callbacks.add(callback, weak)
+
+    def add_connection_callback(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(event)`` on every connection state change: ``'connected'``,
+        ``'disconnected'``, ``'reconnected'`` (everything restored), ``'lost'`` (not back
+        within ``recovery_timeout``) and ``'closed'``. Called on the communicator's loop."""
+        self._session.add_listener(callback)
+
+    @property
+    def pending_replies(self) -> int:
+        """How many replies (RPC and task) this communicator is waiting for."""
+        return self._replies.waiting
+
+    # Life cycle
+
+    def connected(self) -> bool:
+        return not self._closed and not self._connection.is_closed
+
+    async def connect(self) -> None:
+        """Connect if needed. :raises CommunicatorClosed: after :meth:`disconnect`."""
+        self._ensure_open()
+        await self._session.start()
+
+    async def disconnect(self) -> None:
+        """Stop consuming, fail waiting replies with :class:`~kiwipy.CommunicatorClosed`,
+        delete this communicator's own queues and close the connection. Idempotent, and
+        bounded in time even when the broker is gone."""
+        if self._closed:
+            return
+        self._closed = True
+        self._replies.fail_all(exceptions.CommunicatorClosed())
+        await asyncio.sleep(0)  # let the failed futures' callbacks run
+        self._session.begin_close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop_components(), _CLOSE_BUDGET)
+        await self._session.close()
+
+    async def _stop_components(self) -> None:
+        components = [f.result() for f in self._lazy.values() if f.done() and not f.exception()]
+        for component in components + list(self._task_queues):
+            if isinstance(component, RmqPublisher):
+                continue  # its only state is the shared reply queue, closed below
+            try:
+                await component.disconnect()
+            except exceptions.KiwiError as exc:
+                _LOGGER.debug("while disconnecting %r: %s", component, exc)
+        await self._replies.close()
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise exceptions.CommunicatorClosed
+
+    async def _get(self, name: str, make: Callable[[], Awaitable[T]]) -> T:
+        """:returns: the component *name*, made (once, even with concurrent callers) by
+        *make*; a failed attempt is retried by the next call."""
+        self._ensure_open()
+        future = self._lazy.get(name)
+        if future is None or (future.done() and future.exception() is not None):
+            future = self._lazy[name] = asyncio.ensure_future(make())
+        if not future.done():
+            await asyncio.shield(future)
+        return cast(T, future.result())
+
+    async def get_message_publisher(self) -> RmqPublisher:
+        """:returns: the RPC/broadcast publisher, created on first use."""
+
+        async def make() -> RmqPublisher:
+            publisher = RmqPublisher(
+                self._session, self._options["message_exchange"], replies=self._replies
+            )
+            await publisher.connect()
+            return publisher
+
+        return await self._get("publisher", make)
+
+    async def get_message_subscriber(self) -> RmqSubscriber:
+        """:returns: the RPC/broadcast subscriber, created on first use."""
+
+        async def make() -> RmqSubscriber:
+            subscriber = RmqSubscriber(
+                self._session,
+                self._options["message_exchange"],
+                self._options["queue_expires"],
+                owner=self,
+            )
+            await subscriber.connect()
+            return subscriber
+
+        return await self._get("subscriber", make)
+
+    async def get_default_task_queue(self) -> RmqTaskQueue:
+        """:returns: the task queue named by the ``task_queue`` option, declared on first use."""
+        options = self._options
+
+        async def make() -> RmqTaskQueue:
+            return await self._make_task_queue(
+                options["task_queue"], options["task_prefetch_size"], options["task_prefetch_count"]
+            )
+
+        return await self._get("tasks", make)
+
+    async def _make_task_queue(
+        self, queue_name: str, prefetch_size: int, prefetch_count: int
+    ) -> RmqTaskQueue:
+        queue = RmqTaskQueue(
+            self._session,
+            self._options["task_exchange"],
+            queue_name,
+            prefetch_size=prefetch_size,
+            prefetch_count=prefetch_count,
+            owner=self,
+            replies=self._replies,
+        )
+        await queue.connect()
+        return queue
+
+    # Subscribers
+
+    async def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: Any = None) -> Any:
+        return await (await self.get_message_subscriber()).add_rpc_subscriber(
+            subscriber, identifier
+        )
+
+    async def remove_rpc_subscriber(self, identifier: Any) -> None:
+        await (await self.get_message_subscriber()).remove_rpc_subscriber(identifier)
+
+    async def add_broadcast_subscriber(
+        self, subscriber: BroadcastSubscriber, identifier: Any = None
+    ) -> Any:
+        return await (await self.get_message_subscriber()).add_broadcast_subscriber(
+            subscriber, identifier
+        )
+
+    async def remove_broadcast_subscriber(self, identifier: Any) -> None:
+        await (await self.get_message_subscriber()).remove_broadcast_subscriber(identifier)
+
+    async def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
+        queue = await self.get_default_task_queue()
+        return await queue.add_task_subscriber(subscriber, identifier)
+
+    async def remove_task_subscriber(self, identifier: Any) -> None:
+        await (await self.get_default_task_queue()).remove_task_subscriber(identifier)
+
+    # Sending
+
+    async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
+        """:raises UnroutableError: if nobody holds *recipient_id*."""
+        return await (await self.get_message_publisher()).rpc_send(recipient_id, msg)
+
+    async def broadcast_send(
+        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+    ) -> Any:
+        """:returns: the broker's confirm (``pamqp.commands.Basic.Ack``, truthy)."""
+        publisher = await self.get_message_publisher()
+        return await publisher.broadcast_send(body, sender, subject, correlation_id)
+
+    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
+        """Queue *task* on the default task queue (declared if missing).
+
+        Channel and connection failures raise :class:`~kiwipy.ConnectionLost`, not
+        :class:`~kiwipy.TaskRejected` as in kiwipy 0.9 (bug B7).
+        """
+        return await (await self.get_default_task_queue()).task_send(task, no_reply)
+
+    async def task_queue(
+        self, queue_name: str, prefetch_size: int = 0, prefetch_count: int = 0
+    ) -> RmqTaskQueue:
+        """:returns: a new handle on the task queue *queue_name* (declared if missing)."""
+        self._ensure_open()
+        queue = await self._make_task_queue(queue_name, prefetch_size, prefetch_count)
+        self._task_queues.append(queue)
+        return queue
+
+
+async def _open_connection(params: ConnectionParams, factory: ConnectionFactory) -> Any:
+    """:returns: ``factory(**params)`` for a dict, ``factory(params)`` for a URL string."""
+    params = params or {}
+    if isinstance(params, Mapping):
+        return await factory(**params)
+    return await factory(params)
+
+
+async def async_connect(
+    connection_params: ConnectionParams = None,
+    connection_factory: ConnectionFactory = aio_pika.connect_robust,
+    **options: Unpack[RmqOptions],
+) -> RmqCommunicator:
+    """Open a connection and return a connected :class:`RmqCommunicator`.
+
+    :param connection_params: a URL (``'amqp://guest:guest@127.0.0.1/?heartbeat=30'``) or
+        keyword arguments for *connection_factory* (``{'url': ...}``).
+    :param connection_factory: makes the aio-pika connection; the default reconnects by
+        itself after the connection is lost.
+    :param options: see :class:`RmqCommunicator`.
+    """
+    resolve_options(options)  # fail on a bad option before connecting
+    connection = await _open_connection(connection_params, connection_factory)
+    communicator = RmqCommunicator(connection, **options)
+    await communicator.connect()
+    return communicator

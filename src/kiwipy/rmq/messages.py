@@ -1,0 +1,405 @@
+"""RPCs and broadcasts on the message exchange: :class:`RmqPublisher` and :class:`RmqSubscriber`.
+
+Topology (kiwipy 0.9 names and routing keys, so 0.9 peers interoperate):
+
+* RPCs go to ``[rpc].<identifier>`` on the message exchange. Each RPC subscriber gets an
+  **exclusive** queue with a deterministic name, ``<exchange>.rpc.<identifier>`` (kiwipy 0.9
+  let aio-pika pick a random one). RabbitMQ refuses a second exclusive declare of that name
+  from any other connection (``RESOURCE_LOCKED``), which makes identifiers unique across the
+  broker: the second registration raises :class:`~kiwipy.DuplicateSubscriberIdentifier`
+  instead of two subscribers answering one call. Removing the subscriber deletes its queue
+  (bug B13).
+* Broadcasts go to ``[broadcast]``; each subscriber side has one exclusive
+  ``broadcast-<shortuuid>`` queue with kiwipy 0.9's 66 s message TTL, plus ``x-expires`` so a
+  queue nobody consumes any more cannot collect messages forever (B13). It stays bound while
+  no broadcast subscriber is registered, so broadcasts sent meanwhile arrive on
+  re-subscription (within the TTL), as in kiwipy 0.9.
+* RPC requests are consumed without acknowledgement (kiwipy 0.9 acknowledged them before
+  running the subscriber: the same guarantee, one frame less); broadcasts likewise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from typing import Any, NamedTuple, Optional
+
+import aiormq.abc
+import shortuuid
+from aiormq import exceptions as amqp_errors
+
+from .. import exceptions
+from . import _amqp, _outcome, defaults, protocol
+from ._replies import ReplyQueue, decode_body
+from ._session import Session
+
+__all__ = ("BroadcastMessage", "RmqPublisher", "RmqSubscriber")
+
+_LOGGER = logging.getLogger(__name__)
+
+MESSAGES = "messages"
+#: Seconds ``disconnect`` waits for RPCs and broadcasts already received to be handled.
+_DRAIN_GRACE = 1.0
+#: RabbitMQ may delete a queue with a tiny ``x-expires`` between its declare and its consume.
+_MIN_EXPIRES = 1000
+
+
+class BroadcastMessage:
+    """kiwipy 0.9's broadcast body keys and builder."""
+
+    BODY = "body"
+    SENDER = "sender"
+    SUBJECT = "subject"
+    CORRELATION_ID = "correlation_id"
+
+    @staticmethod
+    def create(
+        body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+    ) -> dict[str, Any]:
+        """:returns: the broadcast body dict."""
+        message = protocol.Broadcast(body, sender, subject, correlation_id)
+        return protocol.encode_broadcast(message)
+
+
+def _codec_options(encoder: Any, decoder: Any, testing_mode: bool) -> dict[str, Any]:
+    return {"encoder": encoder, "decoder": decoder, "testing_mode": testing_mode}
+
+
+class RmqPublisher:
+    """Sends RPCs and broadcasts, and receives the RPC replies.
+
+    :param connection: an aio-pika connection (or a communicator's internal session).
+    :param exchange_name: the message exchange.
+    :param exchange_params: aio-pika ``declare_exchange`` keywords overriding kiwipy 0.9's.
+    :param encoder: see :class:`~kiwipy.rmq.RmqCommunicator`.
+    :param decoder: see :class:`~kiwipy.rmq.RmqCommunicator`.
+    :param confirm_deliveries: accepted for compatibility; every send is confirmed.
+    :param testing_mode: auto-deleting exchange.
+    :param replies: the reply queue to use (a communicator shares one), else its own.
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        exchange_name: str = defaults.MESSAGE_EXCHANGE,
+        exchange_params: Optional[dict[str, Any]] = None,
+        encoder: Any = defaults.ENCODER,
+        decoder: Any = defaults.DECODER,
+        confirm_deliveries: bool = True,
+        testing_mode: bool = False,
+        *,
+        replies: Optional[ReplyQueue] = None,
+    ) -> None:
+        self._session = Session.of(connection, _codec_options(encoder, decoder, testing_mode))
+        self._owns_session = self._session is not connection
+        self._exchange_name = exchange_name
+        self._exchange_params = _amqp.exchange_arguments(
+            exchange_params, self._session.testing_mode
+        )
+        self._replies = replies or ReplyQueue(self._session, exchange_name)
+        self._content_type = self._session.encoder.content_type
+
+    def get_exchange_name(self) -> str:
+        return self._exchange_name
+
+    async def connect(self) -> None:
+        """Declare the exchange and start receiving replies (binding the reply queue to it
+        keeps a testing-mode exchange alive while this publisher lives)."""
+        await self._replies.bind(self._exchange_name, self._exchange_params)
+
+    async def disconnect(self) -> None:
+        """Stop receiving replies; waiting futures fail with
+        :class:`~kiwipy.CommunicatorClosed`."""
+        self._replies.fail_all(exceptions.CommunicatorClosed())
+        await self._replies.close()
+        if self._owns_session:
+            await self._session.close()
+
+    async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
+        """Send *msg* to the RPC subscriber *recipient_id*.
+
+        :returns: once the broker confirmed the request, a future for the reply.
+        :raises UnroutableError: if nobody holds *recipient_id*.
+        """
+        routing_key = protocol.rpc_routing_key(recipient_id)
+        body = self._session.encoder.encode(msg)
+        correlation_id = _amqp.new_correlation_id()
+        _LOGGER.debug("Sending RPC %s to %r: %r", correlation_id, routing_key, msg)
+        future = self._replies.expect(correlation_id, routing_key)
+        props = _amqp.properties(
+            correlation_id=correlation_id,
+            reply_to=self._replies.name,
+            content_type=self._content_type,
+        )
+        try:
+            await self._session.publish(self._exchange_name, routing_key, body, props, True)
+        except BaseException:
+            self._replies.forget(correlation_id)
+            raise
+        return future
+
+    async def broadcast_send(
+        self, msg: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+    ) -> Any:
+        """Send a broadcast (not an error when nobody listens).
+
+        :returns: the broker's confirm (``pamqp.commands.Basic.Ack``), as kiwipy 0.9 did.
+        """
+        message = BroadcastMessage.create(msg, sender, subject, correlation_id)
+        _LOGGER.debug("Sending broadcast on %r: %r", self._exchange_name, message)
+        body = self._session.encoder.encode(message)
+        props = _amqp.properties(content_type=self._content_type)
+        routing_key = defaults.BROADCAST_TOPIC
+        return await self._session.publish(self._exchange_name, routing_key, body, props, False)
+
+
+class _Rpc(NamedTuple):
+    subscriber: Any
+    queue: str
+    consumer_tag: str
+
+
+class RmqSubscriber:
+    """Receives RPCs and broadcasts.
+
+    Subscribers are called with ``owner`` (the communicator) as first argument.
+
+    :param connection: an aio-pika connection (or a communicator's internal session).
+    :param message_exchange: the message exchange.
+    :param queue_expires: ms an unused RPC or broadcast queue lives on (falsy: forever).
+    :param owner: first argument of every subscriber call (default: this object).
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        message_exchange: str = defaults.MESSAGE_EXCHANGE,
+        queue_expires: int = defaults.QUEUE_EXPIRES,
+        decoder: Any = defaults.DECODER,
+        encoder: Any = defaults.ENCODER,
+        testing_mode: bool = False,
+        *,
+        owner: Any = None,
+    ) -> None:
+        self._session = Session.of(connection, _codec_options(encoder, decoder, testing_mode))
+        self._owns_session = self._session is not connection
+        self._exchange_name = message_exchange
+        self._exchange_params = _amqp.exchange_arguments(None, self._session.testing_mode)
+        self._owner = self if owner is None else owner
+        self._queue_arguments: dict[str, Any] = {"x-message-ttl": defaults.MESSAGE_TTL}
+        if queue_expires:
+            self._queue_arguments["x-expires"] = max(int(queue_expires), _MIN_EXPIRES)
+        self._rpc: dict[Any, _Rpc] = {}
+        self._broadcast: dict[Any, Any] = {}
+        self._broadcast_queue = f"broadcast-{shortuuid.uuid()}"
+        self._broadcast_tag: Optional[str] = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._content_type = self._session.encoder.content_type
+
+    async def connect(self) -> None:
+        """Get ready; the exchange and queues are declared as subscribers are added (an
+        auto-deleting exchange that never had a binding would never be deleted)."""
+        self._session.add_restorer(MESSAGES, self, self._restore)
+
+    # RPC
+
+    async def add_rpc_subscriber(self, subscriber: Any, identifier: Any = None) -> Any:
+        """Receive RPCs sent to *identifier* (a short uuid if ``None``).
+
+        :returns: the identifier.
+        :raises DuplicateSubscriberIdentifier: if it is taken, here or anywhere on the broker.
+        """
+        identifier = shortuuid.uuid() if identifier is None else identifier
+        if identifier in self._rpc:
+            raise exceptions.DuplicateSubscriberIdentifier(f"RPC identifier '{identifier}'")
+        queue = f"{self._exchange_name}.rpc.{identifier}"
+        self._rpc[identifier] = _Rpc(subscriber, queue, "")  # reserved while we declare
+        try:
+            tag = await self._start_rpc(identifier, queue)
+        except BaseException:
+            del self._rpc[identifier]
+            raise
+        self._rpc[identifier] = _Rpc(subscriber, queue, tag)
+        return identifier
+
+    async def _start_rpc(self, identifier: Any, queue: str) -> str:
+        try:
+            await self._session.call(
+                "declaring an RPC queue",
+                "queue_declare",
+                queue=queue,
+                exclusive=True,
+                arguments=self._queue_arguments,
+            )
+        except amqp_errors.ChannelLockedResource as exc:
+            raise exceptions.DuplicateSubscriberIdentifier(
+                f"RPC identifier '{identifier}' is held by another communicator"
+            ) from exc
+        routing_key = protocol.rpc_routing_key(identifier)
+        await self._bind(queue, routing_key)
+        callback = functools.partial(self._on_rpc, identifier)
+        return await self._session.consume(MESSAGES, queue, callback, no_ack=True)
+
+    async def _bind(self, queue: str, routing_key: str) -> None:
+        # Declared again first: in testing mode the exchange auto-deletes when its last
+        # binding goes, e.g. when another communicator on it closed a moment ago.
+        await self._session.declare_exchange(self._exchange_name, self._exchange_params)
+        await self._session.call(
+            f"binding {queue!r}",
+            "queue_bind",
+            queue=queue,
+            exchange=self._exchange_name,
+            routing_key=routing_key,
+        )
+
+    async def remove_rpc_subscriber(self, identifier: Any) -> None:
+        """Stop receiving RPCs for *identifier* and delete its queue.
+
+        :raises ValueError: for an unknown identifier.
+        """
+        try:
+            rpc = self._rpc.pop(identifier)
+        except KeyError:
+            raise ValueError(f"Unknown subscriber '{identifier}'") from None
+        await self._session.cancel(MESSAGES, rpc.consumer_tag)
+        await self._delete(rpc.queue)
+
+    async def _delete(self, queue: str) -> None:
+        try:
+            await self._session.call(f"deleting {queue!r}", "queue_delete", queue=queue)
+        except (exceptions.KiwiError, amqp_errors.ChannelClosed) as exc:
+            _LOGGER.debug("queue %s not deleted: %s", queue, exc)
+
+    async def _on_rpc(self, identifier: Any, message: aiormq.abc.DeliveredMessage) -> None:
+        with _outcome.tracked(self._handlers):
+            rpc = self._rpc.get(identifier)
+            try:
+                msg = await decode_body(self._session, message.body)
+            except exceptions.KiwiError as exc:
+                _LOGGER.error("undecodable RPC for %r: %s", identifier, exc)
+                await self._reply(message, protocol.exception_response(exc))
+                return
+            if rpc is None:  # removed while the request was on its way
+                gone = exceptions.ReplyLost(f"RPC subscriber '{identifier}' was removed")
+                await self._reply(message, protocol.exception_response(gone))
+                return
+
+            async def pending() -> None:
+                await self._reply(message, protocol.pending_response())
+
+            outcome = await _outcome.invoke(rpc.subscriber, (self._owner, msg), pending)
+            await self._reply(message, _outcome.to_response(outcome))
+
+    async def _reply(self, message: aiormq.abc.DeliveredMessage, response: dict[str, Any]) -> None:
+        props = message.header.properties
+        if not props.reply_to:
+            return
+        try:
+            body = self._session.encoder.encode(response)
+        except exceptions.EncodeError as exc:
+            body = self._session.encoder.encode(protocol.exception_response(exc))
+        reply = _amqp.properties(
+            correlation_id=props.correlation_id, content_type=self._content_type
+        )
+        _LOGGER.debug(
+            "Replying to RPC %s via %r: %r", props.correlation_id, props.reply_to, response
+        )
+        try:
+            await self._session.publish(self._exchange_name, props.reply_to, body, reply, True)
+        except exceptions.KiwiError as exc:
+            _LOGGER.warning("reply to %s could not be sent: %s", props.reply_to, exc)
+
+    # Broadcasts
+
+    async def add_broadcast_subscriber(self, subscriber: Any, identifier: Any = None) -> Any:
+        """Receive every broadcast. :returns: the identifier (a short uuid if ``None``).
+
+        :raises DuplicateSubscriberIdentifier: if this subscriber side already has it.
+        """
+        identifier = identifier or shortuuid.uuid()
+        if identifier in self._broadcast:
+            raise exceptions.DuplicateSubscriberIdentifier(f"Broadcast identifier '{identifier}'")
+        self._broadcast[identifier] = subscriber
+        if self._broadcast_tag is None:
+            try:
+                await self._start_broadcasts()
+            except BaseException:
+                del self._broadcast[identifier]
+                raise
+        return identifier
+
+    async def _start_broadcasts(self) -> None:
+        # Declared each time consumption starts: it may have expired while unused.
+        await self._session.call(
+            "declaring the broadcast queue",
+            "queue_declare",
+            queue=self._broadcast_queue,
+            exclusive=True,
+            arguments=self._queue_arguments,
+        )
+        await self._bind(self._broadcast_queue, defaults.BROADCAST_TOPIC)
+        self._broadcast_tag = await self._session.consume(
+            MESSAGES, self._broadcast_queue, self._on_broadcast, no_ack=True
+        )
+
+    async def remove_broadcast_subscriber(self, identifier: Any) -> None:
+        """:raises ValueError: for an unknown identifier."""
+        try:
+            del self._broadcast[identifier]
+        except KeyError:
+            raise ValueError(f"Broadcast subscriber '{identifier}' unknown") from None
+        if not self._broadcast and self._broadcast_tag is not None:
+            tag, self._broadcast_tag = self._broadcast_tag, None
+            await self._session.cancel(MESSAGES, tag)
+
+    async def _on_broadcast(self, message: aiormq.abc.DeliveredMessage) -> None:
+        with _outcome.tracked(self._handlers):
+            try:
+                broadcast = protocol.decode_broadcast(
+                    await decode_body(self._session, message.body)
+                )
+            except exceptions.KiwiError as exc:
+                _LOGGER.error("dropping an undecodable broadcast: %s", exc)
+                return
+            args = (broadcast.body, broadcast.sender, broadcast.subject, broadcast.correlation_id)
+            for subscriber in list(self._broadcast.values()):
+                try:
+                    result = subscriber(self._owner, *args)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    _LOGGER.exception("Exception in broadcast receiver")
+
+    # Life cycle
+
+    async def _restore(self) -> None:
+        for identifier, rpc in list(self._rpc.items()):
+            try:
+                tag = await self._start_rpc(identifier, rpc.queue)
+            except exceptions.DuplicateSubscriberIdentifier:
+                _LOGGER.error("RPC identifier %r was taken while reconnecting; dropped", identifier)
+                self._rpc.pop(identifier, None)
+            else:
+                self._rpc[identifier] = rpc._replace(consumer_tag=tag)
+        if self._broadcast:
+            await self._start_broadcasts()
+
+    async def disconnect(self) -> None:
+        """Stop consuming, let what was already received be handled (briefly), and delete
+        this side's queues."""
+        self._session.remove_restorer(MESSAGES, self)
+        for rpc in self._rpc.values():
+            await self._session.cancel(MESSAGES, rpc.consumer_tag)
+        if self._broadcast_tag is not None:
+            await self._session.cancel(MESSAGES, self._broadcast_tag)
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=_DRAIN_GRACE)
+        for rpc in self._rpc.values():
+            await self._delete(rpc.queue)
+        self._rpc.clear()
+        self._broadcast.clear()
+        self._broadcast_tag = None
+        if self._owns_session:
+            await self._session.close()

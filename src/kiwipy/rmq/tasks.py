@@ -1,0 +1,386 @@
+"""Task queues: :class:`RmqTaskPublisher`, :class:`RmqTaskSubscriber`, :class:`RmqTaskQueue`.
+
+Task queue declaration (kiwipy 0.9 declared ``x-message-ttl: 604800000``; RabbitMQ refuses to
+redeclare a queue with other arguments, and keeps a requeued message's original expiry, so
+old tasks silently vanished):
+
+1. A *passive* declare first: a queue that exists (for instance declared by kiwipy 0.9) is used
+   as it is, never redeclared with other arguments.
+2. A missing queue is declared with safe defaults: durable, no message TTL, dead-lettering to
+   ``<queue>.dead``. With the ``task_queue_compat`` option it gets kiwipy 0.9's exact
+   arguments instead, for deployments that mix both libraries.
+3. ``<queue>.dead`` (durable) always exists beside it: parked tasks go there (see
+   :mod:`kiwipy.rmq._incoming` for what is parked and when).
+4. In testing mode queues are durable with ``x-expires`` (RabbitMQ 4 removes transient
+   non-exclusive queues), so they vanish on their own after the tests.
+
+Prefetch is per consumer (``basic.qos`` without ``global``); each consumed queue has its own
+channel. Subscribers are tried in the order they were added; :class:`~kiwipy.TaskRejected`
+passes the task to the next one, any other outcome is final (kiwipy 0.9 went on trying the
+others after an exception: bug B3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Optional
+
+import aiormq.abc
+import shortuuid
+from pamqp import commands as spec
+
+from .. import exceptions
+from ..communications import AsyncTaskQueue
+from . import _amqp, _outcome, defaults, protocol
+from ._incoming import (
+    TASK_FINISHED,
+    TASK_PENDING,
+    TASK_PROCESSING,
+    TASK_REQUEUED,
+    RmqIncomingTask,
+    TaskInfo,
+    TaskResponder,
+    declare_task_queue,
+)
+from ._replies import ReplyQueue
+from ._session import Session
+
+__all__ = (
+    "TASK_FINISHED",
+    "TASK_PENDING",
+    "TASK_PROCESSING",
+    "TASK_REQUEUED",
+    "RmqIncomingTask",
+    "RmqTaskPublisher",
+    "RmqTaskQueue",
+    "RmqTaskSubscriber",
+    "TaskInfo",
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _codec_options(encoder: Any, decoder: Any, testing_mode: bool) -> dict[str, Any]:
+    return {"encoder": encoder, "decoder": decoder, "testing_mode": testing_mode}
+
+
+class RmqTaskPublisher:
+    """Sends tasks to one task queue and receives their results.
+
+    :param connection: an aio-pika connection (or a communicator's internal session).
+    :param queue_name: the task queue (the routing key).
+    :param exchange_name: the task exchange (kiwipy 0.9's default is the *message* exchange).
+    :param confirm_deliveries: accepted for compatibility; every send is confirmed.
+    :param replies: the reply queue to use (a communicator shares one), else its own.
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        queue_name: str = defaults.TASK_QUEUE,
+        exchange_name: str = defaults.MESSAGE_EXCHANGE,
+        exchange_params: Optional[dict[str, Any]] = None,
+        encoder: Any = defaults.ENCODER,
+        decoder: Any = defaults.DECODER,
+        confirm_deliveries: bool = True,
+        testing_mode: bool = False,
+        *,
+        replies: Optional[ReplyQueue] = None,
+    ) -> None:
+        self._session = Session.of(connection, _codec_options(encoder, decoder, testing_mode))
+        self._owns_session = self._session is not connection
+        self._queue_name = queue_name
+        self._exchange_name = exchange_name
+        self._exchange_params = _amqp.exchange_arguments(
+            exchange_params, self._session.testing_mode
+        )
+        self._replies = replies or ReplyQueue(self._session, exchange_name)
+        self._content_type = self._session.encoder.content_type
+
+    async def connect(self) -> None:
+        """Declare the exchange and start receiving replies."""
+        await self._replies.bind(self._exchange_name, self._exchange_params)
+
+    async def disconnect(self) -> None:
+        """Stop receiving replies; waiting futures fail with CommunicatorClosed."""
+        self._replies.fail_all(exceptions.CommunicatorClosed())
+        await self._replies.close()
+        if self._owns_session:
+            await self._session.close()
+
+    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
+        """Queue *task* (persistent, confirmed by the broker before this returns).
+
+        :returns: a future for the task's outcome, or ``None`` with *no_reply*.
+        :raises UnroutableError: (also an ``aio_pika.exceptions.DeliveryError``) if no queue
+            is bound for it.
+        :raises MessageTooLarge: if it encodes to more than ``max_message_size``.
+        """
+        _LOGGER.debug("Sending task to %r (reply=%r): %r", self._queue_name, not no_reply, task)
+        body = self._session.encoder.encode(protocol.encode_task(task, no_reply))
+        correlation_id = _amqp.new_correlation_id()
+        props = _amqp.properties(
+            persistent=True,
+            correlation_id=correlation_id,
+            reply_to=self._replies.name,
+            content_type=self._content_type,
+        )
+        future = None if no_reply else self._replies.expect(correlation_id, self._queue_name)
+        try:
+            await self._session.publish(self._exchange_name, self._queue_name, body, props, True)
+        except BaseException:
+            self._replies.forget(correlation_id)
+            raise
+        return future
+
+
+class RmqTaskSubscriber:
+    """Consumes tasks from one task queue (push mode) or hands them out (pull mode).
+
+    :param owner: first argument of every subscriber call (default: this object).
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        exchange_name: str = defaults.MESSAGE_EXCHANGE,
+        queue_name: str = defaults.TASK_QUEUE,
+        testing_mode: bool = False,
+        decoder: Any = defaults.DECODER,
+        encoder: Any = defaults.ENCODER,
+        exchange_params: Optional[dict[str, Any]] = None,
+        prefetch_size: int = defaults.TASK_PREFETCH_SIZE,
+        prefetch_count: int = defaults.TASK_PREFETCH_COUNT,
+        *,
+        owner: Any = None,
+    ) -> None:
+        self._session = Session.of(connection, _codec_options(encoder, decoder, testing_mode))
+        self._owns_session = self._session is not connection
+        self._exchange_name = exchange_name
+        self._exchange_params = _amqp.exchange_arguments(
+            exchange_params, self._session.testing_mode
+        )
+        self._queue_name = queue_name
+        self._purpose = f"tasks:{queue_name}:{shortuuid.uuid()}"
+        self._session.set_prefetch(self._purpose, prefetch_size, prefetch_count)
+        self._owner = self if owner is None else owner
+        self._subscribers: dict[Any, Any] = {}
+        self._consumer_tag: Optional[str] = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self.responder = TaskResponder(self._session, exchange_name, queue_name)
+
+    async def connect(self) -> None:
+        """Declare the exchange and the task queue (module doc)."""
+        await self._session.declare_exchange(self._exchange_name, self._exchange_params)
+        await declare_task_queue(self._session, self._exchange_name, self._queue_name)
+        self._session.add_restorer(self._purpose, self, self._restore)
+
+    async def _restore(self) -> None:
+        await self.connect()
+        if self._subscribers:
+            await self._consume()
+
+    async def _consume(self) -> None:
+        self._consumer_tag = await self._session.consume(
+            self._purpose, self._queue_name, self._on_task
+        )
+
+    async def add_task_subscriber(self, subscriber: Any, identifier: Any = None) -> Any:
+        """Consume tasks with *subscriber*. :returns: its identifier.
+
+        :raises DuplicateSubscriberIdentifier: if it is taken.
+        """
+        identifier = identifier or shortuuid.uuid()
+        if identifier in self._subscribers:
+            raise exceptions.DuplicateSubscriberIdentifier(f"Task identifier '{identifier}'")
+        self._subscribers[identifier] = subscriber
+        if self._consumer_tag is None:
+            try:
+                await self._consume()
+            except BaseException:
+                del self._subscribers[identifier]
+                raise
+        return identifier
+
+    async def remove_task_subscriber(self, identifier: Any) -> None:
+        """:raises ValueError: for an unknown identifier."""
+        try:
+            del self._subscribers[identifier]
+        except KeyError:
+            raise ValueError(f"Unknown task subscriber '{identifier}'") from None
+        if not self._subscribers and self._consumer_tag is not None:
+            tag, self._consumer_tag = self._consumer_tag, None
+            await self._session.cancel(self._purpose, tag)
+
+    async def _on_task(self, message: aiormq.abc.DeliveredMessage) -> None:
+        with _outcome.tracked(self._handlers):
+            await self._handle(message)
+
+    async def _handle(self, message: aiormq.abc.DeliveredMessage) -> None:
+        body = await self.responder.decode(message)
+        if body is None:
+            return  # parked
+        incoming = RmqIncomingTask(self.responder, message, body)
+        outcome = await self._run_subscribers(incoming, message)
+        if outcome is None:
+            await self.responder.give_back(message)
+        else:
+            await incoming.finish(outcome)
+
+    async def _run_subscribers(
+        self, incoming: RmqIncomingTask, message: aiormq.abc.DeliveredMessage
+    ) -> Optional[_outcome.Outcome]:
+        pending = None
+        if not incoming.no_reply:
+            pending = functools.partial(self.responder.reply, message, protocol.pending_response())
+        for subscriber in list(self._subscribers.values()):
+            outcome = await _outcome.invoke(subscriber, (self._owner, incoming.body), pending)
+            if outcome.kind != _outcome.REJECTED:
+                return outcome
+        return None  # nobody here took it
+
+    # Pull mode
+
+    async def _get(self, no_ack: bool, timeout: float) -> Optional[RmqIncomingTask]:
+        """:returns: the next task, polling until *timeout*; parked messages are skipped."""
+        loop = self._session.loop
+        deadline, pause = loop.time() + timeout, 0.01
+        while True:
+            channel = await self._session.channel(self._purpose)
+            try:
+                message = await channel.basic_get(self._queue_name, no_ack=no_ack)
+            except _amqp.SEND_ERRORS as exc:
+                raise _amqp.translate(exc, f"getting a task from {self._queue_name!r}") from exc
+            if isinstance(message.delivery, spec.Basic.GetOk):
+                body = await self.responder.decode(message)
+                if body is not None:
+                    return RmqIncomingTask(self.responder, message, body, no_ack)
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.2)
+
+    @contextlib.asynccontextmanager
+    async def next_task(
+        self, no_ack: bool = False, fail: bool = True, timeout: float = defaults.TASK_FETCH_TIMEOUT
+    ) -> AsyncIterator[Optional[RmqIncomingTask]]:
+        """Async context manager yielding the next task (waiting up to *timeout* seconds).
+
+        :raises QueueEmpty: if none came and *fail* is true (else it yields ``None``). A task
+            still pending at exit is requeued.
+        """
+        await asyncio.sleep(0)  # let requeues scheduled just before run first
+        task = await self._get(no_ack, timeout)
+        if task is None:
+            if fail:
+                raise exceptions.QueueEmpty(f"no task in {self._queue_name!r} after {timeout} s")
+            yield None
+            return
+        try:
+            yield task
+        finally:
+            if task.state == TASK_PENDING:
+                await task.requeue()
+
+    async def __aiter__(self) -> AsyncIterator[RmqIncomingTask]:
+        """Iterate over the tasks waiting now; those left pending are requeued at the end (so
+        one iteration never sees a task twice)."""
+        taken: list[RmqIncomingTask] = []
+        try:
+            while True:
+                task = await self._get(no_ack=False, timeout=0)
+                if task is None:
+                    return
+                taken.append(task)
+                yield task
+        finally:
+            for task in taken:
+                if task.state == TASK_PENDING:
+                    await task.requeue()
+
+    async def disconnect(self) -> None:
+        """Stop consuming. Tasks being processed are not acknowledged: closing the
+        connection gives them back to the broker."""
+        self._session.remove_restorer(self._purpose, self)
+        if self._consumer_tag is not None:
+            tag, self._consumer_tag = self._consumer_tag, None
+            await self._session.cancel(self._purpose, tag)
+        if self._owns_session:
+            await self._session.close()
+
+
+class RmqTaskQueue(AsyncTaskQueue):
+    """A task queue for sending and consuming (a publisher and a subscriber).
+
+    :param owner: first argument of every subscriber call (default: the subscriber).
+    :param replies: the reply queue to use (a communicator shares one).
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        exchange_name: str = defaults.MESSAGE_EXCHANGE,
+        queue_name: str = defaults.TASK_QUEUE,
+        decoder: Any = defaults.DECODER,
+        encoder: Any = defaults.ENCODER,
+        exchange_params: Optional[dict[str, Any]] = None,
+        prefetch_size: int = defaults.TASK_PREFETCH_SIZE,
+        prefetch_count: int = defaults.TASK_PREFETCH_COUNT,
+        testing_mode: bool = False,
+        *,
+        owner: Any = None,
+        replies: Optional[ReplyQueue] = None,
+    ) -> None:
+        session = Session.of(connection, _codec_options(encoder, decoder, testing_mode))
+        self._session = session
+        self._owns_session = session is not connection
+        self._publisher = RmqTaskPublisher(
+            session, queue_name, exchange_name, exchange_params, replies=replies
+        )
+        self._subscriber = RmqTaskSubscriber(
+            session,
+            exchange_name,
+            queue_name,
+            exchange_params=exchange_params,
+            prefetch_size=prefetch_size,
+            prefetch_count=prefetch_count,
+            owner=owner,
+        )
+        self._owns_replies = replies is None
+
+    async def __aiter__(self) -> AsyncIterator[RmqIncomingTask]:
+        async for task in self._subscriber:
+            yield task
+
+    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
+        return await self._publisher.task_send(task, no_reply)
+
+    async def add_task_subscriber(self, subscriber: Any, identifier: Any = None) -> Any:
+        return await self._subscriber.add_task_subscriber(subscriber, identifier)
+
+    async def remove_task_subscriber(self, identifier: Any) -> None:
+        await self._subscriber.remove_task_subscriber(identifier)
+
+    def next_task(
+        self, no_ack: bool = False, fail: bool = True, timeout: float = defaults.TASK_FETCH_TIMEOUT
+    ) -> contextlib.AbstractAsyncContextManager[Optional[RmqIncomingTask]]:
+        return self._subscriber.next_task(no_ack=no_ack, fail=fail, timeout=timeout)
+
+    async def connect(self) -> None:
+        """Declare the queue, then get ready to send."""
+        await self._subscriber.connect()
+        await self._publisher.connect()
+
+    async def disconnect(self) -> None:
+        """Stop consuming (and receiving replies, unless the reply queue is shared)."""
+        await self._subscriber.disconnect()
+        if self._owns_replies:
+            await self._publisher.disconnect()
+        if self._owns_session:
+            await self._session.close()

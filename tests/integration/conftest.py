@@ -1,0 +1,114 @@
+"""Fixtures for the tests against the real RabbitMQ broker (``KIWIPY_TEST_RMQ_URI``, else
+``amqp://guest:guest@127.0.0.1:5672/``).
+
+Every test here is marked ``integration``. An unreachable broker skips them with the reason,
+except under ``CI=true``, where it fails the run (a silent skip would hide the gap). Every
+test gets its own exchange and queue names (a uuid prefix) and uses ``testing_mode``, so tests
+never see each other's messages and leave nothing behind for long.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiormq
+import pytest
+
+from kiwipy import rmq
+
+_HERE = Path(__file__).parent
+
+DEFAULT_URI = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def broker_uri() -> str:
+    return os.environ.get("KIWIPY_TEST_RMQ_URI", DEFAULT_URI)
+
+
+def _reachable(uri: str) -> bool:
+    url = urlsplit(uri)
+    try:
+        socket.create_connection((url.hostname or "127.0.0.1", url.port or 5672), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def rmq_uri() -> str:
+    """The broker URL; skips (fails under ``CI=true``) if nothing listens there."""
+    uri = broker_uri()
+    if not _reachable(uri):
+        reason = f"RabbitMQ is not reachable at {uri}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: not skipping)")
+        pytest.skip(reason)
+    return uri
+
+
+class Names:
+    """Unique broker names for one test."""
+
+    def __init__(self) -> None:
+        self.prefix = f"kt.{uuid.uuid4().hex[:10]}"
+        self.message_exchange = f"{self.prefix}.messages"
+        self.task_exchange = f"{self.prefix}.tasks"
+        self.task_queue = f"{self.prefix}.queue"
+
+    def options(self, **extra: Any) -> dict[str, Any]:
+        """Communicator options for these names, in testing mode."""
+        return {
+            "message_exchange": self.message_exchange,
+            "task_exchange": self.task_exchange,
+            "task_queue": self.task_queue,
+            "testing_mode": True,
+            **extra,
+        }
+
+
+@pytest.fixture
+def names() -> Names:
+    return Names()
+
+
+@pytest.fixture
+async def communicator(rmq_uri: str, names: Names) -> AsyncIterator[rmq.RmqCommunicator]:
+    comm = await rmq.async_connect(rmq_uri, **names.options())
+    yield comm
+    await comm.disconnect()
+
+
+@pytest.fixture
+async def communicator2(rmq_uri: str, names: Names) -> AsyncIterator[rmq.RmqCommunicator]:
+    """A second communicator on the same names (another process, as far as the broker knows)."""
+    comm = await rmq.async_connect(rmq_uri, **names.options())
+    yield comm
+    await comm.disconnect()
+
+
+@pytest.fixture
+def thread_communicator(rmq_uri: str, names: Names) -> Iterator[rmq.RmqThreadCommunicator]:
+    comm = rmq.RmqThreadCommunicator.connect(rmq_uri, **names.options())
+    yield comm
+    comm.close()
+
+
+@pytest.fixture
+async def raw_channel(rmq_uri: str) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+    """A plain aiormq channel (publisher confirms on) to look at the wire directly."""
+    connection = await aiormq.connect(rmq_uri)
+    channel = await connection.channel()
+    yield channel
+    await connection.close()

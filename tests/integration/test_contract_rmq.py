@@ -1,0 +1,43 @@
+"""The shared contract suite (``tests/contract.py``) against both RabbitMQ communicators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kiwipy import rmq
+from tests.contract import ALL, AsyncTransport, BlockingTransport, CommunicatorContract
+
+
+def rmq_options(namespace: str) -> dict[str, Any]:
+    return {
+        "message_exchange": f"{namespace}.messages",
+        "task_exchange": f"{namespace}.tasks",
+        "task_queue": f"{namespace}.tasks",
+        "testing_mode": True,
+    }
+
+
+class TestRmqCommunicatorContract(CommunicatorContract):
+    capabilities = ALL
+
+    @pytest.fixture
+    async def transport(self, names, rmq_uri):
+        async def factory() -> rmq.RmqCommunicator:
+            return await rmq.async_connect(rmq_uri, **rmq_options(names.prefix))
+
+        async with AsyncTransport(factory, namespace=names.prefix) as transport:
+            yield transport
+
+
+class TestRmqThreadCommunicatorContract(CommunicatorContract):
+    capabilities = ALL
+
+    @pytest.fixture
+    async def transport(self, names, rmq_uri):
+        def factory() -> rmq.RmqThreadCommunicator:
+            return rmq.connect(rmq_uri, **rmq_options(names.prefix))
+
+        async with BlockingTransport(factory, namespace=names.prefix) as transport:
+            yield transport
