@@ -3,8 +3,11 @@ belong in the directory that needs them."""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -15,3 +18,31 @@ def unique_name(request: pytest.FixtureRequest) -> str:
     RabbitMQ exchange and queue names. It names the test, to help debugging."""
     test = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:40]
     return f"kiwipy-test-{test}-{uuid.uuid4().hex[:8]}"
+
+
+DEFAULT_URI = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def broker_uri() -> str:
+    return os.environ.get("KIWIPY_TEST_RMQ_URI", DEFAULT_URI)
+
+
+def _reachable(uri: str) -> bool:
+    url = urlsplit(uri)
+    try:
+        socket.create_connection((url.hostname or "127.0.0.1", url.port or 5672), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def rmq_uri() -> str:
+    """The broker URL; skips (fails under ``CI=true``) if nothing listens there."""
+    uri = broker_uri()
+    if not _reachable(uri):
+        reason = f"RabbitMQ is not reachable at {uri}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: not skipping)")
+        pytest.skip(reason)
+    return uri

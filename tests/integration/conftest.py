@@ -9,13 +9,10 @@ never see each other's messages and leave nothing behind for long.
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiormq
 import pytest
@@ -24,38 +21,11 @@ from kiwipy import rmq
 
 _HERE = Path(__file__).parent
 
-DEFAULT_URI = "amqp://guest:guest@127.0.0.1:5672/"
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.integration)
-
-
-def broker_uri() -> str:
-    return os.environ.get("KIWIPY_TEST_RMQ_URI", DEFAULT_URI)
-
-
-def _reachable(uri: str) -> bool:
-    url = urlsplit(uri)
-    try:
-        socket.create_connection((url.hostname or "127.0.0.1", url.port or 5672), timeout=2).close()
-    except OSError:
-        return False
-    return True
-
-
-@pytest.fixture(scope="session")
-def rmq_uri() -> str:
-    """The broker URL; skips (fails under ``CI=true``) if nothing listens there."""
-    uri = broker_uri()
-    if not _reachable(uri):
-        reason = f"RabbitMQ is not reachable at {uri}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} (CI=true: not skipping)")
-        pytest.skip(reason)
-    return uri
 
 
 class Names:
