@@ -107,7 +107,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         "finished": _now(),
         "duration_s": round(time.monotonic() - t0, 1),
         "interrupted": interrupted,
-        "settings": {"repeat": repeat, "quick": args.quick, "body_bytes": 1024},
+        "settings": {
+            "repeat": repeat,
+            "quick": args.quick,
+            "body_bytes": 1024,
+            "kiwipy_src": os.environ.get("KIWIPY_BENCH_SRC"),  # a frozen copy, if one was used
+        },
         "source": source_state(),
         "machine": host,
         "broker": interpreters["ours"].pop("broker", {}),

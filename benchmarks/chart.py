@@ -153,13 +153,42 @@ def render_markdown(doc: Doc) -> str:
             else:
                 cells = [row["status"], "", row["unit"], _cell(row.get("note", ""))[:80]]
             lines.append("| " + " | ".join([_cell(row["title"]), row["impl"], *cells]) + " |")
-    lines += ["", "| Target | Measured | Needed | Status |", "|---|--:|---|---|"]
+    lines += [
+        "",
+        "| Target | Measured | Range over repetitions | Needed | Status |",
+        "|---|--:|--:|---|---|",
+    ]
     for t in doc.get("targets", []):
         versus = f"× {t['versus']}" if t["versus"] else ""
         need = f"{t['op']} {t['threshold']:g}{versus}"
         value = fmt(t["value"]) if t["value"] is not None else "–"
-        lines.append(f"| {_cell(t['text'])} | {value} | {need} | {t['status']} |")
+        span = _paired_range(doc, t)
+        lines.append(f"| {_cell(t['text'])} | {value} | {span} | {need} | {t['status']} |")
     return "\n".join(lines) + "\n"
+
+
+def _values(doc: Doc, metric: str, impl: str) -> Dict[int, float]:
+    """``{repetition: value}`` of *impl*'s successful runs that measured *metric*."""
+    out: Dict[int, float] = {}
+    for run in doc.get("runs", []):
+        value = (run.get("metrics") or {}).get(metric)
+        if run.get("impl") == impl and run.get("status") == "ok" and value is not None:
+            out[int(run.get("rep", 0))] = float(value)
+    return out
+
+
+def _paired_range(doc: Doc, target: Dict[str, Any]) -> str:
+    """min–max of the target's value per repetition: for a ratio, each repetition of the
+    implementation over the same repetition of the reference (they ran side by side)."""
+    mine = _values(doc, target["metric"], target["impl"])
+    if target["versus"]:
+        theirs = _values(doc, target["metric"], target["versus"])
+        values = [mine[r] / theirs[r] for r in mine if theirs.get(r)]
+    else:
+        values = list(mine.values())
+    if not values:
+        return "–"
+    return f"{fmt(min(values))}–{fmt(max(values))}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -55,10 +55,15 @@ def kiwipy09_python(explicit: Optional[str]) -> Tuple[Optional[str], Optional[st
     return proc.stdout.strip().splitlines()[-1], None
 
 
-def child_env() -> Dict[str, str]:
-    # No PYTHONPATH: the kiwipy 0.9 interpreter must not see src/kiwipy.
+def child_env(impl: Optional[Impl] = None) -> Dict[str, str]:
+    # No PYTHONPATH: the kiwipy 0.9 interpreter must not see src/kiwipy. Ours may be pointed
+    # at a frozen copy of the sources with KIWIPY_BENCH_SRC (a tree others edit while a long
+    # run goes on can be caught half-way through a change).
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["KIWIPY_BENCH_URL"] = URL
+    src = os.environ.get("KIWIPY_BENCH_SRC")
+    if src and impl is not None and impl.interpreter == "ours":
+        env["PYTHONPATH"] = src
     return env
 
 
@@ -111,7 +116,7 @@ def run_child(case: Case, impl: Impl, python: str, prefix: str, quick: bool) -> 
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env=child_env(),
+        env=child_env(impl),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

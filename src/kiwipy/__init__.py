@@ -18,6 +18,7 @@ from .communications import (
     connect,
 )
 from .exceptions import (
+    BatchSendError,
     CommunicatorClosed,
     ConnectionLost,
     DecodeError,
@@ -53,6 +54,7 @@ __version__ = "1.0.0.dev0"
 
 __all__ = (
     "AsyncCommunicator",
+    "BatchSendError",
     "BroadcastFilter",
     "BroadcastSubscriber",
     "CancelledError",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Iterable
 from typing import Any, Optional, TypedDict, Union
 
 import shortuuid
@@ -210,6 +211,18 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         """
         return self._send_task(self._default_queue, task, no_reply)
 
+    async def task_send_many(
+        self, tasks: Iterable[Any], no_reply: bool = False
+    ) -> list[Optional[asyncio.Future[Any]]]:
+        """Queue *tasks* on the default task queue (see
+        :meth:`kiwipy.Communicator.task_send_many`): all are encoded first, so one that
+        cannot be raises :class:`~kiwipy.EncodeError` before any is queued; queueing itself
+        cannot fail here.
+        """
+        connection = self._open()
+        payloads = [self._encode((task, no_reply)) for task in tasks]
+        return [self._publish_task(self._default_queue, p, no_reply, connection) for p in payloads]
+
     async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
         """:raises UnroutableError: if nobody holds *recipient_id*.
         :raises EncodeError: if *msg* cannot be encoded."""
@@ -254,9 +267,13 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
 
     def _send_task(self, queue: str, task: Any, no_reply: bool) -> Optional[asyncio.Future[Any]]:
         connection = self._open()
+        return self._publish_task(queue, self._encode((task, no_reply)), no_reply, connection)
+
+    def _publish_task(
+        self, queue: str, payload: Payload, no_reply: bool, connection: Connection
+    ) -> Optional[asyncio.Future[Any]]:
         correlation_id = str(uuid.uuid4())
-        message = Message(self._encode((task, no_reply)), correlation_id, connection)
-        self._broker.publish(queue, message)
+        self._broker.publish(queue, Message(payload, correlation_id, connection))
         return None if no_reply else self._expect(correlation_id)
 
     def _encode(self, obj: Any) -> Payload:

@@ -21,7 +21,7 @@ from . import exceptions
 
 T = TypeVar("T")
 
-__all__ = ("LoopThread", "to_asyncio", "to_concurrent")
+__all__ = ("LoopThread", "thread_world", "to_asyncio", "to_concurrent")
 
 
 class LoopThread:
@@ -47,8 +47,15 @@ class LoopThread:
         """Schedule *coro* on the loop; cancelling the returned future cancels it."""
         return asyncio.run_coroutine_threadsafe(_as_coroutine(coro), self._loop)
 
-    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, timeout: float | None) -> T:
-        """Run ``fn(*args)`` on the loop and wait for its result.
+    def call(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        *args: Any,
+        timeout: float | None,
+        convert: Callable[[Any], T] | None = None,
+    ) -> Any:
+        """Run ``fn(*args)`` on the loop and wait for its result (passed through *convert*
+        on the loop thread, where asyncio futures may be touched without a thread hop).
 
         :raises RuntimeError: when called from the loop thread itself (it would deadlock).
         :raises TimeoutError: if it takes longer than *timeout* seconds; the call is then
@@ -59,7 +66,7 @@ class LoopThread:
                 "a blocking kiwipy call was made from the communicator's own event loop thread; "
                 "it would deadlock. Call it from another thread, or use the asyncio API."
             )
-        future = self.submit(fn(*args))
+        future = asyncio.run_coroutine_threadsafe(_call(fn, args, convert), self._loop)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -86,12 +93,25 @@ async def _as_coroutine(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
+async def _call(
+    fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], convert: Callable[[Any], Any] | None
+) -> Any:
+    result = await fn(*args)
+    return result if convert is None else convert(result)
+
+
 async def _cancel_other_tasks() -> None:
     current = asyncio.current_task()
     tasks = [task for task in asyncio.all_tasks() if task is not current]
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def thread_world(value: Any) -> Any:
+    """:returns: *value*, or a thread-world future following it if it is an asyncio future
+    (call on the future's loop thread, where no hop is needed)."""
+    return to_concurrent(value) if isinstance(value, asyncio.Future) else value
 
 
 def to_concurrent(source: asyncio.Future[Any]) -> concurrent.futures.Future[Any]:

@@ -20,11 +20,12 @@ import concurrent.futures
 import contextlib
 import functools
 import sys
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, Callable, Optional, TypeVar
 
-from . import exceptions
-from ._portal import LoopThread, to_asyncio, to_concurrent
+from . import _quick, exceptions
+from ._dispatch import OFFLOADED, Dispatcher
+from ._portal import LoopThread, thread_world, to_asyncio
 from .communications import (
     AsyncCommunicator,
     AsyncIncomingTask,
@@ -42,24 +43,66 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 5.0
 
 
-def _thread_world(value: Any) -> Any:
-    return to_concurrent(value) if isinstance(value, asyncio.Future) else value
-
-
 class _Bridge:
     """What the facade objects share: the loop thread, the subscriber pool and the timeout."""
 
     def __init__(self, name: str, timeout: float) -> None:
         self.portal = LoopThread(name)
-        self.pool = concurrent.futures.ThreadPoolExecutor(thread_name_prefix=f"{name} callbacks")
+        self.dispatch = Dispatcher(self.portal.loop, f"{name} callbacks")
         self.timeout = timeout
+        #: Seconds a send may take: a core may wait for a lost connection to come back
+        #: before it confirms or raises (the RMQ facade sets ``recovery_timeout`` + 1 here).
+        self.send_timeout = timeout
         self.closed = False
-        self._lanes: dict[Any, asyncio.Lock] = {}
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Any:
         if self.closed:
             raise exceptions.CommunicatorClosed
-        return _thread_world(self.portal.call(fn, *args, timeout=self.timeout))
+        return self.portal.call(fn, *args, timeout=self.timeout, convert=thread_world)
+
+    def send(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Any:
+        """:meth:`call` for a send, with the longer of the two timeouts: a send during an
+        outage ends with the core's own outcome, not with a :data:`kiwipy.TimeoutError`."""
+        if self.closed:
+            raise exceptions.CommunicatorClosed
+        timeout = max(self.timeout, self.send_timeout)
+        return self.portal.call(fn, *args, timeout=timeout, convert=thread_world)
+
+    def quick_send(
+        self,
+        body: Optional[bytes],
+        start: Callable[[_quick.Done], bool],
+        prime: Callable[[], None],
+        send: Callable[..., Awaitable[Any]],
+        *args: Any,
+    ) -> Any:
+        """``send(*args)`` through a core's quick lane (:mod:`kiwipy._quick`), with *body*
+        already encoded on the caller's thread (``None``: the lane is not ready, so the
+        core sends it and ``prime()`` follows)."""
+        if self.closed:
+            raise exceptions.CommunicatorClosed
+        timeout = max(self.timeout, self.send_timeout)
+        fallback = functools.partial(send, *args)
+        if body is None:
+            return self.portal.call(
+                _quick.send_slowly, fallback, prime, timeout=timeout, convert=thread_world
+            )
+        return _quick.send(self.portal, start, fallback, prime, thread_world, timeout)
+
+    def send_many(self, core: Any, tasks: Iterable[Any], no_reply: bool) -> list[Any]:
+        """``core.task_send_many(tasks, no_reply)`` with thread-world futures; the call may
+        take :data:`_quick.BATCH_TIMEOUT_PER_TASK` more seconds per task."""
+        if self.closed:
+            raise exceptions.CommunicatorClosed
+        send_many = getattr(core, "task_send_many", None)
+        if send_many is None:
+            raise NotImplementedError(f"{type(core).__name__} has no task_send_many")
+        tasks = list(tasks)
+        timeout = self.timeout + _quick.BATCH_TIMEOUT_PER_TASK * len(tasks)
+        result: list[Any] = self.portal.call(
+            _quick.send_many, send_many, tasks, no_reply, timeout=timeout
+        )
+        return result
 
     def wrap(
         self, owner: Any, subscriber: Callable[..., Any], lane: Any = None
@@ -68,17 +111,16 @@ class _Bridge:
         on the pool (serialised per *lane* unless it is ``None``)."""
 
         async def run(_core: Any, *args: Any) -> Any:
-            loop = asyncio.get_running_loop()
             call = functools.partial(subscriber, owner, *args)
             if lane is None:
-                result = await loop.run_in_executor(self.pool, call)
+                result = await self.dispatch.run(call)
             else:
-                async with self._lanes.setdefault(lane, asyncio.Lock()):
-                    result = await loop.run_in_executor(self.pool, call)
+                result = await self.dispatch.run_serial(lane, call)
             if isinstance(result, concurrent.futures.Future):
-                return to_asyncio(result, loop)
+                return to_asyncio(result, asyncio.get_running_loop())
             return result
 
+        setattr(run, OFFLOADED, True)
         return run
 
     def close(self, disconnect: Callable[[], Awaitable[Any]]) -> None:
@@ -91,7 +133,7 @@ class _Bridge:
             pass
         finally:
             self.portal.stop(self.timeout)
-            self.pool.shutdown(wait=False)
+            self.dispatch.close()
 
 
 class ThreadCommunicator(Communicator):
@@ -117,8 +159,13 @@ class ThreadCommunicator(Communicator):
             self._core: AsyncCommunicator = self._bridge.portal.call(core_factory, timeout=timeout)
         except BaseException:
             self._bridge.portal.stop()
-            self._bridge.pool.shutdown(wait=False)
+            self._bridge.dispatch.close()
             raise
+
+        make_lane = getattr(self._core, "task_lane", None)
+        self._task_lane: Optional[_quick.Lane] = make_lane() if callable(make_lane) else None
+        make_lane = getattr(self._core, "message_lane", None)
+        self._message_lane: Any = make_lane() if callable(make_lane) else None
 
     @property
     def core(self) -> AsyncCommunicator:
@@ -163,22 +210,48 @@ class ThreadCommunicator(Communicator):
     def task_send(
         self, task: Any, no_reply: bool = False
     ) -> Optional[concurrent.futures.Future[Any]]:
-        result: Optional[concurrent.futures.Future[Any]] = self._bridge.call(
-            self._core.task_send, task, no_reply
+        lane = self._task_lane
+        if lane is None:
+            result: Optional[concurrent.futures.Future[Any]] = self._bridge.send(
+                self._core.task_send, task, no_reply
+            )
+            return result
+        body = lane.encode(task, no_reply)
+        start = functools.partial(lane.start, body or b"", no_reply)
+        quick: Optional[concurrent.futures.Future[Any]] = self._bridge.quick_send(
+            body, start, lane.prime, self._core.task_send, task, no_reply
         )
-        return result
+        return quick
+
+    def task_send_many(
+        self, tasks: Iterable[Any], no_reply: bool = False
+    ) -> list[Optional[concurrent.futures.Future[Any]]]:
+        """See :meth:`kiwipy.Communicator.task_send_many` (blocking; the call timeout is
+        extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per task)."""
+        return self._bridge.send_many(self._core, tasks, no_reply)
 
     def rpc_send(self, recipient_id: Any, msg: Any) -> concurrent.futures.Future[Any]:
-        result: concurrent.futures.Future[Any] = self._bridge.call(
-            self._core.rpc_send, recipient_id, msg
+        lane, send = self._message_lane, self._core.rpc_send
+        if lane is None:
+            result: concurrent.futures.Future[Any] = self._bridge.send(send, recipient_id, msg)
+            return result
+        body = lane.encode(msg)
+        start = functools.partial(lane.start_rpc, recipient_id, body)
+        quick: concurrent.futures.Future[Any] = self._bridge.quick_send(
+            body, start, lane.prime, send, recipient_id, msg
         )
-        return result
+        return quick
 
     def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
     ) -> bool:
-        result = self._bridge.call(self._core.broadcast_send, body, sender, subject, correlation_id)
-        return bool(result)
+        lane, send = self._message_lane, self._core.broadcast_send
+        args = (body, sender, subject, correlation_id)
+        if lane is None:
+            return bool(self._bridge.send(send, *args))
+        data = lane.encode(_quick.broadcast_body(*args))
+        start = functools.partial(lane.start_broadcast, data)
+        return bool(self._bridge.quick_send(data, start, lane.prime, send, *args))
 
     def task_queue(
         self, queue_name: str, prefetch_size: int = 0, prefetch_count: int = 0
@@ -216,10 +289,16 @@ class ThreadTaskQueue:
     def task_send(
         self, task: Any, no_reply: bool = False
     ) -> Optional[concurrent.futures.Future[Any]]:
-        result: Optional[concurrent.futures.Future[Any]] = self._bridge.call(
+        result: Optional[concurrent.futures.Future[Any]] = self._bridge.send(
             self._core.task_send, task, no_reply
         )
         return result
+
+    def task_send_many(
+        self, tasks: Iterable[Any], no_reply: bool = False
+    ) -> list[Optional[concurrent.futures.Future[Any]]]:
+        """Queue *tasks* here; see :meth:`ThreadCommunicator.task_send_many`."""
+        return self._bridge.send_many(self._core, tasks, no_reply)
 
     def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
         wrapped = self._bridge.wrap(self._owner, subscriber)

@@ -1,7 +1,7 @@
 """The ``kiwipy`` command line (also ``python -m kiwipy``).
 
-Subcommands: ``demo``, ``send``, ``rpc``, ``broadcast``, ``worker``, ``serve``, ``listen`` and
-``inspect``; ``kiwipy <command> --help`` describes each. The broker URL comes from ``--url``,
+Subcommands: ``demo``, ``send``, ``rpc``, ``broadcast``, ``worker``, ``serve``, ``listen``,
+``inspect`` and ``dead``; ``kiwipy <command> --help`` describes each. The broker URL comes from ``--url``,
 else the ``KIWIPY_URL`` environment variable, else the local RabbitMQ
 (``amqp://guest:guest@127.0.0.1:5672/``); the demo defaults to the in-process transport.
 
@@ -126,6 +126,12 @@ def _cmd_listen(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from ._cli_inspect import cmd_inspect as run
+
+    return run(args)
+
+
+def _cmd_dead(args: argparse.Namespace) -> int:
+    from ._cli_dead import cmd_dead as run
 
     return run(args)
 
@@ -323,6 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     _exchanges(inspect, queue=False)
     _common(inspect)
+
+    from ._cli_dead import configure_parser as configure_dead
+
+    dead = add(
+        "dead",
+        _cmd_dead,
+        "list and requeue dead-lettered tasks",
+        "Look at the tasks in a task queue's dead-letter queue (<queue>.dead) and send them "
+        "back: 'kiwipy dead list', 'kiwipy dead requeue'.",
+    )
+    configure_dead(dead, _common)
     return parser
 
 

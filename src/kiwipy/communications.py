@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import shortuuid
@@ -106,6 +106,24 @@ class Communicator(abc.ABC):
 
         :returns: a future for the task's outcome, or ``None`` when *no_reply* is true.
         """
+
+    def task_send_many(
+        self, tasks: Iterable[Any], no_reply: bool = False
+    ) -> list[Optional[futures.Future[Any]]]:
+        """Queue many tasks at once, with their publishes in flight together (much faster
+        than one :meth:`task_send` after another, which each wait for their confirm).
+
+        Each task goes on the wire exactly as :meth:`task_send` would send it. Returns once
+        every task is confirmed by the broker.
+
+        :returns: one entry per task, in order: a future for its outcome, or ``None`` when
+            *no_reply* is true.
+        :raises EncodeError: if a task cannot be encoded (nothing is sent).
+        :raises BatchSendError: if any task was not confirmed: its ``errors`` say which
+            (and why), its ``futures`` hold the futures of the confirmed ones.
+        :raises NotImplementedError: if this communicator cannot send batches.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no task_send_many")
 
     @abc.abstractmethod
     def rpc_send(self, recipient_id: Any, msg: Any) -> futures.Future[Any]:
@@ -383,6 +401,12 @@ class AsyncCommunicator(abc.ABC):
     @abc.abstractmethod
     async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
         """See :meth:`Communicator.task_send`."""
+
+    async def task_send_many(
+        self, tasks: Iterable[Any], no_reply: bool = False
+    ) -> list[Optional[asyncio.Future[Any]]]:
+        """See :meth:`Communicator.task_send_many`."""
+        raise NotImplementedError(f"{type(self).__name__} has no task_send_many")
 
     @abc.abstractmethod
     async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:

@@ -13,6 +13,7 @@ import concurrent.futures
 from typing import Any
 
 __all__ = (
+    "BatchSendError",
     "CommunicatorClosed",
     "ConnectionLost",
     "DecodeError",
@@ -88,6 +89,28 @@ class ConnectionLost(DeliveryFailed):
 
 class ReplyLost(DeliveryFailed):
     """The reply to a request can never arrive: its responder or the reply queue is gone."""
+
+
+class BatchSendError(DeliveryFailed):
+    """Some tasks of a ``task_send_many`` batch were not confirmed by the broker.
+
+    The tasks not listed in ``errors`` were confirmed (their reply futures are in
+    ``futures``); those listed were not, or were not sent because an earlier window of
+    the batch failed. Sending them again may duplicate the ones the broker did take before
+    the failure was reported.
+
+    :ivar futures: one entry per task, as ``task_send_many`` would have returned: the reply
+        future of each confirmed task (``None`` with ``no_reply`` or when not confirmed).
+    :ivar errors: index of each task not confirmed -> why (the first one is also the
+        ``__cause__``).
+    """
+
+    def __init__(self, futures: list[Any], errors: dict[int, BaseException]) -> None:
+        first = min(errors) if errors else -1
+        reason = f"; the first (task {first}): {errors[first]!r}" if errors else ""
+        super().__init__(f"{len(errors)} of {len(futures)} tasks were not confirmed{reason}")
+        self.futures = futures
+        self.errors = errors
 
 
 # Subscribers and lifecycle

@@ -117,3 +117,26 @@ async def test_plain_connection_loss_fails_waiting_replies(rmq_uri, names) -> No
             await asyncio.wait_for(waiting, WAIT)
     finally:
         await comm.disconnect()
+
+
+async def test_connected_and_event_details_follow_an_outage(proxy, names) -> None:
+    """``connected()`` is false while the connection is away (aio-pika's ``is_closed`` is
+    not), and every event carries a ``detail`` saying what happened."""
+    url = f"{proxy.url}?reconnect_interval=0.2"
+    comm = await rmq.async_connect(url, **names.options())
+    events = Recorder()
+    comm.add_connection_callback(events)
+    try:
+        assert comm.connected()
+        proxy.refuse(True)
+        proxy.cut()
+        await events.wait_for("disconnected")
+        assert not comm.connected()
+        proxy.refuse(False)
+        await events.wait_for("reconnected")
+        assert comm.connected()
+        [disconnected] = [e for e in events.events if e == "disconnected"]
+        assert "reset" in disconnected.detail.lower()
+    finally:
+        await comm.disconnect()
+    assert not comm.connected()

@@ -10,31 +10,57 @@ that kiwipy 0.9 let through, so code written against it still catches them:
 * :class:`ConnectionGone` is a :class:`~kiwipy.ConnectionLost` *and* an
   :class:`aio_pika.exceptions.ChannelInvalidStateError` (plumpy catches that one around
   ``broadcast_send``).
+
+The few places that reach into aiormq's internals live here too, each with the reason and a
+fallback: :func:`watch_consumers` (aiormq drops the broker's ``basic.cancel`` silently),
+:func:`abort_connection` (aiormq cannot reset a link that stopped carrying traffic) and
+:class:`RobustConnection` (aiormq leaks the socket of a handshake the broker hung up on, as a
+starting or stopping broker does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from typing import Any, Optional
+import weakref
+from collections.abc import Awaitable
+from typing import Any, Callable, Optional
 
+import aio_pika
 import aiormq
 import aiormq.abc
+import aiormq.connection
 from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
+from yarl import URL
 
 from .. import exceptions
 
 __all__ = (
+    "BROKEN",
+    "LINK_ERRORS",
+    "NACKED",
+    "REFUSED",
+    "RETURNED",
     "SEND_ERRORS",
     "ConnectionGone",
+    "RobustConnection",
     "UnroutableDelivery",
+    "abort_connection",
+    "bounded",
+    "connection_ended",
+    "guarded",
     "exchange_arguments",
     "is_channel_error",
     "new_correlation_id",
     "properties",
+    "publish_failure",
     "translate",
+    "watch_consumers",
 )
+
+_LOGGER = logging.getLogger("kiwipy.rmq.communicator")
 
 #: What aiormq may raise from a channel operation when the channel or connection is in trouble.
 SEND_ERRORS = (
@@ -43,6 +69,9 @@ SEND_ERRORS = (
     ConnectionError,
     asyncio.TimeoutError,
 )
+#: What a publish may raise when the link fails under it (aiormq fails pending confirms with
+#: whatever broke the connection: a reset, an EOF, ...).
+LINK_ERRORS = SEND_ERRORS + (EOFError, OSError)
 
 
 class UnroutableDelivery(exceptions.UnroutableError, amqp_errors.DeliveryError):
@@ -122,3 +151,225 @@ def is_channel_error(exc: Optional[BaseException]) -> bool:
     return (
         isinstance(exc, amqp_errors.ChannelClosed) and getattr(exc, "args", (None,))[0] is not None
     )
+
+
+# How a publish failed (see :func:`publish_failure`)
+RETURNED = "returned"
+NACKED = "nacked"
+REFUSED = "refused"
+BROKEN = "broken"
+
+
+def publish_failure(exc: BaseException, exchange: str) -> str:
+    """:returns: how a publish to *exchange* that raised *exc* failed:
+
+    * :data:`RETURNED`: no queue is bound for it (``basic.return``); it was not taken;
+    * :data:`NACKED`: the broker refused responsibility (``basic.nack``);
+    * :data:`REFUSED`: the broker closed the channel because of *this* message (its
+      exchange does not exist, or is not ours to use); sending it again cannot help;
+    * :data:`BROKEN`: the channel or connection failed under it (or the broker closed the
+      channel because of another message on it), so whether it was taken is unknown.
+    """
+    if isinstance(exc, amqp_errors.PublishError):
+        return RETURNED
+    if isinstance(exc, amqp_errors.DeliveryError):
+        return NACKED
+    if is_channel_error(exc) and exchange and f"'{exchange}'" in str(exc):
+        return REFUSED
+    return BROKEN
+
+
+class _ConsumerTable(dict):  # type: ignore[type-arg]
+    """aiormq's ``channel.consumers`` with a hook on removal.
+
+    aiormq removes a consumer from this dict both when *we* cancel it (``basic.cancel-ok``)
+    and when the broker does (``basic.cancel``, e.g. its queue was deleted), and tells nobody
+    about the latter: without this hook a cancelled consumer would just stop receiving.
+    """
+
+    def __init__(self, initial: dict[str, Any], on_removed: Callable[[str], None]) -> None:
+        super().__init__(initial)
+        self._on_removed = on_removed
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        present = key in self
+        value = super().pop(key, *default)
+        if present:
+            self._on_removed(key)
+        return value
+
+
+def watch_consumers(channel: aiormq.abc.AbstractChannel, on_removed: Callable[[str], None]) -> None:
+    """Call ``on_removed(consumer_tag)`` whenever a consumer of *channel* goes away, whoever
+    cancelled it (the caller tells its own cancellations apart)."""
+    consumers = getattr(channel, "consumers", None)
+    if isinstance(consumers, dict):
+        channel.consumers = _ConsumerTable(consumers, on_removed)  # type: ignore[attr-defined]
+    else:  # pragma: no cover - another aiormq layout: cancellations go unnoticed
+        _LOGGER.warning("cannot watch the consumers of %r for broker cancellations", channel)
+
+
+def connection_ended(channel: aiormq.abc.AbstractChannel) -> asyncio.Future[Any]:
+    """:returns: a future done once *channel*'s connection has closed (aiormq's
+    ``closing``), or one never done if the channel has no such connection."""
+    closing = getattr(getattr(channel, "connection", None), "closing", None)
+    if asyncio.isfuture(closing):
+        return closing
+    return asyncio.get_running_loop().create_future()
+
+
+def abort_connection(connection: aiormq.abc.AbstractConnection, reason: str) -> None:
+    """Reset *connection*'s socket now, so aiormq fails it and aio-pika reconnects.
+
+    A graceful ``close()`` would send ``connection.close`` into a link that carries nothing
+    and could wait for the socket to flush forever; aiormq itself never closes the socket of
+    a connection it finds stuck (it leaks it). aiormq keeps the stream writer only in its
+    writer task, so it is taken from there; without it, the connection is closed normally.
+    """
+    writer = _stream_writer(connection)
+    if writer is not None:
+        writer.transport.abort()
+        return
+    _LOGGER.debug("no stream writer found for %s; closing it instead", connection)
+    task = asyncio.ensure_future(connection.close(ConnectionResetError(reason)))
+    _ABORTING.add(task)
+    task.add_done_callback(_ABORTING.discard)
+
+
+_ABORTING: set[asyncio.Future[Any]] = set()
+
+
+def _stream_writer(connection: aiormq.abc.AbstractConnection) -> Optional[asyncio.StreamWriter]:
+    task = getattr(connection, "_writer_task", None)
+    try:
+        frame = task.get_coro().cr_frame if task is not None else None
+    except AttributeError:
+        return None
+    writer = frame.f_locals.get("writer") if frame is not None else None
+    return writer if isinstance(writer, asyncio.StreamWriter) else None
+
+
+class _Transports(aiormq.connection.TransportFactory):
+    """Opens aiormq's sockets as aiormq would, and remembers them to close those it leaks.
+
+    When the broker closes the socket during the AMQP handshake (it accepts connections while
+    it starts or stops), or an attempt times out, aiormq raises without closing its end; the
+    socket stays open until the garbage collector finds it. :meth:`sweep` closes every socket
+    whose peer has hung up and that nobody closed; :meth:`abort_all` every socket still open.
+    """
+
+    def __init__(self) -> None:
+        self._opened: weakref.WeakKeyDictionary[asyncio.StreamWriter, asyncio.StreamReader]
+        self._opened = weakref.WeakKeyDictionary()
+
+    async def create(
+        self, url: URL, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        self.sweep()
+        inner: aiormq.connection.TransportFactory
+        if url.scheme == "amqps":
+            inner = aiormq.connection.TLSTransportFactory()
+        else:
+            inner = aiormq.connection.TCPTransportFactory()
+        reader, writer = await inner.create(url, **kwargs)
+        self._opened[writer] = reader
+        return reader, writer
+
+    def sweep(self, everything: bool = False) -> None:
+        for writer, reader in list(self._opened.items()):
+            if writer.transport.is_closing():
+                del self._opened[writer]
+            elif everything or reader.at_eof():
+                writer.transport.abort()
+                del self._opened[writer]
+
+
+class RobustConnection(aio_pika.RobustConnection):
+    """aio-pika's reconnecting connection whose failed connection attempts leak no socket
+    (see :class:`_Transports`). What :func:`kiwipy.rmq.async_connect` uses by default, with
+    a bound on each attempt (:data:`CONNECT_TIMEOUT`)."""
+
+    def __init__(self, url: URL, loop: Optional[asyncio.AbstractEventLoop] = None, **kwargs: Any):
+        super().__init__(url, loop=loop, **kwargs)
+        self._transports = _Transports()
+        self.kwargs["transport_factory"] = self._transports
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        # The connection, or an attempt to make one, failed: no socket of ours is in use
+        # until the next attempt, which comes after this.
+        self._transports.sweep(everything=True)
+        await super()._on_connection_close(closing)
+
+    async def close(self, exc: Any = asyncio.CancelledError) -> None:
+        try:
+            await super().close(exc)
+        finally:  # closing cancels an attempt under way, whose socket aiormq leaves open
+            self._transports.sweep(everything=True)
+
+
+async def guarded(
+    channel: aiormq.abc.AbstractChannel,
+    operation: Awaitable[Any],
+    timeout: Optional[float] = None,
+) -> Any:
+    """:returns: what *operation* (on *channel*: a publish awaiting its confirm, a declare)
+    returns, waiting at most *timeout* seconds and never past the end of the connection.
+
+    aiormq fails what is pending when a connection dies, but an operation that was waiting
+    for the channel's lock at that moment goes on afterwards: it queues its frames for a
+    writer that is gone and would wait for an answer forever. And when we are cancelled, the
+    operation is left to finish (and cancelled only if its connection ends first): aiormq
+    answers a cancelled call with ``channel.close``, and if the broker has just closed that
+    channel itself (a passive declare of a missing queue does), the broker kills the whole
+    connection for it (``504 CHANNEL_ERROR``).
+
+    :raises ConnectionResetError: if the connection ended first (the outcome is unknown).
+    :raises asyncio.TimeoutError: after *timeout* seconds.
+    """
+    task = asyncio.ensure_future(operation)
+    ended = connection_ended(channel)
+    try:
+        await asyncio.wait((task, ended), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # we were cancelled
+        _abandon(task, ended)
+        raise
+    if task.done():
+        return task.result()
+    task.cancel()  # the connection is gone, or the operation took too long
+    task.add_done_callback(_retrieve)
+    if ended.done():
+        raise ConnectionResetError("the connection ended before the broker answered")
+    raise asyncio.TimeoutError
+
+
+def _abandon(task: asyncio.Future[Any], ended: asyncio.Future[Any]) -> None:
+    task.add_done_callback(_retrieve)
+    if not task.done():
+        ended.add_done_callback(lambda _: task.cancel())
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a late outcome of an abandoned operation: nobody waits for it
+
+
+#: Seconds one connection attempt may take: RabbitMQ's own handshake timeout. Without it an
+#: attempt into a link that carries nothing would wait for TCP to give up (many minutes).
+CONNECT_TIMEOUT = 10.0
+
+#: Seconds :func:`bounded` waits.
+CLOSE_TIMEOUT = 1.0
+
+
+async def bounded(*awaitables: Awaitable[Any]) -> None:
+    """Await *awaitables* for at most a few seconds, ignoring their errors: closing must
+    finish even when the broker is gone."""
+    if not awaitables:
+        return
+    tasks = [asyncio.ensure_future(each) for each in awaitables]
+    _done, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+    for task in pending:
+        task.cancel()
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: closing errors do not matter

@@ -10,15 +10,20 @@ Rules (the at-least-once contract):
    is acknowledged (kiwipy 0.9 left it unacknowledged until the channel closed: bug B5).
 3. A task that can never be processed (too large, undecodable, the wrong shape) is *parked*:
    copied, with a confirm, to the durable queue ``<queue>.dead`` with the header
-   ``x-kiwipy-reason`` (``too-large``, ``undecodable``, ``malformed``), the error text and its
-   original exchange, routing key and queue; the sender (if it gave ``reply_to``) gets an
-   exception reply; then the original is acknowledged. Never redelivered in a loop.
+   ``x-kiwipy-reason`` (``too-large``, ``undecodable``, ``malformed``), the error text, the
+   time (``x-kiwipy-parked-at``) and its original exchange, routing key and queue; the
+   sender (if it gave ``reply_to``) gets an exception reply; then the original is
+   acknowledged. Never redelivered in a loop (``kiwipy dead`` lists and requeues it).
 4. A task every local subscriber rejected goes back to the queue (``basic.nack`` with requeue)
    so another consumer can take it. The first time, at once; if it comes back to this worker,
    it is held (unacknowledged) for ``reject_backoff`` seconds, doubling on each return up to
    ten times that, before it is requeued again: a task nobody here wants costs this worker at
    most one delivery per backoff period instead of a tight loop (bug B6). The same backoff
    applies when a task cannot be parked.
+5. A task that runs long becomes a *lease* (:mod:`kiwipy.rmq._lease_tasks`): its delivery is
+   acknowledged once a copy is parked in ``<queue>.leases``, so rules 1 and 4 then apply to the
+   lease instead: its outcome is replied as usual and the lease answers ``finished`` (or
+   ``released`` when the reply could not be sent, so another worker runs it again).
 """
 
 from __future__ import annotations
@@ -27,17 +32,19 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any, Optional
 
 import aiormq.abc
-from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
 
 from .. import exceptions
 from ..communications import AsyncIncomingTask
-from . import _amqp, _outcome, defaults, protocol
+from . import _acks, _amqp, _outcome, protocol
+from ._lease_tasks import RunningTask, TaskLeases
+from ._replies import send_reply
 from ._session import Session
 
 __all__ = (
@@ -49,8 +56,6 @@ __all__ = (
     "RmqIncomingTask",
     "TaskInfo",
     "TaskResponder",
-    "declare_task_queue",
-    "task_queue_arguments",
 )
 
 _LOGGER = logging.getLogger("kiwipy.rmq.tasks")
@@ -64,6 +69,8 @@ TASK_REQUEUED = "requeued"
 TaskInfo = protocol.TaskBody
 
 REASON_HEADER = "x-kiwipy-reason"
+#: When a task was parked (seconds since the epoch), for ``kiwipy dead list``.
+PARKED_AT_HEADER = "x-kiwipy-parked-at"
 
 
 class TaskStateError(exceptions.InvalidStateError, asyncio.InvalidStateError):
@@ -113,6 +120,7 @@ class TaskResponder:
         self.queue = queue
         self.backoff = RejectBackoff(session.options["reject_backoff"])
         self._content_type = session.encoder.content_type
+        self.leases = TaskLeases(self)
 
     async def reply(self, message: aiormq.abc.DeliveredMessage, response: dict[str, Any]) -> bool:
         """Send *response* (with host info) to the task's sender and wait for the confirm.
@@ -138,7 +146,7 @@ class TaskResponder:
             "Replying to task %s via %r: %r", props.correlation_id, props.reply_to, response
         )
         try:
-            await self.session.publish(self.exchange, props.reply_to, body, reply, True)
+            await send_reply(self.session, self.exchange, props.reply_to, body, reply)
         except exceptions.UnroutableError:
             _LOGGER.warning("the sender of task %s is gone; reply dropped", props.correlation_id)
         except exceptions.KiwiError as exc:
@@ -152,8 +160,8 @@ class TaskResponder:
         if message.channel.is_closed or message.delivery_tag is None:
             return
         with contextlib.suppress(*_amqp.SEND_ERRORS):
-            if requeue is None:
-                await message.channel.basic_ack(message.delivery_tag)
+            if requeue is None:  # written with the other acks of this loop iteration (issue 6)
+                await _acks.ack(message.channel, message.delivery_tag)
             else:
                 await message.channel.basic_nack(message.delivery_tag, requeue=requeue)
 
@@ -203,6 +211,7 @@ class TaskResponder:
                 "x-kiwipy-original-exchange": message.exchange or "",
                 "x-kiwipy-original-routing-key": message.routing_key or "",
                 "x-kiwipy-original-queue": self.queue,
+                PARKED_AT_HEADER: int(time.time()),
             }
         )
         return spec.Basic.Properties(
@@ -231,48 +240,6 @@ class TaskResponder:
         return None
 
 
-def task_queue_arguments(queue: str, compat: bool, testing_mode: bool) -> dict[str, Any]:
-    """:returns: the arguments a *new* task queue is declared with (rule 2 of
-    :mod:`kiwipy.rmq.tasks`)."""
-    if compat:
-        arguments: dict[str, Any] = {"x-message-ttl": defaults.TASK_MESSAGE_TTL}
-    else:
-        arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{queue}.dead"}
-    if testing_mode:
-        arguments["x-expires"] = defaults.TEST_QUEUE_EXPIRES
-    return arguments
-
-
-async def declare_task_queue(session: Session, exchange: str, queue: str) -> None:
-    """Make sure *queue* exists, bound to *exchange*, with its ``.dead`` queue (see
-    :mod:`kiwipy.rmq.tasks`)."""
-    options = session.options
-    testing = options["testing_mode"]
-    dead_args = {"x-expires": defaults.TEST_QUEUE_EXPIRES} if testing else None
-    await session.call(
-        "declaring a dead-letter queue",
-        "queue_declare",
-        queue=f"{queue}.dead",
-        durable=True,
-        arguments=dead_args,
-    )
-    if await session.passive_declare(queue) is None:
-        arguments = task_queue_arguments(queue, options["task_queue_compat"], testing)
-        try:
-            await session.call(
-                "declaring a task queue",
-                "queue_declare",
-                queue=queue,
-                durable=True,
-                arguments=arguments,
-            )
-        except amqp_errors.ChannelPreconditionFailed:
-            _LOGGER.info("task queue %s was just declared elsewhere; using it as it is", queue)
-    await session.call(
-        "binding a task queue", "queue_bind", queue=queue, exchange=exchange, routing_key=queue
-    )
-
-
 class RmqIncomingTask(AsyncIncomingTask):
     """A task received from a queue; see :class:`kiwipy.communications.AsyncIncomingTask`.
 
@@ -299,6 +266,7 @@ class RmqIncomingTask(AsyncIncomingTask):
         self._outcome_ref: Optional[weakref.ReferenceType[asyncio.Future[Any]]] = None
         self._loop = responder.session.loop
         self._finishing: set[asyncio.Task[Any]] = set()
+        self._running: Optional[RunningTask] = None
 
     @property
     def body(self) -> Any:
@@ -316,6 +284,27 @@ class RmqIncomingTask(AsyncIncomingTask):
         if self._state != TASK_PENDING:
             raise TaskStateError(f"The task is {self._state}")
         self._state = TASK_PROCESSING
+        self.begin()
+
+    def begin(self) -> Optional[RunningTask]:
+        """The task starts running: from now on it is in the table of running tasks, and it
+        becomes a lease if it runs long (:mod:`kiwipy.rmq._lease_tasks`). :returns: its
+        entry, ``None`` without leases or acknowledgement."""
+        if self._running is None and not self._no_ack:
+            self._running = self._responder.leases.begin(self._message)
+        return self._running
+
+    def abandon(self) -> None:
+        """The run was cancelled before its end (the subscriber is closing): forget it, and
+        release its lease if it has one. Nothing to do after :meth:`finish`."""
+        running, self._running = self._running, None
+        if running is not None:
+            running.abandon()
+
+    async def _end_run(self, answered: bool) -> bool:
+        """:returns: whether the run was leased (its delivery is acknowledged already)."""
+        running, self._running = self._running, None
+        return running is not None and await running.end(answered)
 
     def process(self) -> asyncio.Future[Any]:
         self._start()
@@ -342,8 +331,18 @@ class RmqIncomingTask(AsyncIncomingTask):
             raise TaskStateError(f"The task is {self._state}")
         self._state = TASK_REQUEUED
         self._outcome_ref = None
+        if await self._end_run(answered=False):
+            return  # released: the next check of its lease runs it again
         if not self._no_ack:
+            await self._responder.leases.give_up(self._message)
             await self._responder.settle(self._message, requeue=True)
+
+    async def give_back(self) -> None:
+        """Every local subscriber rejected the task: requeue it, with the backoff of module
+        rule 4 (or release its lease)."""
+        self._state = TASK_REQUEUED
+        if not await self._end_run(answered=False):
+            await self._responder.give_back(self._message)
 
     @contextlib.asynccontextmanager
     async def processing(self) -> AsyncIterator[asyncio.Future[Any]]:
@@ -368,12 +367,15 @@ class RmqIncomingTask(AsyncIncomingTask):
         self._state = TASK_FINISHED
         if outcome.kind == _outcome.EXCEPTION:
             _LOGGER.warning("task raised %r", outcome.value)
-        if not self.no_reply:
-            if not await self._responder.reply(self._message, _outcome.to_response(outcome)):
-                self._state = TASK_REQUEUED
-                await self._responder.settle(self._message, requeue=True)
-                return
-        if not self._no_ack:
+        answered = self.no_reply or await self._responder.reply(
+            self._message, _outcome.to_response(outcome)
+        )
+        if await self._end_run(answered):
+            return  # leased: the lease now answers 'finished' (or 'released')
+        if not answered:
+            self._state = TASK_REQUEUED
+            await self._responder.settle(self._message, requeue=True)
+        elif not self._no_ack:
             await self._responder.settle(self._message, requeue=None)
 
 

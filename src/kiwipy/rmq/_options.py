@@ -10,14 +10,21 @@ five times and lost ``queue_expires`` and ``async_task_timeout`` on the way: bug
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 from typing_extensions import TypedDict
 
 from .. import encoders
 from . import defaults
 
-__all__ = ("DEFAULTS", "ConnectionFactory", "ConnectionParams", "RmqOptions", "resolve_options")
+__all__ = (
+    "DEFAULTS",
+    "QUEUE_TYPES",
+    "ConnectionFactory",
+    "ConnectionParams",
+    "RmqOptions",
+    "resolve_options",
+)
 
 #: ``connection_params``: a URL string (passed positionally to the factory) or a dict of
 #: keyword arguments (e.g. ``{'url': 'amqp://...'}``); ``None`` means ``{}``.
@@ -64,10 +71,47 @@ class RmqOptions(TypedDict, total=False):
     """Largest encoded message, in bytes, sent or accepted (128 MiB, RabbitMQ's default)."""
     recovery_timeout: float
     """Seconds to wait for a lost connection to come back before sends raise and waiting
-    replies fail with :class:`~kiwipy.ConnectionLost` (30.0)."""
+    replies fail with :class:`~kiwipy.ConnectionLost` (30.0). Every send ends within this
+    time, confirmed or raising; an RPC identifier found taken on reconnection is tried again
+    for this long before its subscriber is dropped (``subscriber-lost``)."""
     reject_backoff: float
     """Seconds a task that every local subscriber rejected is held before it is requeued
     again, when it keeps coming back to this worker (doubles up to 10 times that; 0.5)."""
+    stall_timeout: Optional[float]
+    """Seconds without an answer from the broker after which the connection counts as
+    stalled and is reset (then restored); it is checked every half of that, so a silent link
+    is noticed within 1.5 times it. ``None`` (the default): the connection's heartbeat (the
+    URL's ``heartbeat``, 60 s by default); ``0``: no check."""
+    reconnect_max_interval: Optional[float]
+    """Longest pause, in seconds, between two reconnection attempts: the first attempt is
+    immediate, then the pause starts at 0.1 s and doubles up to this (``None``: the URL's
+    ``reconnect_interval``, else aio-pika's 5 s)."""
+    rpc_check_interval: float
+    """Seconds between two checks that the RPC subscribers replies are awaited from still
+    exist; a reply from one that is gone ends with :class:`~kiwipy.ReplyLost` within about
+    two intervals (5.0; 0: no check)."""
+    # Long tasks (docs/long-tasks.md)
+    task_lease_after: Optional[float]
+    """Seconds a task may run holding its delivery; a task still running then is converted
+    into a *lease* (600.0; must stay below the broker's ``consumer_timeout`` minus one channel
+    tick; ``None`` or 0: never, as kiwipy 0.9)."""
+    lease_interval: float
+    """Seconds between two checks of a lease (the ``x-message-ttl`` of ``<queue>.leases``;
+    60.0)."""
+    lease_strikes: int
+    """Failed checks in a row (owner unreachable or silent) after which a checker takes a
+    leased task over (2)."""
+    lease_check_timeout: float
+    """Seconds a checker waits for the owner of a lease to answer (5.0)."""
+    task_message_ttl: Optional[int]
+    """ms a task may wait in a *new* task queue before it is dead-lettered to
+    ``<queue>.dead`` with reason ``expired`` (``None``: forever, the default)."""
+    task_queue_type: str
+    """``'classic'`` or ``'quorum'``: the type of *new* task queues (and of their ``.dead``
+    and ``.leases`` queues); existing queues are used as they are."""
+    task_delivery_limit: Optional[int]
+    """Quorum task queues only: deliveries after the first before a task is dead-lettered
+    with reason ``delivery_limit`` (``x-delivery-limit``; 20; ``None``: the broker's)."""
 
 
 DEFAULTS: RmqOptions = {
@@ -86,7 +130,20 @@ DEFAULTS: RmqOptions = {
     "max_message_size": 128 * 1024 * 1024,
     "recovery_timeout": 30.0,
     "reject_backoff": 0.5,
+    "stall_timeout": None,
+    "reconnect_max_interval": None,
+    "rpc_check_interval": 5.0,
+    "task_lease_after": 600.0,
+    "lease_interval": 60.0,
+    "lease_strikes": 2,
+    "lease_check_timeout": 5.0,
+    "task_message_ttl": None,
+    "task_queue_type": "classic",
+    "task_delivery_limit": 20,
 }
+
+#: The task queue types this library can declare.
+QUEUE_TYPES = ("classic", "quorum")
 
 
 def resolve_options(options: Mapping[str, Any]) -> RmqOptions:
@@ -98,7 +155,24 @@ def resolve_options(options: Mapping[str, Any]) -> RmqOptions:
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(map(repr, unknown))}")
     resolved: RmqOptions = {**DEFAULTS, **options}  # type: ignore[typeddict-item]
+    _check_task_options(resolved)
     return resolved
+
+
+def _check_task_options(options: RmqOptions) -> None:
+    """:raises ValueError: for a task queue or lease option that cannot work (checked
+    here so a bad value fails when the communicator is made, not at the first long task)."""
+    if options["task_queue_type"] not in QUEUE_TYPES:
+        raise ValueError(f"task_queue_type must be one of {QUEUE_TYPES}")
+    if options["task_queue_type"] != "classic" and options["task_queue_compat"]:
+        raise ValueError("task_queue_compat declares kiwipy 0.9's classic queues only")
+    if options["lease_interval"] <= 0 or options["lease_check_timeout"] <= 0:
+        raise ValueError("lease_interval and lease_check_timeout must be positive")
+    if options["lease_strikes"] < 1:
+        raise ValueError("lease_strikes must be at least 1")
+    after = options["task_lease_after"]
+    if after is not None and after < 0:
+        raise ValueError("task_lease_after must be positive, 0 or None")
 
 
 def resolve_encoder(options: RmqOptions) -> encoders.Encoder:

@@ -21,10 +21,12 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
+import sys
 from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, Callable, NamedTuple, Optional
 
 from .. import exceptions
+from .._dispatch import OFFLOADED
 from . import protocol
 
 __all__ = (
@@ -67,10 +69,15 @@ async def invoke(
         value = subscriber(*args)
     except BaseException as exc:
         return _from_exception(exc)
+    direct = _DIRECT and getattr(subscriber, OFFLOADED, False)
     while True:
         if inspect.isawaitable(value) and not _is_future(value):
-            guard = _Guard(value)
-            value = await guard.run()
+            if direct:  # issue 6: no task of its own for the thread facade's wrapper
+                direct = False
+                value = await _await_offloaded(value)
+            else:
+                guard = _Guard(value)
+                value = await guard.run()
             if isinstance(value, _Raised):
                 return _from_exception(value.exc)
             continue
@@ -89,6 +96,26 @@ async def invoke(
 
 class _Raised(NamedTuple):
     exc: BaseException
+
+
+#: A subscriber marked :data:`~kiwipy._dispatch.OFFLOADED` (the thread facade's wrapper) is
+#: awaited directly, without a :class:`_Guard` task, on Pythons that can tell our own
+#: cancellation apart (``Task.cancelling``, 3.11+).
+_DIRECT = sys.version_info >= (3, 11)
+
+
+async def _await_offloaded(awaitable: Awaitable[Any]) -> Any:
+    """:returns: what *awaitable* returns, or :class:`_Raised` for what it raises, except
+    the cancellation of the current task, which propagates (as with :class:`_Guard`)."""
+    try:
+        return await awaitable
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        return _Raised(exc)
+    except BaseException as exc:
+        return _Raised(exc)
 
 
 class _Guard:

@@ -6,14 +6,26 @@ Invariants:
   bound with its own name as routing key to every exchange requests go out on (kiwipy 0.9
   responders reply through the exchange the request came in on).
 * It is durable, not exclusive, with ``x-expires`` (``reply_queue_expires``): unlike kiwipy
-  0.9's exclusive queue it survives a dropped connection, so replies sent while the requester
-  reconnects wait for it, and it is consumed again after the reconnection. It is deleted on a
-  clean close and expires on its own otherwise.
+  0.9's exclusive queue it survives a dropped connection (and a broker restart), so replies
+  sent while the requester reconnects wait for it, and it is consumed again after the
+  reconnection. It is deleted on a clean close and expires on its own otherwise.
+* Its restorer is idempotent (it consumes only when not consuming) and finds out whether the
+  queue outlived the outage: if it expired or was deleted meanwhile, replies sent in between
+  are lost, so every waiting future ends with :class:`~kiwipy.ReplyLost` before the queue is
+  declared again. Replies are acknowledged once handled, so one on its way when the
+  connection drops comes again; copies (same ``message_id``) are dropped.
 * Every waiting future is registered with its recipient before the request is published
   (the reply may beat the confirm) and removed when the publish fails. ``fail_all`` ends
-  every waiting future (close, lost connection): a reply never hangs silently once it can no
-  longer arrive. Replies for unknown ids (a second reply to a redelivered task, a reply after
-  the caller gave up) are dropped.
+  every waiting future (close, ``lost`` connection): a reply never hangs silently once it can
+  no longer arrive. Replies awaited from an RPC subscriber are also watched by
+  :class:`~kiwipy.rmq._liveness.ResponderCheck`, which ends them with ``ReplyLost`` when that
+  subscriber is gone. Replies for unknown ids (a second reply to a redelivered task, a reply
+  after the caller gave up) are dropped.
+* :func:`send_reply` (what responders use) publishes a reply the way kiwipy 0.9 does:
+  through the exchange the request came in on, routing key ``reply_to``; if no queue is
+  bound for it there, straight to the queue named ``reply_to`` through the default exchange.
+  After a broker restart a requester's (durable) reply queue exists before the requester has
+  bound it again to the (non-durable) exchanges. Only when both fail is the requester gone.
 * A ``pending`` reply resolves the current future with a fresh one registered under the same
   correlation id (kiwipy 0.9's nesting); ``exception`` → :class:`~kiwipy.RemoteException`;
   ``cancelled`` → the future is cancelled. A reply that cannot be decoded fails its future
@@ -23,18 +35,21 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import uuid
 from typing import Any, NamedTuple, Optional
 
 import aiormq.abc
 from aiormq import exceptions as amqp_errors
+from pamqp import commands as spec
 
 from .. import exceptions
-from . import _amqp, protocol
-from ._session import Session
+from . import _acks, _amqp, _events, protocol
+from ._liveness import ResponderCheck
+from ._session import PROBE, Session
 
-__all__ = ("REPLIES", "ReplyQueue", "decode_body")
+__all__ = ("REPLIES", "ReplyQueue", "decode_body", "send_reply")
 
 _LOGGER = logging.getLogger("kiwipy.rmq.messages")
 
@@ -56,9 +71,59 @@ async def decode_body(session: Session, body: bytes) -> Any:
     return session.encoder.decode(body)
 
 
+async def send_reply(
+    session: Session, exchange: str, reply_to: str, body: bytes, properties: spec.Basic.Properties
+) -> Any:
+    """Publish a reply (module doc), confirmed, sent again after a connection failure. A
+    reply over ``max_message_size`` is replaced by a :class:`~kiwipy.MessageTooLarge` error
+    reply: the requester gets an answer, and the task is not redelivered for nothing.
+
+    :returns: the broker's confirm.
+    :raises UnroutableError: if the requester's reply queue does not exist.
+    :raises ConnectionLost: if it could not be sent within ``recovery_timeout``.
+    """
+    if not properties.message_id:  # one id for every attempt: the requester drops copies
+        properties.message_id = uuid.uuid4().hex
+    if len(body) > session.max_message_size:
+        too_large = exceptions.MessageTooLarge(len(body), session.max_message_size)
+        _LOGGER.error("reply to %s not sent: %s", properties.correlation_id, too_large)
+        body = session.encoder.encode(protocol.exception_response(too_large))
+    try:
+        return await session.publish(exchange, reply_to, body, properties, True)
+    except exceptions.UnroutableError:
+        if not exchange:
+            raise
+    _LOGGER.debug(
+        "no binding for %r on %r; replying through the default exchange", reply_to, exchange
+    )
+    return await session.publish("", reply_to, body, properties, True)
+
+
+class _Recent:
+    """The message ids of the last replies handled: a copy of one (delivered again after a
+    reconnection, or sent again by a responder unsure of its first attempt) is dropped, so a
+    ``pending`` reply never adds a level twice."""
+
+    _SIZE = 10000
+
+    def __init__(self) -> None:
+        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def first_time(self, message_id: Optional[str]) -> bool:
+        if not message_id:
+            return True
+        if message_id in self._ids:
+            return False
+        self._ids[message_id] = None
+        if len(self._ids) > self._SIZE:
+            self._ids.popitem(last=False)
+        return True
+
+
 class _Waiting(NamedTuple):
     future: asyncio.Future[Any]
-    recipient: str  # routing key the request went to (issue 4: liveness checks per recipient)
+    recipient: str  # routing key the request went to
+    watch: Optional[str]  # the queue whose existence tells the responder is alive
 
 
 class ReplyQueue:
@@ -75,6 +140,8 @@ class ReplyQueue:
         self._exchanges: dict[str, dict[str, Any]] = {}
         self._consumer_tag: Optional[str] = None
         self._started: Optional[asyncio.Future[None]] = None
+        self._check = ResponderCheck(session, self._watched, self._fail_watching)
+        self._handled = _Recent()
 
     async def bind(self, exchange: str, exchange_params: dict[str, Any]) -> None:
         """Receive replies published on *exchange* (declaring and consuming the queue on
@@ -90,7 +157,7 @@ class ReplyQueue:
     async def _start(self) -> None:
         await self._declare()
         self._session.add_restorer(REPLIES, self, self._restore)
-        if self._on_state not in self._session.listeners:
+        if self._on_state not in self._session.events:
             self._session.add_listener(self._on_state)
         await self._consume()
 
@@ -116,27 +183,56 @@ class ReplyQueue:
         )
 
     async def _consume(self) -> None:
-        self._consumer_tag = await self._session.consume(
-            REPLIES, self.name, self._on_reply, no_ack=True
-        )
+        # Acknowledged once handled: a reply on its way when the connection drops is
+        # delivered again on the next one, not lost with the socket.
+        self._consumer_tag = await self._session.consume(REPLIES, self.name, self._on_reply)
 
     async def _restore(self) -> None:
-        await self._declare()  # recreated if it expired during a long outage
-        for exchange in self._exchanges:
+        if not await self._session.passive_declare(self.name, PROBE):
+            self._queue_vanished()
+        await self._declare()
+        for exchange in self._exchanges:  # bindings to a non-durable exchange die with it
             await self._bind(exchange)
-        await self._consume()
+        if not self._session.is_consuming(REPLIES, self._consumer_tag):
+            await self._consume()
+
+    def _queue_vanished(self) -> None:
+        if self._waiting:
+            self.fail_all(
+                exceptions.ReplyLost(
+                    f"the reply queue {self.name} expired or was deleted while disconnected; "
+                    "replies sent meanwhile are lost"
+                )
+            )
 
     def _on_state(self, event: str) -> None:
-        if event == "lost":
+        if event == _events.LOST:
             self.fail_all(_amqp.ConnectionGone("the connection was lost; no reply can arrive"))
 
     # Waiting futures
 
-    def expect(self, correlation_id: str, recipient: str) -> asyncio.Future[Any]:
-        """:returns: a future for the reply to *correlation_id* (sent to *recipient*)."""
+    def expect(
+        self, correlation_id: str, recipient: str, watch: Optional[str] = None
+    ) -> asyncio.Future[Any]:
+        """:returns: a future for the reply to *correlation_id* (sent to *recipient*).
+
+        :param watch: the queue of the RPC subscriber the reply is awaited from: the reply
+            ends with :class:`~kiwipy.ReplyLost` once that queue is gone (module doc).
+        """
         future: asyncio.Future[Any] = self._session.loop.create_future()
-        self._waiting[correlation_id] = _Waiting(future, recipient)
+        self._waiting[correlation_id] = _Waiting(future, recipient, watch)
+        if watch is not None:
+            self._check.watch(watch)
         return future
+
+    def _watched(self) -> set[str]:
+        return {each.watch for each in self._waiting.values() if each.watch is not None}
+
+    def _fail_watching(self, queue: str, exc: BaseException) -> None:
+        for correlation_id, each in list(self._waiting.items()):
+            if each.watch == queue:
+                del self._waiting[correlation_id]
+                _fail(each.future, exc)
 
     def forget(self, correlation_id: str) -> None:
         """Stop waiting for *correlation_id* (its request was not sent)."""
@@ -146,10 +242,7 @@ class ReplyQueue:
         """End every waiting future with *exc*."""
         waiting, self._waiting = self._waiting, {}
         for each in waiting.values():
-            if not each.future.done():
-                each.future.set_exception(exc)
-                # Mark it retrieved: a caller who dropped the future needs no warning at exit.
-                each.future.exception()
+            _fail(each.future, exc)
 
     @property
     def waiting(self) -> int:
@@ -157,7 +250,16 @@ class ReplyQueue:
         return len(self._waiting)
 
     async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
-        correlation_id = message.header.properties.correlation_id or ""
+        props = message.header.properties
+        if self._handled.first_time(props.message_id):
+            await self._handle(props.correlation_id or "", message)
+        else:
+            _LOGGER.debug("dropping a second copy of reply %s", props.message_id)
+        if message.delivery_tag is not None and not message.channel.is_closed:
+            # not awaited: a reply not acknowledged in the end only comes again (and is dropped)
+            _acks.ack(message.channel, message.delivery_tag).add_done_callback(_retrieve)
+
+    async def _handle(self, correlation_id: str, message: aiormq.abc.DeliveredMessage) -> None:
         waiting = self._waiting.pop(correlation_id, None)
         if waiting is None:
             _LOGGER.debug("dropping a reply for an unknown id %r", correlation_id)
@@ -175,7 +277,7 @@ class ReplyQueue:
             return  # the caller cancelled it; later levels have nobody to go to
         if reply.kind == "pending":
             inner = self._session.loop.create_future()
-            self._waiting[correlation_id] = _Waiting(inner, waiting.recipient)
+            self._waiting[correlation_id] = waiting._replace(future=inner)
             future.set_result(inner)
         elif reply.kind == "result":
             future.set_result(reply.value)
@@ -187,6 +289,7 @@ class ReplyQueue:
     async def close(self) -> None:
         """Stop consuming and delete the queue (best effort: it expires anyway)."""
         self._session.remove_restorer(REPLIES, self)
+        await self._check.stop()
         if self._consumer_tag is not None:
             await self._session.cancel(REPLIES, self._consumer_tag)
         if self._started is not None and self._started.done():
@@ -196,3 +299,15 @@ class ReplyQueue:
                 )
             except (exceptions.KiwiError, amqp_errors.ChannelClosed) as exc:
                 _LOGGER.debug("reply queue %s not deleted: %s", self.name, exc)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+        # Mark it retrieved: a caller who dropped the future needs no warning at exit.
+        future.exception()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # an ack lost with its channel: the reply comes again

@@ -3,19 +3,28 @@
 Invariants:
 
 * Channels are aiormq channels opened on the aio-pika connection's transport, one per
-  purpose (``topology`` for declares, ``publish`` for every send, one per consumer group).
-  A closed channel is reopened on next use; nothing is declared per message.
-* Every publish waits for the broker's confirm; its failures are translated once
-  (:mod:`kiwipy.rmq._amqp`). A send made while the connection is down waits for it to come
-  back for at most ``recovery_timeout`` seconds, then raises :class:`~kiwipy.ConnectionLost`.
-* The session keeps no topology of its own: each component registers a *restorer* (a
-  coroutine function that re-declares its queues and consumes again) under a purpose. After
-  aio-pika reconnects, every restorer runs, in registration order; when the broker closes a
-  consumer channel but the connection lives, that purpose's restorers run (at most once a
-  second, so a consume that keeps failing cannot spin).
-* Connection state changes are reported to listeners as ``'connected'``,
-  ``'disconnected'``, ``'reconnected'``, ``'lost'`` (not back within ``recovery_timeout``,
-  or a connection that cannot reconnect) and ``'closed'``, and logged once each.
+  purpose (``topology`` for declares, ``publish`` for every send, ``probe`` for checks that
+  may close their channel, one per consumer group). A closed channel is reopened on next use;
+  nothing is declared per message.
+* Every publish waits for the broker's confirm and returns only then; a send never reports
+  success for a message the broker did not take. A send made during an outage waits for the
+  connection to be back *and restored*; every send ends within ``recovery_timeout`` seconds,
+  confirmed or with a typed error (:class:`~kiwipy.ConnectionLost` when the outcome is
+  unknown). With ``retry`` (the default: tasks, replies, parking), a send whose channel or
+  connection broke under it is sent again after the reconnection, and a nacked one once
+  more on a fresh channel (a quorum queue electing a leader nacks every publish on a channel
+  opened meanwhile): the receiver may get it twice, never zero times. RPC requests and
+  broadcasts are not repeated (``retry=False``): they raise instead.
+* The session keeps no topology of its own: components register restorers
+  (:mod:`kiwipy.rmq._recovery`). After aio-pika reconnects every purpose is restored, then
+  the session is *ready* again and waiting sends go. A consumer cancelled by the broker
+  (``basic.cancel``, e.g. its queue was deleted) or a consumer channel closed by it gets its
+  purpose restored, with the connection alive.
+* Connection state changes are reported once each (:mod:`kiwipy.rmq._events`):
+  ``connected``, ``disconnected`` (once per outage, not per failed attempt), ``stalled``
+  (:mod:`kiwipy.rmq._watchdog`), ``reconnected``, ``lost`` (not back within
+  ``recovery_timeout``, or a connection that cannot reconnect), ``consumer-cancelled``,
+  ``restore-failed``, ``subscriber-lost`` and ``closed``.
 """
 
 from __future__ import annotations
@@ -32,20 +41,21 @@ from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
 
 from .. import encoders, exceptions
-from . import _amqp
+from . import _amqp, _events, _fastpublish, _publishing
 from ._options import RmqOptions, resolve_encoder, resolve_options
+from ._publishing import PublishAttempt
+from ._recovery import Recovery, Restorer
+from ._watchdog import Watchdog
 
-__all__ = ("PUBLISH", "TOPOLOGY", "Session")
+__all__ = ("PROBE", "PUBLISH", "TOPOLOGY", "Session")
 
 _LOGGER = logging.getLogger("kiwipy.rmq.communicator")
 
 TOPOLOGY = "topology"
 PUBLISH = "publish"
-_CLOSE_TIMEOUT = 1.0
-_RESTORE_SPACING = 1.0
+PROBE = "probe"
 
-Restorer = Callable[[], Awaitable[None]]
-Listener = Callable[[str], None]
+Listener = _events.Listener
 
 
 class Session:
@@ -53,7 +63,7 @@ class Session:
 
     :param connection: an aio-pika connection (robust or not), connected or not.
     :param options: the resolved communicator options.
-    :param owns_connection: close the connection with the session.
+    :param owns_connection: close the connection with the session (and watch it for stalls).
     """
 
     def __init__(self, connection: Any, options: RmqOptions, owns_connection: bool = False) -> None:
@@ -61,21 +71,20 @@ class Session:
         self.options = options
         self.encoder: encoders.Encoder = resolve_encoder(options)
         self.max_message_size = options["max_message_size"]
+        self.events = _events.Events(lambda: f"connection to {self.connection}")
         self._owns_connection = owns_connection
         self._channels: dict[str, aiormq.abc.AbstractChannel] = {}
         self._opening: dict[str, asyncio.Lock] = {}
         self._qos: dict[str, tuple[int, int]] = {}
-        self._restorers: dict[str, dict[object, Restorer]] = {}
-        self._last_restore: dict[str, float] = {}
-        self._listeners: list[Listener] = []
-        self._background: set[asyncio.Task[Any]] = set()
-        self._lost_timer: Optional[asyncio.TimerHandle] = None
+        self._consumers: dict[str, str] = {}  # consumer tag -> queue, for reports
+        self._cancelling: set[str] = set()
+        self._background: set[asyncio.Future[Any]] = set()
         self._closed = False
         self._closing = False
-        self._robust = hasattr(connection, "reconnect_callbacks")
-        connection.close_callbacks.add(self._on_connection_closed)
-        if self._robust:
-            connection.reconnect_callbacks.add(self._on_reconnected)
+        self._watchdog = Watchdog(self)
+        self._recovery = Recovery(self)
+        self._restoration = self._recovery.restoration
+        self._ready = self._recovery.ready
 
     @classmethod
     def of(cls, connection: Any, options: dict[str, Any]) -> Session:
@@ -100,29 +109,49 @@ class Session:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def is_connected(self) -> bool:
+        """Whether the connection is up right now (aio-pika's ``is_closed`` is not: it stays
+        false while a robust connection is away)."""
+        return self.live_connection() is not None
+
+    def live_connection(self) -> Optional[aiormq.abc.AbstractConnection]:
+        """:returns: the aiormq connection if it is up, else ``None``."""
+        transport = self.connection.transport
+        if transport is None or transport.connection.is_closed:
+            return None
+        return transport.connection  # type: ignore[no-any-return]
+
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(event)`` on every connection state change (see module doc)."""
-        self._listeners.append(listener)
+        self.events.add(listener)
 
-    @property
-    def listeners(self) -> tuple[Listener, ...]:
-        return tuple(self._listeners)
-
-    def _emit(self, event: str, level: int = logging.INFO, detail: str = "") -> None:
-        _LOGGER.log(level, "connection to %s %s%s", self.connection, event, detail)
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                _LOGGER.exception("connection listener %r failed on %r", listener, event)
+    def report(self, name: str, detail: str = "") -> None:
+        """Report the event *name* (see :mod:`kiwipy.rmq._events`) to listeners and the log."""
+        self.events.emit(name, detail)
 
     async def start(self) -> None:
-        """Connect the connection if needed and report ``'connected'``."""
+        """Connect the connection if needed, report ``'connected'`` and start the stall
+        watchdog of a connection this session owns."""
         if self._closed:
             raise exceptions.CommunicatorClosed
         if self.connection.transport is None and not self.connection.is_closed:
             await self.connection.connect()
-        self._emit("connected", logging.DEBUG)
+        self.report(_events.CONNECTED)
+        if self._owns_connection:
+            self._watchdog.start()
+
+    @property
+    def can_reconnect(self) -> bool:
+        """Whether waiting for the connection can help (it reconnects, and nobody closed it)."""
+        closing = self._closed or self._closing
+        return self._recovery.robust and not closing and not self.connection.is_closed
+
+    def _check_can_wait(self) -> None:
+        if self._closed:
+            raise exceptions.CommunicatorClosed
+        if not self.can_reconnect:
+            raise _amqp.ConnectionGone("the connection is closed and cannot reconnect")
 
     async def wait_connected(self) -> aiormq.abc.AbstractConnection:
         """:returns: the live aiormq connection, waiting up to ``recovery_timeout`` for it.
@@ -132,23 +161,30 @@ class Session:
         """
         if self._closed:
             raise exceptions.CommunicatorClosed
-        transport = self.connection.transport
-        if transport is not None and not transport.connection.is_closed:
-            return transport.connection  # type: ignore[no-any-return]
-        if not self._robust or self.connection.is_closed or self._closing:
-            raise _amqp.ConnectionGone("the connection is closed and cannot reconnect")
-        timeout = self.options["recovery_timeout"]
-        deadline = self.loop.time() + timeout
-        while transport is None or transport.connection.is_closed:
-            remaining = deadline - self.loop.time()
-            if remaining <= 0 or self._closed:
-                raise _amqp.ConnectionGone(f"the connection was not restored within {timeout} s")
-            with contextlib.suppress(asyncio.TimeoutError):
-                # ``connected`` may be set a moment before the new transport is in place
-                await asyncio.wait_for(self.connection.connected.wait(), min(remaining, 0.5))
-                await asyncio.sleep(0.01)
-            transport = self.connection.transport
-        return transport.connection  # type: ignore[no-any-return]
+        connection = self.live_connection()
+        if connection is not None:
+            return connection
+        deadline = self.loop.time() + self.options["recovery_timeout"]
+        while connection is None:
+            self._check_can_wait()
+            # ``connected`` may be set a moment before the new transport is in place
+            await self._wait_for(self.connection.connected, deadline)
+            await asyncio.sleep(0.01)
+            connection = self.live_connection()
+        return connection
+
+    async def _wait_ready(self, deadline: float) -> None:
+        while not self._ready.is_set():
+            self._check_can_wait()
+            await self._wait_for(self._ready, deadline)
+
+    async def _wait_for(self, event: asyncio.Event, deadline: float) -> None:
+        remaining = deadline - self.loop.time()
+        if remaining <= 0:
+            timeout = self.options["recovery_timeout"]
+            raise _amqp.ConnectionGone(f"the connection was not restored within {timeout} s")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), min(remaining, 0.5))
 
     # Channels
 
@@ -177,6 +213,7 @@ class Session:
             raise _amqp.translate(exc, f"opening the {purpose} channel") from exc
         self._channels[purpose] = channel
         channel.closing.add_done_callback(lambda done: self._on_channel_closed(purpose, done))
+        _amqp.watch_consumers(channel, lambda tag: self._on_consumer_gone(purpose, channel, tag))
         return channel
 
     def set_prefetch(self, purpose: str, prefetch_size: int, prefetch_count: int) -> None:
@@ -188,39 +225,50 @@ class Session:
         exc = None if closing.cancelled() else closing.exception()
         if self._closed or not _amqp.is_channel_error(exc):
             return  # our own close, or the connection went (the reconnection restores)
-        if purpose not in self._restorers:
+        if not self._restoration.has(purpose):
             _LOGGER.debug("the broker closed the %s channel: %s", purpose, exc)
             return  # reopened on next use
         _LOGGER.warning("the broker closed the %s channel: %s; restoring it", purpose, exc)
-        self._spawn(self._restore_purpose(purpose))
+        self._restoration.restore_soon(purpose)
 
-    # Topology (all on the topology channel, whose failures do not disturb consumers)
+    def _on_consumer_gone(self, purpose: str, channel: Any, tag: str) -> None:
+        queue = self._consumers.pop(tag, "?")
+        if tag in self._cancelling or self._closed or channel.is_closed:
+            return  # we cancelled it, or its channel went (handled above)
+        self.report(_events.CONSUMER_CANCELLED, f"the broker cancelled the consumer of {queue!r}")
+        if self._restoration.has(purpose):
+            self._restoration.restore_soon(purpose)
 
-    async def call(self, what: str, method: str, **kwargs: Any) -> Any:
-        """Run the aiormq channel method *method* on the topology channel.
+    # Topology (on the topology channel, whose failures do not disturb consumers)
+
+    async def call(self, what: str, method: str, *, purpose: str = TOPOLOGY, **kwargs: Any) -> Any:
+        """Run the aiormq channel method *method* on the *purpose* channel.
 
         :raises aiormq.exceptions.ChannelClosed: subclasses, for the caller to interpret
             (e.g. ``ChannelNotFoundEntity`` for a passive declare).
         :raises ConnectionLost: when the connection fails.
         """
-        channel = await self.channel(TOPOLOGY)
+        channel = await self.channel(purpose)
         try:
-            return await getattr(channel, method)(**kwargs)
+            return await _amqp.guarded(channel, getattr(channel, method)(**kwargs))
         except amqp_errors.ChannelClosed:
             raise
-        except _amqp.SEND_ERRORS as exc:
+        except _amqp.LINK_ERRORS as exc:
             raise _amqp.translate(exc, what) from exc
 
     async def declare_exchange(self, name: str, params: dict[str, Any]) -> None:
         """Declare the exchange *name* (kiwipy 0.9: topic, not durable)."""
         await self.call(f"declaring exchange {name!r}", "exchange_declare", exchange=name, **params)
 
-    async def passive_declare(self, queue: str) -> Optional[spec.Queue.DeclareOk]:
+    async def passive_declare(
+        self, queue: str, purpose: str = TOPOLOGY
+    ) -> Optional[spec.Queue.DeclareOk]:
         """:returns: the queue's declare-ok if *queue* exists, else ``None``."""
         try:
             ok = await self.call(
-                f"checking queue {queue!r}", "queue_declare", queue=queue, passive=True
-            )
+                f"checking queue {queue!r}", "queue_declare", purpose=purpose, queue=queue,
+                passive=True,
+            )  # fmt: skip
         except amqp_errors.ChannelNotFoundEntity:
             return None
         return ok  # type: ignore[no-any-return]
@@ -233,18 +281,34 @@ class Session:
         """Consume *queue* on the *purpose* channel. :returns: the consumer tag."""
         channel = await self.channel(purpose)
         try:
-            ok = await channel.basic_consume(queue, callback, no_ack=no_ack)
-        except _amqp.SEND_ERRORS as exc:
+            ok = await _amqp.guarded(channel, channel.basic_consume(queue, callback, no_ack=no_ack))
+        except _amqp.LINK_ERRORS as exc:
             raise _amqp.translate(exc, f"consuming {queue!r}") from exc
-        return str(ok.consumer_tag)
+        tag = str(ok.consumer_tag)
+        self._consumers[tag] = queue
+        return tag
+
+    def is_consuming(self, purpose: str, consumer_tag: Optional[str]) -> bool:
+        """Whether *consumer_tag* still consumes on the current *purpose* channel (false
+        after a reconnection, a channel closure or a cancellation by the broker): what makes
+        restorers idempotent."""
+        channel = self._channels.get(purpose)
+        if not consumer_tag or channel is None or channel.is_closed:
+            return False
+        return consumer_tag in getattr(channel, "consumers", ())
 
     async def cancel(self, purpose: str, consumer_tag: str) -> None:
         """Stop the consumer *consumer_tag* (nothing to do if its channel is gone)."""
         channel = self._channels.get(purpose)
+        self._consumers.pop(consumer_tag, None)
         if channel is None or channel.is_closed:
             return
-        with contextlib.suppress(*_amqp.SEND_ERRORS):
-            await channel.basic_cancel(consumer_tag)
+        self._cancelling.add(consumer_tag)
+        try:
+            with contextlib.suppress(*_amqp.SEND_ERRORS):
+                await channel.basic_cancel(consumer_tag)
+        finally:
+            self._cancelling.discard(consumer_tag)
 
     # Publishing
 
@@ -256,80 +320,75 @@ class Session:
         properties: spec.Basic.Properties,
         mandatory: bool,
         check_size: bool = True,
+        *,
+        retry: bool = True,
     ) -> Any:
-        """Publish *body* and wait for the broker's confirm.
+        """Publish *body* and wait for the broker's confirm (module doc).
 
+        :param retry: send it again if its channel or connection broke under it, or once
+            more if it was nacked (the receiver may see it twice).
         :returns: the confirm frame (``pamqp.commands.Basic.Ack``).
         :raises MessageTooLarge: before publishing, if *body* is over ``max_message_size``.
         :raises UnroutableError: for a mandatory message no queue is bound for.
         :raises PublishNacked: if the broker refused it.
-        :raises ConnectionLost: if the channel or connection failed.
+        :raises ConnectionLost: if it was not confirmed within ``recovery_timeout``.
         """
         if check_size and len(body) > self.max_message_size:
             raise exceptions.MessageTooLarge(len(body), self.max_message_size)
+        attempt = PublishAttempt(self, exchange, routing_key, retry)
+        while True:
+            try:
+                channel = await self._publish_channel(attempt.deadline)
+            except exceptions.ConnectionLost as exc:
+                await attempt.after_loss(exc)
+                continue
+            try:
+                # same frames and outcomes as channel.basic_publish, without its per-message
+                # coroutines and pamqp marshalling (issue 6)
+                outgoing = _fastpublish.Outgoing(exchange, routing_key, body, properties, mandatory)
+                publishing = _fastpublish.publish(channel, outgoing)
+                return await _amqp.guarded(channel, publishing, attempt.remaining())
+            except _amqp.LINK_ERRORS as exc:
+                await attempt.after(exc, channel)
+
+    def ready_channel(self) -> Optional[aiormq.abc.AbstractChannel]:
+        """:returns: the publish channel if it is open on a running connection and nothing
+        is being restored, else ``None`` (for publishing without waiting:
+        :mod:`kiwipy.rmq._lane`, issue 6)."""
         channel = self._channels.get(PUBLISH)
-        if channel is None or channel.is_closed:
+        if channel is None or channel.is_closed or not self._ready.is_set():
+            return None
+        running = getattr(getattr(channel, "connection", None), "is_opened", True)
+        return channel if running else None
+
+    async def _publish_channel(self, deadline: float) -> aiormq.abc.AbstractChannel:
+        channel = self.ready_channel()
+        if channel is None:
+            await self._wait_ready(deadline)
             channel = await self.channel(PUBLISH)
-        try:
-            return await channel.basic_publish(
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                properties=properties,
-                mandatory=mandatory,
-            )
-        except _amqp.SEND_ERRORS as exc:
-            raise _amqp.translate(exc, f"publishing to {exchange!r}/{routing_key!r}") from exc
+        return channel
+
+    def renew_publish_channel(self, channel: aiormq.abc.AbstractChannel) -> None:
+        """Publish on a fresh channel from now on; *channel* is closed once the confirms of
+        what was already sent on it arrived."""
+        if self._channels.get(PUBLISH) is channel:
+            del self._channels[PUBLISH]
+            self._spawn(_publishing.close_when_drained(channel))
 
     # Restoration
 
     def add_restorer(self, purpose: str, key: object, restorer: Restorer) -> None:
         """Run *restorer* after every reconnection (and when *purpose*'s channel is closed
-        by the broker); *key* identifies it for :meth:`remove_restorer`."""
-        self._restorers.setdefault(purpose, {})[key] = restorer
+        or one of its consumers is cancelled by the broker); *key* identifies it for
+        :meth:`remove_restorer`. Restorers must be idempotent (:mod:`._recovery`)."""
+        self._restoration.add(purpose, key, restorer)
 
     def remove_restorer(self, purpose: str, key: object) -> None:
-        self._restorers.get(purpose, {}).pop(key, None)
+        self._restoration.remove(purpose, key)
 
-    def _on_connection_closed(self, _sender: Any, exc: Optional[BaseException]) -> None:
-        if self._closed or self.connection.is_closed or self.connection.close_called:
-            return
+    def forget_channels(self) -> None:
+        """The connection is gone: every channel is to be opened again."""
         self._channels.clear()
-        self._emit("disconnected", logging.WARNING, f" ({exc!r})" if exc else "")
-        if not self._robust:
-            self._emit("lost", logging.ERROR)
-            return
-        if self._lost_timer is None:
-            timeout = self.options["recovery_timeout"]
-            self._lost_timer = self.loop.call_later(timeout, self._emit, "lost", logging.ERROR)
-
-    def _on_reconnected(self, _sender: Any) -> None:
-        if self._closed:
-            return
-        if self._lost_timer is not None:
-            self._lost_timer.cancel()
-            self._lost_timer = None
-        self._channels.clear()
-        self._spawn(self._restore_all())
-
-    async def _restore_all(self) -> None:
-        for purpose in list(self._restorers):
-            await self._run_restorers(purpose)
-        self._emit("reconnected")
-
-    async def _restore_purpose(self, purpose: str) -> None:
-        wait = self._last_restore.get(purpose, 0.0) + _RESTORE_SPACING - self.loop.time()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        await self._run_restorers(purpose)
-
-    async def _run_restorers(self, purpose: str) -> None:
-        self._last_restore[purpose] = self.loop.time()
-        for key, restorer in list(self._restorers.get(purpose, {}).items()):
-            try:
-                await restorer()
-            except Exception:
-                _LOGGER.exception("could not restore %s after reconnecting", key)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -341,35 +400,19 @@ class Session:
     def begin_close(self) -> None:
         """From now on, operations fail at once instead of waiting for a reconnection."""
         self._closing = True
+        self._ready.set()  # wake waiting sends: they fail in ``_check_can_wait`` or on use
 
     async def close(self) -> None:
         """Close the session's channels (and the connection if it owns it). Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._lost_timer is not None:
-            self._lost_timer.cancel()
+        await self._watchdog.stop()
+        self._recovery.close()
         for task in list(self._background):
             task.cancel()
-        self.connection.close_callbacks.discard(self._on_connection_closed)
-        if self._robust:
-            self.connection.reconnect_callbacks.discard(self._on_reconnected)
         channels, self._channels = list(self._channels.values()), {}
-        await _bounded(*(ch.close() for ch in channels if not ch.is_closed))
+        await _amqp.bounded(*(ch.close() for ch in channels if not ch.is_closed))
         if self._owns_connection and not self.connection.is_closed:
-            await _bounded(self.connection.close())
-        self._emit("closed", logging.DEBUG)
-
-
-async def _bounded(*awaitables: Awaitable[Any]) -> None:
-    """Await *awaitables* for at most a few seconds, ignoring their errors: closing must
-    finish even when the broker is gone."""
-    if not awaitables:
-        return
-    tasks = [asyncio.ensure_future(each) for each in awaitables]
-    _done, pending = await asyncio.wait(tasks, timeout=_CLOSE_TIMEOUT)
-    for task in pending:
-        task.cancel()
-    for task in tasks:
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: closing errors do not matter
+            await _amqp.bounded(self.connection.close())
+        self.report(_events.CLOSED)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, Callable, Optional, TypeVar, cast
 
 import aio_pika
 from typing_extensions import Unpack
+from yarl import URL
 
 from .. import exceptions
 from ..communications import (
@@ -27,7 +29,11 @@ from ..communications import (
     RpcSubscriber,
     TaskSubscriber,
 )
+from . import _amqp
+from ._batch import TaskTarget
+from ._lane import MessageLane, MessageTarget, TaskLane
 from ._options import ConnectionFactory, ConnectionParams, RmqOptions, resolve_options
+from ._recovery import ReconnectPacing
 from ._replies import ReplyQueue
 from ._session import Session
 from .messages import RmqPublisher, RmqSubscriber
@@ -39,6 +45,8 @@ _LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: aio-pika's default ``reconnect_interval``.
+_AIO_PIKA_INTERVAL = 5.0
 #: Seconds ``disconnect`` gives the components to stop cleanly before closing anyway (with
 #: the session's own bounded close, it stays under the thread facade's 5 s call timeout).
 _CLOSE_BUDGET = 2.0
@@ -93,9 +101,16 @@ class RmqCommunicator(AsyncCommunicator):
         self._connection.close_callbacks.add(callback, weak)
 
     def add_connection_callback(self, callback: Callable[[str], None]) -> None:
-        """Call ``callback(event)`` on every connection state change: ``'connected'``,
-        ``'disconnected'``, ``'reconnected'`` (everything restored), ``'lost'`` (not back
-        within ``recovery_timeout``) and ``'closed'``. Called on the communicator's loop."""
+        """Call ``callback(event)`` on every connection state change, on the communicator's
+        loop (keep it short). *event* is a :class:`str` equal to one of ``'connected'``,
+        ``'disconnected'`` (once per outage), ``'stalled'`` (the broker stopped answering;
+        the connection is reset), ``'reconnected'`` (everything restored), ``'lost'`` (not
+        back within ``recovery_timeout``: waiting replies failed, sends raise; reconnection
+        goes on), ``'consumer-cancelled'`` (the broker cancelled a consumer; it is being
+        restored), ``'restore-failed'`` (retried with backoff), ``'subscriber-lost'`` (an RPC
+        subscriber whose identifier another communicator took while we were away was
+        removed) and ``'closed'``; its ``detail`` attribute says more. Each event is also
+        logged once on the ``kiwipy.rmq.communicator`` logger (see docs/guarantees.md)."""
         self._session.add_listener(callback)
 
     @property
@@ -106,7 +121,8 @@ class RmqCommunicator(AsyncCommunicator):
     # Life cycle
 
     def connected(self) -> bool:
-        return not self._closed and not self._connection.is_closed
+        """Whether the connection is up now (false during an outage and after close)."""
+        return not self._closed and self._session.is_connected
 
     async def connect(self) -> None:
         """Connect if needed. :raises CommunicatorClosed: after :meth:`disconnect`."""
@@ -254,6 +270,41 @@ class RmqCommunicator(AsyncCommunicator):
         """
         return await (await self.get_default_task_queue()).task_send(task, no_reply)
 
+    async def task_send_many(
+        self, tasks: Iterable[Any], no_reply: bool = False
+    ) -> list[Optional[asyncio.Future[Any]]]:
+        """Queue *tasks* on the default task queue with many publishes in flight (see
+        :meth:`kiwipy.communications.AsyncCommunicator.task_send_many`).
+
+        :raises BatchSendError: if any task was not confirmed.
+        """
+        queue = await self.get_default_task_queue()
+        return await queue.task_send_many(tasks, no_reply)
+
+    def task_lane(self) -> TaskLane:
+        """:returns: the thread facade's quick way to send tasks to the default queue
+        (:mod:`kiwipy.rmq._lane`)."""
+        return TaskLane(self._default_task_target)
+
+    def message_lane(self) -> MessageLane:
+        """:returns: the thread facade's quick way to send RPCs and broadcasts."""
+        return MessageLane(self._message_target)
+
+    def _message_target(self) -> Optional[MessageTarget]:
+        future = self._lazy.get("publisher")
+        if self._closed or future is None or not future.done() or future.exception():
+            return None
+        publisher: RmqPublisher = future.result()
+        target: MessageTarget = publisher.target()
+        return target
+
+    def _default_task_target(self) -> Optional[TaskTarget]:
+        future = self._lazy.get("tasks")
+        if self._closed or future is None or not future.done() or future.exception():
+            return None
+        queue: RmqTaskQueue = future.result()
+        return queue.target()
+
     async def task_queue(
         self, queue_name: str, prefetch_size: int = 0, prefetch_count: int = 0
     ) -> RmqTaskQueue:
@@ -272,6 +323,29 @@ async def _open_connection(params: ConnectionParams, factory: ConnectionFactory)
     return await factory(params)
 
 
+def _paced(params: ConnectionParams, options: dict[str, Any]) -> ConnectionParams:
+    """:returns: *params* for :func:`aio_pika.connect_robust` with a first
+    ``reconnect_interval`` of 0.1 s, unless the user chose one.
+
+    aio-pika sleeps ``reconnect_interval`` after *every* successful connection before it
+    watches for the next loss, so without this a connection lost in its first 5 s would be
+    retried only 5 s after it was made. The session then paces the attempts of an outage up
+    to ``reconnect_max_interval`` (:class:`~kiwipy.rmq._recovery.ReconnectPacing`).
+    """
+    first = ReconnectPacing.FIRST
+    if isinstance(params, Mapping):
+        url = params.get("url")
+        if "reconnect_interval" in params or "reconnect_interval" in URL(url or "").query:
+            return params
+        options.setdefault("reconnect_max_interval", _AIO_PIKA_INTERVAL)
+        return {**params, "reconnect_interval": first}
+    url = URL(params or "amqp://guest:guest@localhost/")
+    if "reconnect_interval" in url.query:
+        return params
+    options.setdefault("reconnect_max_interval", _AIO_PIKA_INTERVAL)
+    return str(url.update_query(reconnect_interval=str(first)))
+
+
 async def async_connect(
     connection_params: ConnectionParams = None,
     connection_factory: ConnectionFactory = aio_pika.connect_robust,
@@ -281,11 +355,21 @@ async def async_connect(
 
     :param connection_params: a URL (``'amqp://guest:guest@127.0.0.1/?heartbeat=30'``) or
         keyword arguments for *connection_factory* (``{'url': ...}``).
-    :param connection_factory: makes the aio-pika connection; the default reconnects by
-        itself after the connection is lost.
+    :param connection_factory: makes the aio-pika connection; the default,
+        :func:`aio_pika.connect_robust`, reconnects by itself after the connection is lost
+        (with a quick first ``reconnect_interval`` unless the URL sets one, each attempt
+        bounded by :data:`~kiwipy.rmq._amqp.CONNECT_TIMEOUT`, and no socket leaked by a
+        failed attempt: :class:`~kiwipy.rmq._amqp.RobustConnection`).
     :param options: see :class:`RmqCommunicator`.
     """
     resolve_options(options)  # fail on a bad option before connecting
+    if connection_factory is aio_pika.connect_robust:
+        connection_params = _paced(connection_params, cast(dict[str, Any], options))
+        connection_factory = functools.partial(
+            aio_pika.connect_robust,
+            connection_class=_amqp.RobustConnection,
+            timeout=_amqp.CONNECT_TIMEOUT,
+        )
     connection = await _open_connection(connection_params, connection_factory)
     communicator = RmqCommunicator(connection, **options)
     await communicator.connect()

@@ -15,14 +15,24 @@ Topology (kiwipy 0.9 names and routing keys, so 0.9 peers interoperate):
   no broadcast subscriber is registered, so broadcasts sent meanwhile arrive on
   re-subscription (within the TTL), as in kiwipy 0.9.
 * RPC requests are consumed without acknowledgement (kiwipy 0.9 acknowledged them before
-  running the subscriber: the same guarantee, one frame less); broadcasts likewise.
+  running the subscriber: the same guarantee, one frame less); broadcasts likewise. They are
+  handled by :mod:`kiwipy.rmq._handlers`.
+* RPC requests and broadcasts are sent once (``retry=False``): a send whose connection broke
+  under it raises :class:`~kiwipy.ConnectionLost` rather than risking running an RPC twice.
+  Replies are awaited with a watch on the subscriber's queue (:mod:`kiwipy.rmq._liveness`).
+* Restoring (after a reconnection, or when the broker cancelled a consumer) is idempotent: only
+  what is not consuming is started again. An RPC identifier that another connection holds
+  when we come back is tried again for ``recovery_timeout`` seconds (the broker may still hold
+  it for our *previous* connection, until it notices that one is dead); then the subscriber
+  is removed and ``subscriber-lost`` reported, never two subscribers for one identifier. The
+  broadcast queue gets a new name on each restore, so a dead connection's queue cannot block
+  it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 from typing import Any, NamedTuple, Optional
 
@@ -31,11 +41,13 @@ import shortuuid
 from aiormq import exceptions as amqp_errors
 
 from .. import exceptions
-from . import _amqp, _outcome, defaults, protocol
-from ._replies import ReplyQueue, decode_body
+from . import _amqp, _events, defaults, protocol
+from ._handlers import MessageHandling
+from ._recovery import RestoreLater
+from ._replies import ReplyQueue
 from ._session import Session
 
-__all__ = ("BroadcastMessage", "RmqPublisher", "RmqSubscriber")
+__all__ = ("BroadcastMessage", "RmqPublisher", "RmqSubscriber", "rpc_queue_name")
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -44,6 +56,11 @@ MESSAGES = "messages"
 _DRAIN_GRACE = 1.0
 #: RabbitMQ may delete a queue with a tiny ``x-expires`` between its declare and its consume.
 _MIN_EXPIRES = 1000
+
+
+def rpc_queue_name(exchange: str, identifier: Any) -> str:
+    """:returns: the exclusive queue that holds the RPC *identifier* on *exchange*."""
+    return f"{exchange}.rpc.{identifier}"
 
 
 class BroadcastMessage:
@@ -104,6 +121,14 @@ class RmqPublisher:
     def get_exchange_name(self) -> str:
         return self._exchange_name
 
+    def target(self) -> Any:
+        """Where this publisher's messages go (a ``kiwipy.rmq._lane.MessageTarget``), for
+        the thread facade's quick sends, which send them as :meth:`rpc_send` and
+        :meth:`broadcast_send` do (issue 6)."""
+        from ._lane import MessageTarget
+
+        return MessageTarget(self._session, self._exchange_name, self._replies, self._content_type)
+
     async def connect(self) -> None:
         """Declare the exchange and start receiving replies (binding the reply queue to it
         keeps a testing-mode exchange alive while this publisher lives)."""
@@ -127,14 +152,17 @@ class RmqPublisher:
         body = self._session.encoder.encode(msg)
         correlation_id = _amqp.new_correlation_id()
         _LOGGER.debug("Sending RPC %s to %r: %r", correlation_id, routing_key, msg)
-        future = self._replies.expect(correlation_id, routing_key)
+        watch = rpc_queue_name(self._exchange_name, recipient_id)
+        future = self._replies.expect(correlation_id, routing_key, watch)
         props = _amqp.properties(
             correlation_id=correlation_id,
             reply_to=self._replies.name,
             content_type=self._content_type,
         )
         try:
-            await self._session.publish(self._exchange_name, routing_key, body, props, True)
+            await self._session.publish(
+                self._exchange_name, routing_key, body, props, True, retry=False
+            )
         except BaseException:
             self._replies.forget(correlation_id)
             raise
@@ -152,13 +180,16 @@ class RmqPublisher:
         body = self._session.encoder.encode(message)
         props = _amqp.properties(content_type=self._content_type)
         routing_key = defaults.BROADCAST_TOPIC
-        return await self._session.publish(self._exchange_name, routing_key, body, props, False)
+        return await self._session.publish(
+            self._exchange_name, routing_key, body, props, False, retry=False
+        )
 
 
 class _Rpc(NamedTuple):
     subscriber: Any
     queue: str
-    consumer_tag: str
+    consumer_tag: str  # "" while it is being registered
+    taken_since: Optional[float] = None  # held by another connection since (when restoring)
 
 
 class RmqSubscriber:
@@ -195,8 +226,7 @@ class RmqSubscriber:
         self._broadcast: dict[Any, Any] = {}
         self._broadcast_queue = f"broadcast-{shortuuid.uuid()}"
         self._broadcast_tag: Optional[str] = None
-        self._handlers: set[asyncio.Task[Any]] = set()
-        self._content_type = self._session.encoder.content_type
+        self._handling = MessageHandling(self._session, message_exchange, self._owner)
 
     async def connect(self) -> None:
         """Get ready; the exchange and queues are declared as subscribers are added (an
@@ -214,7 +244,7 @@ class RmqSubscriber:
         identifier = shortuuid.uuid() if identifier is None else identifier
         if identifier in self._rpc:
             raise exceptions.DuplicateSubscriberIdentifier(f"RPC identifier '{identifier}'")
-        queue = f"{self._exchange_name}.rpc.{identifier}"
+        queue = rpc_queue_name(self._exchange_name, identifier)
         self._rpc[identifier] = _Rpc(subscriber, queue, "")  # reserved while we declare
         try:
             tag = await self._start_rpc(identifier, queue)
@@ -241,6 +271,11 @@ class RmqSubscriber:
         await self._bind(queue, routing_key)
         callback = functools.partial(self._on_rpc, identifier)
         return await self._session.consume(MESSAGES, queue, callback, no_ack=True)
+
+    def _on_rpc(self, identifier: Any, message: aiormq.abc.DeliveredMessage) -> None:
+        rpc = self._rpc.get(identifier)  # None: removed while the request was on its way
+        subscriber = None if rpc is None else rpc.subscriber
+        self._handling.spawn(self._handling.rpc(identifier, subscriber, message))
 
     async def _bind(self, queue: str, routing_key: str) -> None:
         # Declared again first: in testing mode the exchange auto-deletes when its last
@@ -271,45 +306,6 @@ class RmqSubscriber:
             await self._session.call(f"deleting {queue!r}", "queue_delete", queue=queue)
         except (exceptions.KiwiError, amqp_errors.ChannelClosed) as exc:
             _LOGGER.debug("queue %s not deleted: %s", queue, exc)
-
-    async def _on_rpc(self, identifier: Any, message: aiormq.abc.DeliveredMessage) -> None:
-        with _outcome.tracked(self._handlers):
-            rpc = self._rpc.get(identifier)
-            try:
-                msg = await decode_body(self._session, message.body)
-            except exceptions.KiwiError as exc:
-                _LOGGER.error("undecodable RPC for %r: %s", identifier, exc)
-                await self._reply(message, protocol.exception_response(exc))
-                return
-            if rpc is None:  # removed while the request was on its way
-                gone = exceptions.ReplyLost(f"RPC subscriber '{identifier}' was removed")
-                await self._reply(message, protocol.exception_response(gone))
-                return
-
-            async def pending() -> None:
-                await self._reply(message, protocol.pending_response())
-
-            outcome = await _outcome.invoke(rpc.subscriber, (self._owner, msg), pending)
-            await self._reply(message, _outcome.to_response(outcome))
-
-    async def _reply(self, message: aiormq.abc.DeliveredMessage, response: dict[str, Any]) -> None:
-        props = message.header.properties
-        if not props.reply_to:
-            return
-        try:
-            body = self._session.encoder.encode(response)
-        except exceptions.EncodeError as exc:
-            body = self._session.encoder.encode(protocol.exception_response(exc))
-        reply = _amqp.properties(
-            correlation_id=props.correlation_id, content_type=self._content_type
-        )
-        _LOGGER.debug(
-            "Replying to RPC %s via %r: %r", props.correlation_id, props.reply_to, response
-        )
-        try:
-            await self._session.publish(self._exchange_name, props.reply_to, body, reply, True)
-        except exceptions.KiwiError as exc:
-            _LOGGER.warning("reply to %s could not be sent: %s", props.reply_to, exc)
 
     # Broadcasts
 
@@ -354,37 +350,52 @@ class RmqSubscriber:
             tag, self._broadcast_tag = self._broadcast_tag, None
             await self._session.cancel(MESSAGES, tag)
 
-    async def _on_broadcast(self, message: aiormq.abc.DeliveredMessage) -> None:
-        with _outcome.tracked(self._handlers):
-            try:
-                broadcast = protocol.decode_broadcast(
-                    await decode_body(self._session, message.body)
-                )
-            except exceptions.KiwiError as exc:
-                _LOGGER.error("dropping an undecodable broadcast: %s", exc)
-                return
-            args = (broadcast.body, broadcast.sender, broadcast.subject, broadcast.correlation_id)
-            for subscriber in list(self._broadcast.values()):
-                try:
-                    result = subscriber(self._owner, *args)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception:
-                    _LOGGER.exception("Exception in broadcast receiver")
+    def _on_broadcast(self, message: aiormq.abc.DeliveredMessage) -> None:
+        subscribers = list(self._broadcast.values())
+        self._handling.spawn(self._handling.broadcast(subscribers, message))
 
     # Life cycle
 
     async def _restore(self) -> None:
-        for identifier, rpc in list(self._rpc.items()):
-            try:
-                tag = await self._start_rpc(identifier, rpc.queue)
-            except exceptions.DuplicateSubscriberIdentifier:
-                _LOGGER.error("RPC identifier %r was taken while reconnecting; dropped", identifier)
-                self._rpc.pop(identifier, None)
-            else:
-                self._rpc[identifier] = rpc._replace(consumer_tag=tag)
-        if self._broadcast:
+        """Start again what is not consuming (module doc); idempotent."""
+        taken = [
+            identifier for identifier in list(self._rpc) if not await self._restore_rpc(identifier)
+        ]
+        if self._broadcast and not self._session.is_consuming(MESSAGES, self._broadcast_tag):
+            self._broadcast_queue = f"broadcast-{shortuuid.uuid()}"
             await self._start_broadcasts()
+        if taken:
+            raise RestoreLater(f"RPC identifiers {taken!r} are held by another connection")
+
+    async def _restore_rpc(self, identifier: Any) -> bool:
+        """:returns: ``False`` if the identifier is held elsewhere, for now."""
+        rpc = self._rpc.get(identifier)
+        if (
+            rpc is None
+            or not rpc.consumer_tag
+            or self._session.is_consuming(MESSAGES, rpc.consumer_tag)
+        ):
+            return True  # gone, being registered, or consuming
+        try:
+            tag = await self._start_rpc(identifier, rpc.queue)
+        except exceptions.DuplicateSubscriberIdentifier as exc:
+            return self._identity_taken(identifier, rpc, exc)
+        if self._rpc.get(identifier) is rpc:
+            self._rpc[identifier] = rpc._replace(consumer_tag=tag, taken_since=None)
+        elif identifier not in self._rpc:  # removed while we restored it
+            await self._session.cancel(MESSAGES, tag)
+        return True
+
+    def _identity_taken(self, identifier: Any, rpc: _Rpc, exc: BaseException) -> bool:
+        now = self._session.loop.time()
+        since = now if rpc.taken_since is None else rpc.taken_since
+        if now - since < self._session.options["recovery_timeout"]:
+            self._rpc[identifier] = rpc._replace(taken_since=since)
+            return False
+        del self._rpc[identifier]
+        detail = f"{exc}; its subscriber was removed"
+        self._session.report(_events.SUBSCRIBER_LOST, detail)
+        return True
 
     async def disconnect(self) -> None:
         """Stop consuming, let what was already received be handled (briefly), and delete
@@ -394,8 +405,7 @@ class RmqSubscriber:
             await self._session.cancel(MESSAGES, rpc.consumer_tag)
         if self._broadcast_tag is not None:
             await self._session.cancel(MESSAGES, self._broadcast_tag)
-        if self._handlers:
-            await asyncio.wait(set(self._handlers), timeout=_DRAIN_GRACE)
+        await self._handling.drain(_DRAIN_GRACE)
         for rpc in self._rpc.values():
             await self._delete(rpc.queue)
         self._rpc.clear()

@@ -1,23 +1,17 @@
 """Task queues: :class:`RmqTaskPublisher`, :class:`RmqTaskSubscriber`, :class:`RmqTaskQueue`.
 
-Task queue declaration (kiwipy 0.9 declared ``x-message-ttl: 604800000``; RabbitMQ refuses to
-redeclare a queue with other arguments, and keeps a requeued message's original expiry, so
-old tasks silently vanished):
-
-1. A *passive* declare first: a queue that exists (for instance declared by kiwipy 0.9) is used
-   as it is, never redeclared with other arguments.
-2. A missing queue is declared with safe defaults: durable, no message TTL, dead-lettering to
-   ``<queue>.dead``. With the ``task_queue_compat`` option it gets kiwipy 0.9's exact
-   arguments instead, for deployments that mix both libraries.
-3. ``<queue>.dead`` (durable) always exists beside it: parked tasks go there (see
-   :mod:`kiwipy.rmq._incoming` for what is parked and when).
-4. In testing mode queues are durable with ``x-expires`` (RabbitMQ 4 removes transient
-   non-exclusive queues), so they vanish on their own after the tests.
-
-Prefetch is per consumer (``basic.qos`` without ``global``); each consumed queue has its own
-channel. Subscribers are tried in the order they were added; :class:`~kiwipy.TaskRejected`
-passes the task to the next one, any other outcome is final (kiwipy 0.9 went on trying the
-others after an exception: bug B3).
+* Queues are declared passively first and a missing one with safe defaults: no message TTL,
+  dead-lettering to ``<queue>.dead``, classic or quorum (:mod:`kiwipy.rmq._topology`; kiwipy
+  0.9 declared a 7-day TTL, and RabbitMQ keeps a requeued message's original expiry, so old
+  tasks silently vanished). An existing queue is never changed.
+* Every task received, pushed or pulled, is *screened* before it runs: a lease copy is checked
+  against its owner, and a task already running in this worker is never run twice
+  (:mod:`kiwipy.rmq._lease_tasks`). A task running longer than ``task_lease_after`` becomes a
+  lease; consuming, prefetch and what the broker does to consumers are in
+  :mod:`kiwipy.rmq._task_consumer`.
+* Subscribers are tried in the order they were added; :class:`~kiwipy.TaskRejected` passes the
+  task to the next one, any other outcome is final (kiwipy 0.9 went on trying the others
+  after an exception: bug B3).
 """
 
 from __future__ import annotations
@@ -26,16 +20,15 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Optional
 
 import aiormq.abc
 import shortuuid
-from pamqp import commands as spec
 
 from .. import exceptions
 from ..communications import AsyncTaskQueue
-from . import _amqp, _outcome, defaults, protocol
+from . import _amqp, _batch, _offload, _outcome, defaults, protocol
 from ._incoming import (
     TASK_FINISHED,
     TASK_PENDING,
@@ -44,10 +37,12 @@ from ._incoming import (
     RmqIncomingTask,
     TaskInfo,
     TaskResponder,
-    declare_task_queue,
 )
+from ._leases import read_lease
 from ._replies import ReplyQueue
 from ._session import Session
+from ._task_consumer import TaskConsumer
+from ._topology import declare_task_queue
 
 __all__ = (
     "TASK_FINISHED",
@@ -121,7 +116,8 @@ class RmqTaskPublisher:
         :raises MessageTooLarge: if it encodes to more than ``max_message_size``.
         """
         _LOGGER.debug("Sending task to %r (reply=%r): %r", self._queue_name, not no_reply, task)
-        body = self._session.encoder.encode(protocol.encode_task(task, no_reply))
+        # large tasks are encoded off the loop (issue 6)
+        body = await _offload.encode(self._session, protocol.encode_task(task, no_reply))
         correlation_id = _amqp.new_correlation_id()
         props = _amqp.properties(
             persistent=True,
@@ -136,6 +132,24 @@ class RmqTaskPublisher:
             self._replies.forget(correlation_id)
             raise
         return future
+
+    async def task_send_many(
+        self, tasks: Iterable[Any], no_reply: bool = False
+    ) -> list[Optional[asyncio.Future[Any]]]:
+        """Queue *tasks* with many publishes in flight; see :mod:`kiwipy.rmq._batch`.
+
+        :returns: once every task is confirmed, a reply future per task (``None`` entries
+            with *no_reply*).
+        :raises BatchSendError: if any task was not confirmed.
+        """
+        return await _batch.send_tasks(self.target(), tasks, no_reply)
+
+    def target(self) -> _batch.TaskTarget:
+        """Where this publisher's tasks go, for ``task_send_many`` and the thread facade's
+        quick sends, which send them as :meth:`task_send` does (issue 6)."""
+        return _batch.TaskTarget(
+            self._session, self._exchange_name, self._queue_name, self._replies, self._content_type
+        )
 
 
 class RmqTaskSubscriber:
@@ -169,9 +183,16 @@ class RmqTaskSubscriber:
         self._session.set_prefetch(self._purpose, prefetch_size, prefetch_count)
         self._owner = self if owner is None else owner
         self._subscribers: dict[Any, Any] = {}
-        self._consumer_tag: Optional[str] = None
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._runs: set[asyncio.Future[None]] = set()
         self.responder = TaskResponder(self._session, exchange_name, queue_name)
+        self._consumer = TaskConsumer(
+            self._session,
+            self._purpose,
+            queue_name,
+            self._on_task,
+            (prefetch_size, prefetch_count),
+        )
 
     async def connect(self) -> None:
         """Declare the exchange and the task queue (module doc)."""
@@ -182,12 +203,7 @@ class RmqTaskSubscriber:
     async def _restore(self) -> None:
         await self.connect()
         if self._subscribers:
-            await self._consume()
-
-    async def _consume(self) -> None:
-        self._consumer_tag = await self._session.consume(
-            self._purpose, self._queue_name, self._on_task
-        )
+            await self._consumer.start()
 
     async def add_task_subscriber(self, subscriber: Any, identifier: Any = None) -> Any:
         """Consume tasks with *subscriber*. :returns: its identifier.
@@ -198,9 +214,9 @@ class RmqTaskSubscriber:
         if identifier in self._subscribers:
             raise exceptions.DuplicateSubscriberIdentifier(f"Task identifier '{identifier}'")
         self._subscribers[identifier] = subscriber
-        if self._consumer_tag is None:
+        if not self._consumer.wanted:
             try:
-                await self._consume()
+                await self._consumer.start()
             except BaseException:
                 del self._subscribers[identifier]
                 raise
@@ -212,30 +228,48 @@ class RmqTaskSubscriber:
             del self._subscribers[identifier]
         except KeyError:
             raise ValueError(f"Unknown task subscriber '{identifier}'") from None
-        if not self._subscribers and self._consumer_tag is not None:
-            tag, self._consumer_tag = self._consumer_tag, None
-            await self._session.cancel(self._purpose, tag)
+        if not self._subscribers:
+            await self._consumer.stop()
 
     async def _on_task(self, message: aiormq.abc.DeliveredMessage) -> None:
-        with _outcome.tracked(self._handlers):
-            await self._handle(message)
+        if not self.responder.leases.settings.enabled:
+            with _outcome.tracked(self._handlers):
+                await self._handle(message)
+            return
+        # aiormq runs this callback in a task of the channel, cancelled when the channel
+        # closes: a run that may outlive its delivery (a lease, a channel closed for a
+        # delivery timeout) runs in a task of its own, cancelled only by disconnect().
+        run = asyncio.ensure_future(self._handle(message))
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
 
     async def _handle(self, message: aiormq.abc.DeliveredMessage) -> None:
         body = await self.responder.decode(message)
         if body is None:
             return  # parked
+        if not await self.responder.leases.screen(message):
+            return  # a lease that was checked, or a task that already runs here
         incoming = RmqIncomingTask(self.responder, message, body)
-        outcome = await self._run_subscribers(incoming, message)
-        if outcome is None:
-            await self.responder.give_back(message)
-        else:
-            await incoming.finish(outcome)
+        running = incoming.begin()
+        slot = self._consumer.task_started(message)
+        if running is not None and slot:
+            running.on_leased = functools.partial(self._consumer.task_leased, slot)
+        try:
+            outcome = await self._run_subscribers(incoming, message)
+            if outcome is None:
+                await incoming.give_back()
+            else:
+                await incoming.finish(outcome)
+        finally:
+            incoming.abandon()  # only if cancelled before its end: others may take it
+            self._consumer.task_ended(slot, running is not None and running.leased)
 
     async def _run_subscribers(
         self, incoming: RmqIncomingTask, message: aiormq.abc.DeliveredMessage
     ) -> Optional[_outcome.Outcome]:
         pending = None
-        if not incoming.no_reply:
+        # A take-over does not say 'pending' again: the sender may already have had it.
+        if not incoming.no_reply and read_lease(message.header.properties.headers) is None:
             pending = functools.partial(self.responder.reply, message, protocol.pending_response())
         for subscriber in list(self._subscribers.values()):
             outcome = await _outcome.invoke(subscriber, (self._owner, incoming.body), pending)
@@ -246,25 +280,16 @@ class RmqTaskSubscriber:
     # Pull mode
 
     async def _get(self, no_ack: bool, timeout: float) -> Optional[RmqIncomingTask]:
-        """:returns: the next task, polling until *timeout*; parked messages are skipped."""
-        loop = self._session.loop
-        deadline, pause = loop.time() + timeout, 0.01
+        """:returns: the next task, polling until *timeout*; parked and screened-out
+        messages are skipped."""
+        deadline = self._session.loop.time() + timeout
         while True:
-            channel = await self._session.channel(self._purpose)
-            try:
-                message = await channel.basic_get(self._queue_name, no_ack=no_ack)
-            except _amqp.SEND_ERRORS as exc:
-                raise _amqp.translate(exc, f"getting a task from {self._queue_name!r}") from exc
-            if isinstance(message.delivery, spec.Basic.GetOk):
-                body = await self.responder.decode(message)
-                if body is not None:
-                    return RmqIncomingTask(self.responder, message, body, no_ack)
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            message = await self._consumer.get(no_ack, deadline)
+            if message is None:
                 return None
-            await asyncio.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.2)
+            body = await self.responder.decode(message)
+            if body is not None and (no_ack or await self.responder.leases.screen(message)):
+                return RmqIncomingTask(self.responder, message, body, no_ack)
 
     @contextlib.asynccontextmanager
     async def next_task(
@@ -308,9 +333,9 @@ class RmqTaskSubscriber:
         """Stop consuming. Tasks being processed are not acknowledged: closing the
         connection gives them back to the broker."""
         self._session.remove_restorer(self._purpose, self)
-        if self._consumer_tag is not None:
-            tag, self._consumer_tag = self._consumer_tag, None
-            await self._session.cancel(self._purpose, tag)
+        await self._consumer.stop()
+        for run in list(self._runs):
+            run.cancel()  # leased ones are taken over by others after lease_strikes checks
         if self._owns_session:
             await self._session.close()
 
@@ -360,6 +385,16 @@ class RmqTaskQueue(AsyncTaskQueue):
 
     async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
         return await self._publisher.task_send(task, no_reply)
+
+    async def task_send_many(
+        self, tasks: Iterable[Any], no_reply: bool = False
+    ) -> list[Optional[asyncio.Future[Any]]]:
+        """See :meth:`RmqTaskPublisher.task_send_many`."""
+        return await self._publisher.task_send_many(tasks, no_reply)
+
+    def target(self) -> _batch.TaskTarget:
+        """See :meth:`RmqTaskPublisher.target`."""
+        return self._publisher.target()
 
     async def add_task_subscriber(self, subscriber: Any, identifier: Any = None) -> Any:
         return await self._subscriber.add_task_subscriber(subscriber, identifier)

@@ -22,6 +22,9 @@ from .communicator import RmqCommunicator, async_connect
 
 __all__ = ("RmqThreadCommunicator", "RmqThreadIncomingTask", "RmqThreadTaskQueue", "connect")
 
+#: Seconds a blocking send may take beyond ``recovery_timeout`` (the core's own bound).
+_SEND_MARGIN = 1.0
+
 #: The blocking view of a named task queue (kiwipy 0.9's name).
 RmqThreadTaskQueue = ThreadTaskQueue
 #: The blocking view of a task taken in pull mode (kiwipy 0.9's name).
@@ -37,7 +40,9 @@ class RmqThreadCommunicator(ThreadCommunicator):
         :func:`~kiwipy.rmq.async_connect`).
     :param connection_factory: makes the aio-pika connection (reconnecting by default).
     :param options: see :class:`~kiwipy.rmq.RmqCommunicator`; ``async_task_timeout``
-        (default :attr:`TASK_TIMEOUT`) bounds every blocking call.
+        (default :attr:`TASK_TIMEOUT`) bounds every blocking call except the sends
+        (``task_send``, ``rpc_send``, ``broadcast_send``), which wait for a lost connection
+        up to ``recovery_timeout`` and then raise :class:`~kiwipy.ConnectionLost`.
     """
 
     #: Default seconds a blocking call may take.
@@ -49,14 +54,17 @@ class RmqThreadCommunicator(ThreadCommunicator):
         connection_factory: ConnectionFactory = aio_pika.connect_robust,
         **options: Unpack[RmqOptions],
     ) -> None:
-        timeout = resolve_options({"async_task_timeout": self.TASK_TIMEOUT, **options})[
-            "async_task_timeout"
-        ]
+        resolved = resolve_options({"async_task_timeout": self.TASK_TIMEOUT, **options})
+        timeout = resolved["async_task_timeout"]
 
         async def make_core() -> AsyncCommunicator:
             return await async_connect(connection_params, connection_factory, **options)
 
         super().__init__(make_core, timeout=timeout, name="RMQ communicator")
+        # A send during an outage waits for the reconnection up to ``recovery_timeout`` and
+        # then confirms or raises ConnectionLost: the facade must not cut it short with a
+        # TimeoutError that says nothing about what happened (docs/guarantees.md).
+        self._bridge.send_timeout = resolved["recovery_timeout"] + _SEND_MARGIN
 
     @classmethod
     def connect(

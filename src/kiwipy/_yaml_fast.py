@@ -1,0 +1,165 @@
+"""libyaml for the YAML wire format, where it writes exactly what ``yaml.dump`` writes.
+
+kiwipy 0.9's wire format is ``yaml.dump(obj, encoding='utf-8')`` with the pure-Python
+:class:`yaml.Dumper` and ``yaml.load(data, Loader=yaml.FullLoader)``; both take hundreds of
+microseconds for a 1 KiB message. libyaml's ``CDumper`` and ``CFullLoader`` run the same
+Python representers and constructors but emit and parse in C, 20-30 times faster. Their
+emitter does not always produce the same bytes (long scalars are folded at other places,
+some keys become ``? `` complex keys, a top-level scalar gets no ``...`` end marker), so:
+
+* **Dumping** uses libyaml only for a *plain tree* (:func:`is_plain`): dicts, lists and
+  tuples (at most :data:`MAX_DEPTH` deep, a collection at the top) of ``None``, ``bool``,
+  ``int``, ``float`` and printable-ASCII ``str`` values of the exact built-in types, where
+  strings containing a space are short enough never to be folded and keys are short
+  strings or scalars. On that domain both emitters were checked to agree byte for byte
+  (``tests/unit/test_perf_yaml.py``); everything else, custom types included, goes through
+  ``yaml.dump`` unchanged. It also requires that nobody replaced the representers of those
+  types on :class:`yaml.Dumper` nor patched its emitter, serializer or ``yaml.Dumper``
+  itself; the representers and resolvers are read from :class:`yaml.Dumper` at each call,
+  so ones registered later (plumpy registers ``!uuid`` and more) are honoured.
+* **Loading** uses ``CFullLoader`` with the constructors and resolvers of
+  :class:`yaml.FullLoader` (read at each call, so ``yaml.add_constructor`` keeps working).
+  Anything it raises makes the pure-Python ``FullLoader`` run instead, so errors, and any
+  document libyaml would not parse, are handled exactly as before.
+
+Without libyaml (``yaml.__with_libyaml__`` false) both fall back to pure Python.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import yaml
+import yaml.emitter
+import yaml.representer
+import yaml.serializer
+
+__all__ = ("MAX_DEPTH", "available", "dump", "is_plain", "load")
+
+#: Deepest nesting of collections libyaml is used for.
+MAX_DEPTH = 6
+#: Longest string with a space in it (and longest string key) libyaml is used for: with
+#: ``MAX_DEPTH`` levels of indentation and such a key in front, such a string ends before
+#: column 80, where both emitters would start folding it (each at its own place).
+MAX_SPACED = 20
+MAX_KEY = 40
+
+_NO_SPACE = re.compile(r"[\x21-\x7e]*\Z").match
+_PRINTABLE = re.compile(r"[\x20-\x7e]*\Z").match
+_SCALARS = (type(None), bool, int, float)
+
+_FAST_DUMPER: Optional[type[Any]] = None
+_FAST_LOADER: Optional[type[Any]] = None
+_PRISTINE: dict[str, dict[str, Any]] = {}
+_PRISTINE_REPRESENTERS: dict[type[Any], Any] = {}
+_PLAIN_TYPES = (str, int, float, bool, type(None), dict, list, tuple)
+_RESOLVERS = ("yaml_implicit_resolvers", "yaml_path_resolvers")
+_REGISTRIES = ("yaml_representers", "yaml_multi_representers", *_RESOLVERS)
+_LOADER_REGISTRIES = ("yaml_constructors", "yaml_multi_constructors", *_RESOLVERS)
+
+
+def _setup() -> None:
+    global _FAST_DUMPER, _FAST_LOADER
+    if not getattr(yaml, "__with_libyaml__", False):
+        return
+    _FAST_DUMPER = type("_KiwipyCDumper", (yaml.CDumper,), {})
+    _FAST_LOADER = type("_KiwipyCFullLoader", (yaml.CFullLoader,), {})
+    for cls in (yaml.emitter.Emitter, yaml.serializer.Serializer):
+        _PRISTINE[cls.__qualname__] = dict(vars(cls))
+    dumper = {k: v for k, v in vars(yaml.Dumper).items() if k not in _REGISTRIES}
+    _PRISTINE[yaml.Dumper.__qualname__] = dumper
+    _PRISTINE_REPRESENTERS.update({t: yaml.Dumper.yaml_representers.get(t) for t in _PLAIN_TYPES})
+
+
+def available() -> bool:
+    """:returns: whether libyaml is there to be used."""
+    return _FAST_DUMPER is not None
+
+
+def _untouched(cls: type[Any], extra: tuple[str, ...] = ()) -> bool:
+    """:returns: whether *cls* has the attributes it had at import, ignoring *extra*
+    (the registries ``add_representer`` & co. copy into the class on first use)."""
+    before = _PRISTINE.get(cls.__qualname__)
+    if before is None:
+        return False
+    now = vars(cls)
+    if not extra:
+        return bool(now == before)
+    return {k: v for k, v in now.items() if k not in extra} == before
+
+
+def _dumper_is_standard() -> bool:
+    representers = yaml.Dumper.yaml_representers
+    return (
+        _untouched(yaml.Dumper, _REGISTRIES)
+        and _untouched(yaml.emitter.Emitter)
+        and _untouched(yaml.serializer.Serializer)
+        and all(representers.get(t) is fn for t, fn in _PRISTINE_REPRESENTERS.items())
+    )
+
+
+def is_plain(obj: Any) -> bool:
+    """:returns: whether *obj* is in the domain where libyaml's output equals
+    ``yaml.dump``'s (see the module doc); a collection is required at the top."""
+    kind = type(obj)
+    if kind is dict or kind is list or kind is tuple:
+        return _plain(obj, 1)
+    return False
+
+
+def _plain(obj: Any, depth: int) -> bool:
+    kind = type(obj)
+    if kind is str:
+        return bool(_NO_SPACE(obj)) or (len(obj) <= MAX_SPACED and bool(_PRINTABLE(obj)))
+    if kind in _SCALARS:
+        return True
+    if depth > MAX_DEPTH:
+        return False
+    if kind is dict:
+        return all(_plain_key(key) and _plain(value, depth + 1) for key, value in obj.items())
+    if kind is list or kind is tuple:
+        return all(_plain(item, depth + 1) for item in obj)
+    return False
+
+
+def _plain_key(key: Any) -> bool:
+    kind = type(key)
+    if kind is str:
+        # '' is written as a "? ''" complex key by yaml.Dumper only
+        return 0 < len(key) <= MAX_KEY and bool(_PRINTABLE(key))
+    return kind in _SCALARS
+
+
+def _sync(target: type[Any], source: type[Any], names: tuple[str, ...]) -> None:
+    for name in names:
+        setattr(target, name, getattr(source, name))
+
+
+def dump(obj: Any) -> bytes:
+    """:returns: ``yaml.dump(obj, encoding='utf-8')``, computed by libyaml when that gives
+    the same bytes."""
+    dumper = _FAST_DUMPER
+    if dumper is not None and is_plain(obj) and _dumper_is_standard():
+        _sync(dumper, yaml.Dumper, _REGISTRIES)
+        return _as_bytes(yaml.dump(obj, encoding="utf-8", Dumper=dumper))
+    return _as_bytes(yaml.dump(obj, encoding="utf-8"))
+
+
+def load(data: bytes) -> Any:
+    """:returns: ``yaml.load(data, Loader=yaml.FullLoader)``, parsed by libyaml when it can."""
+    loader = _FAST_LOADER
+    if loader is not None:
+        _sync(loader, yaml.FullLoader, _LOADER_REGISTRIES)
+        try:
+            return yaml.load(data, Loader=loader)
+        except Exception:  # whatever libyaml thinks, the pure-Python loader decides
+            pass
+    return yaml.load(data, Loader=yaml.FullLoader)
+
+
+def _as_bytes(data: Any) -> bytes:
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+_setup()

@@ -1,0 +1,132 @@
+"""Handling RPC requests and broadcasts once they are received, and sending replies.
+
+Invariants:
+
+* Each delivery is handled by a task owned here, not by aiormq's channel (which cancels its
+  consumer tasks when it closes): a connection that fails while a request is being handled
+  does not cancel the subscriber, and its reply goes out once the connection is back.
+* Nothing a subscriber does escapes (``BaseException`` included, :mod:`._outcome`): an RPC
+  answers with an exception reply, a broadcast subscriber's error is logged and the others
+  still run. An undecodable or oversized request is answered with the error; an undecodable
+  broadcast is logged and dropped. Nothing is ever redelivered: requests and broadcasts are
+  consumed without acknowledgement.
+* Replies go out with :func:`kiwipy.rmq._replies.send_reply`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Sequence
+from typing import Any, Optional
+
+import aiormq.abc
+
+from .. import exceptions
+from . import _amqp, _outcome, protocol
+from ._replies import decode_body, send_reply
+from ._session import Session
+
+__all__ = ("MessageHandling",)
+
+_LOGGER = logging.getLogger("kiwipy.rmq.messages")
+
+
+class MessageHandling:
+    """Runs the handlers of received RPC requests and broadcasts (module doc).
+
+    :param session: the session to reply with.
+    :param exchange: the message exchange (replies go back through it).
+    :param owner: first argument of every subscriber call.
+    """
+
+    def __init__(self, session: Session, exchange: str, owner: Any) -> None:
+        self._session = session
+        self._exchange = exchange
+        self._owner = owner
+        self._content_type = session.encoder.content_type
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, handling: Awaitable[Any]) -> None:
+        """Handle a delivery in a task of our own (what consumer callbacks call)."""
+        task = asyncio.ensure_future(handling)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to *grace* seconds for the handlers under way, then cancel the rest."""
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=grace)
+
+    async def rpc(
+        self, identifier: Any, subscriber: Optional[Any], message: aiormq.abc.DeliveredMessage
+    ) -> None:
+        """Run *subscriber* (``None``: it was removed meanwhile) on an RPC request, reply."""
+        try:
+            msg = await decode_body(self._session, message.body)
+        except exceptions.KiwiError as exc:
+            _LOGGER.error("undecodable RPC for %r: %s", identifier, exc)
+            await self.reply(message, protocol.exception_response(exc))
+            return
+        if subscriber is None:
+            gone = exceptions.ReplyLost(f"RPC subscriber '{identifier}' was removed")
+            await self.reply(message, protocol.exception_response(gone))
+            return
+
+        async def pending() -> None:
+            await self.reply(message, protocol.pending_response())
+
+        outcome = await _outcome.invoke(subscriber, (self._owner, msg), pending)
+        await self.reply(message, _outcome.to_response(outcome))
+
+    async def broadcast(
+        self, subscribers: Sequence[Any], message: aiormq.abc.DeliveredMessage
+    ) -> None:
+        """Call every broadcast subscriber with the decoded broadcast in *message*."""
+        try:
+            broadcast = protocol.decode_broadcast(await decode_body(self._session, message.body))
+        except exceptions.KiwiError as exc:
+            _LOGGER.error("dropping an undecodable broadcast: %s", exc)
+            return
+        args = (self._owner, broadcast.body, broadcast.sender, broadcast.subject)
+        for subscriber in subscribers:
+            outcome = await _outcome.invoke(subscriber, (*args, broadcast.correlation_id))
+            if outcome.kind == _outcome.EXCEPTION:
+                error = outcome.value
+                _LOGGER.error(
+                    "Exception in broadcast receiver %r: %r",
+                    subscriber,
+                    error,
+                    exc_info=(type(error), error, error.__traceback__),
+                )
+
+    async def reply(self, message: aiormq.abc.DeliveredMessage, response: dict[str, Any]) -> None:
+        """Send *response* to the requester of *message* (if it asked for one)."""
+        props = message.header.properties
+        if not props.reply_to:
+            return
+        body = self._encode(response)
+        reply = _amqp.properties(
+            correlation_id=props.correlation_id, content_type=self._content_type
+        )
+        _LOGGER.debug(
+            "Replying to RPC %s via %r: %r", props.correlation_id, props.reply_to, response
+        )
+        try:
+            await send_reply(self._session, self._exchange, props.reply_to, body, reply)
+        except exceptions.KiwiError as exc:
+            _LOGGER.warning("reply to %s could not be sent: %s", props.reply_to, exc)
+
+    def _encode(self, response: dict[str, Any]) -> bytes:
+        """:returns: *response* encoded, or the error why it cannot be (a result the encoder
+        cannot encode), so the requester always gets an answer (and one too large for
+        ``max_message_size`` is replaced by :func:`~kiwipy.rmq._replies.send_reply`)."""
+        encoder = self._session.encoder
+        try:
+            return encoder.encode(response)
+        except exceptions.EncodeError as exc:
+            return encoder.encode(protocol.exception_response(exc))

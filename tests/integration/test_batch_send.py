@@ -1,0 +1,155 @@
+"""``task_send_many`` and the thread facade's quick sends against RabbitMQ (issue 6):
+every task confirmed, results arrive, the wire is what ``task_send`` writes, failures are
+reported per task, and encoding happens off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import aiormq
+import pytest
+
+import kiwipy
+from kiwipy import encoders, rmq
+from kiwipy.rmq import _batch
+
+WAIT = 10.0
+
+
+async def test_every_task_is_confirmed_and_answered(communicator: rmq.RmqCommunicator) -> None:
+    await communicator.add_task_subscriber(lambda _c, task: task * 2)
+    count = 3 * _batch.WINDOW + 7  # several windows, the last one partial
+    futures = await communicator.task_send_many(range(count))
+    assert len(futures) == count
+    results = await asyncio.wait_for(asyncio.gather(*futures), WAIT)  # type: ignore[arg-type]
+    assert results == [2 * i for i in range(count)]
+    assert communicator.pending_replies == 0
+
+
+async def test_no_reply_batches_return_none(communicator: rmq.RmqCommunicator) -> None:
+    done = asyncio.Event()
+    seen: list[Any] = []
+
+    def take(_c: Any, task: Any) -> None:
+        seen.append(task)
+        if len(seen) == 20:
+            done.set()
+
+    await communicator.add_task_subscriber(take)
+    assert await communicator.task_send_many(range(20), no_reply=True) == [None] * 20
+    await asyncio.wait_for(done.wait(), WAIT)
+    assert sorted(seen) == list(range(20))
+    assert communicator.pending_replies == 0
+
+
+async def _take(channel: aiormq.abc.AbstractChannel, queue: str) -> aiormq.abc.DeliveredMessage:
+    for _ in range(100):
+        message = await channel.basic_get(queue, no_ack=True)
+        if message.body or message.header.properties.correlation_id:
+            return message
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing in {queue}")
+
+
+async def test_the_wire_is_what_task_send_writes(
+    communicator: rmq.RmqCommunicator, raw_channel: aiormq.abc.AbstractChannel, names: Any
+) -> None:
+    await communicator.get_default_task_queue()
+    single = await communicator.task_send({"n": 1})
+    batch = await communicator.task_send_many([{"n": 1}])
+    one, two = (
+        await _take(raw_channel, names.task_queue),
+        await _take(raw_channel, names.task_queue),
+    )
+    assert one.body == two.body == encoders.YAML.encode(({"n": 1}, False))
+    first, second = one.header.properties, two.header.properties
+    for field in ("delivery_mode", "priority", "content_type", "headers", "reply_to", "expiration"):
+        assert getattr(first, field) == getattr(second, field), field
+    assert first.delivery_mode == 2
+    assert len(first.message_id) == len(second.message_id) == 32
+    assert first.correlation_id != second.correlation_id
+    for future in (single, *batch):
+        assert future is not None
+        future.cancel()
+
+
+async def test_unconfirmed_tasks_are_reported(
+    communicator: rmq.RmqCommunicator, raw_channel: aiormq.abc.AbstractChannel, names: Any
+) -> None:
+    await communicator.get_default_task_queue()
+    await raw_channel.queue_delete(names.task_queue)  # nothing is bound: every task returns
+    with pytest.raises(kiwipy.BatchSendError) as caught:
+        await communicator.task_send_many(range(2 * _batch.WINDOW))
+    error = caught.value
+    assert sorted(error.errors) == list(range(2 * _batch.WINDOW))
+    assert isinstance(error.errors[0], kiwipy.UnroutableError)
+    assert isinstance(error.__cause__, kiwipy.UnroutableError)
+    assert error.futures == [None] * (2 * _batch.WINDOW)
+    assert communicator.pending_replies == 0
+
+
+async def test_nothing_is_sent_when_a_task_cannot_be_encoded(
+    communicator: rmq.RmqCommunicator, raw_channel: aiormq.abc.AbstractChannel, names: Any
+) -> None:
+    await communicator.get_default_task_queue()
+    with pytest.raises(kiwipy.EncodeError):
+        await communicator.task_send_many([1, threading.Lock(), 3])
+    ok = await raw_channel.queue_declare(names.task_queue, passive=True)
+    assert ok.message_count == 0
+
+
+def test_the_thread_communicator_sends_batches(
+    thread_communicator: rmq.RmqThreadCommunicator,
+) -> None:
+    thread_communicator.add_task_subscriber(lambda _c, task: task + 1)
+    futures = thread_communicator.task_send_many(range(600))
+    assert [future.result(WAIT) for future in futures] == list(range(1, 601))  # type: ignore[union-attr]
+
+
+class _Recording(encoders.Encoder):
+    """msgpack that records the thread each task body is encoded on."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    def _encode(self, obj: Any) -> bytes:
+        if isinstance(obj, tuple) and str(obj[0]).startswith("task-"):
+            self.threads.append(threading.current_thread().name)
+        return encoders.MSGPACK.encode(obj)
+
+    def _decode(self, data: bytes) -> Any:
+        return encoders.MSGPACK.decode(data)
+
+
+def test_tasks_are_encoded_on_the_callers_thread(rmq_uri: str, names: Any) -> None:
+    encoder = _Recording()
+    comm = rmq.RmqThreadCommunicator.connect(rmq_uri, **names.options(encoder=encoder))
+    try:
+        for i in range(5):
+            comm.task_send(f"task-{i}", no_reply=True)
+        # the first send declares the queue (on the loop); every later one is encoded here
+        assert encoder.threads[1:] == [threading.current_thread().name] * 4
+    finally:
+        comm.close()
+
+
+def test_quick_sends_report_unroutable_tasks(
+    thread_communicator: rmq.RmqThreadCommunicator, names: Any, rmq_uri: str
+) -> None:
+    comm = thread_communicator
+    comm.task_send(1, no_reply=True)  # declares the queue; the next sends take the quick path
+    comm.task_send(2, no_reply=True)
+
+    async def delete() -> None:
+        connection = await aiormq.connect(rmq_uri)
+        channel = await connection.channel()
+        await channel.queue_delete(names.task_queue)
+        await connection.close()
+
+    asyncio.run(delete())
+    with pytest.raises(kiwipy.UnroutableError):
+        comm.task_send(3)

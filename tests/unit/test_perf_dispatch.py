@@ -1,0 +1,157 @@
+"""The thread facade's subscriber dispatcher and quick sends (issue 6): behaviour only."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import kiwipy
+from kiwipy import _dispatch, memory
+
+WAIT = 5.0
+
+
+async def test_calls_run_on_worker_threads_and_resolve_loop_futures() -> None:
+    dispatcher = _dispatch.Dispatcher(asyncio.get_running_loop(), "test-dispatch", max_workers=3)
+    try:
+        names = await asyncio.gather(
+            *(dispatcher.run(lambda: threading.current_thread().name) for _ in range(20))
+        )
+        assert all(name.startswith("test-dispatch_") for name in names)
+        assert threading.current_thread().name not in names
+        assert len(set(names)) <= 3
+    finally:
+        dispatcher.close()
+
+
+async def test_errors_including_base_exceptions_come_back() -> None:
+    dispatcher = _dispatch.Dispatcher(asyncio.get_running_loop(), "test-dispatch")
+
+    def boom() -> None:
+        raise SystemExit(3)
+
+    try:
+        with pytest.raises(ValueError):
+            await dispatcher.run(lambda: int("x"))
+        with pytest.raises(SystemExit):
+            await dispatcher.run(boom)
+        assert await dispatcher.run(lambda: 42) == 42
+    finally:
+        dispatcher.close()
+
+
+async def test_a_blocked_call_does_not_block_the_others() -> None:
+    dispatcher = _dispatch.Dispatcher(asyncio.get_running_loop(), "test-dispatch", max_workers=2)
+    release = threading.Event()
+    try:
+        blocked = dispatcher.run(lambda: release.wait(WAIT))
+        assert await asyncio.wait_for(dispatcher.run(lambda: "free"), WAIT) == "free"
+        release.set()
+        assert await blocked is True
+    finally:
+        dispatcher.close()
+
+
+async def test_serial_calls_keep_their_order_and_never_overlap() -> None:
+    dispatcher = _dispatch.Dispatcher(asyncio.get_running_loop(), "test-dispatch", max_workers=4)
+    running: list[int] = []
+    order: list[tuple[str, int]] = []
+    overlaps: list[int] = []
+    lock = threading.Lock()
+
+    def call(key: str, n: int) -> int:
+        with lock:
+            running.append(n)
+            if len([r for r in running if r // 1000 == n // 1000]) > 1:
+                overlaps.append(n)
+        time.sleep(0.0005)
+        with lock:
+            running.remove(n)
+            order.append((key, n))
+        return n
+
+    try:
+        futures = [
+            dispatcher.run_serial(key, functools.partial(call, key, base + i))
+            for i in range(30)
+            for key, base in (("a", 1000), ("b", 2000))
+        ]
+        assert await asyncio.gather(*futures) == [
+            base + i for i in range(30) for base in (1000, 2000)
+        ]
+        assert overlaps == []
+        assert [n for key, n in order if key == "a"] == [1000 + i for i in range(30)]
+        assert [n for key, n in order if key == "b"] == [2000 + i for i in range(30)]
+    finally:
+        dispatcher.close()
+
+
+async def test_a_cancelled_call_is_dropped_quietly() -> None:
+    dispatcher = _dispatch.Dispatcher(asyncio.get_running_loop(), "test-dispatch")
+    try:
+        future = dispatcher.run(lambda: time.sleep(0.05))
+        future.cancel()
+        assert await dispatcher.run(lambda: "next") == "next"
+        await asyncio.sleep(0.1)
+        assert future.cancelled()
+    finally:
+        dispatcher.close()
+
+
+@pytest.fixture
+def comm() -> Any:
+    communicator = memory.connect(f"memory://perf-{id(object())}", encoder="json")
+    yield communicator
+    communicator.close()
+
+
+def test_subscriber_errors_keep_their_meaning(comm: memory.MemoryCommunicator) -> None:
+    def reject(_c: Any, _task: Any) -> None:
+        raise kiwipy.TaskRejected("not me")
+
+    def fail(_c: Any, task: Any) -> None:
+        raise RuntimeError(f"bad {task}")
+
+    comm.add_task_subscriber(reject)
+    comm.add_task_subscriber(fail)
+    with pytest.raises(kiwipy.RemoteException, match="bad 1"):
+        comm.task_send(1).result(WAIT)
+
+
+def test_task_send_many_on_memory(comm: memory.MemoryCommunicator) -> None:
+    comm.add_task_subscriber(lambda _c, task: task * 2)
+    futures = comm.task_send_many(range(50))
+    assert [future.result(WAIT) for future in futures] == [2 * i for i in range(50)]
+    assert comm.task_send_many(["a", "b"], no_reply=True) == [None, None]
+
+
+def test_task_send_many_encodes_everything_before_sending(
+    comm: memory.MemoryCommunicator,
+) -> None:
+    seen: list[Any] = []
+    comm.add_task_subscriber(lambda _c, task: seen.append(task))
+    with pytest.raises(kiwipy.EncodeError):
+        comm.task_send_many([1, object(), 3], no_reply=True)
+    comm.task_send(4).result(WAIT)
+    assert seen == [4]
+
+
+async def test_task_send_many_on_the_asyncio_memory_core() -> None:
+    core = await memory.async_connect(f"memory://perf-async-{id(object())}")
+    try:
+        await core.add_task_subscriber(lambda _c, task: task + 1)
+        futures = await core.task_send_many([1, 2, 3])
+        assert [await asyncio.wait_for(f, WAIT) for f in futures if f is not None] == [2, 3, 4]
+    finally:
+        await core.disconnect()
+
+
+def test_communicators_without_batches_say_so() -> None:
+    local = kiwipy.LocalCommunicator()
+    with pytest.raises(NotImplementedError):
+        local.task_send_many([1])
