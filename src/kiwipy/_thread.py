@@ -2,13 +2,15 @@
 
 Invariants:
 
-* Every public call is one delegation through :meth:`ThreadCommunicator._call`, which does
-  the closed check, runs the core's coroutine on the private loop thread with the call
-  timeout, and converts asyncio futures in the result into :class:`concurrent.futures.Future`.
+* Every public call is one delegation through the bridge (``_Bridge``), which does the
+  closed check, runs the core's coroutine on the private loop thread with the call timeout,
+  and converts asyncio futures in the result into :class:`concurrent.futures.Future` (on
+  the loop thread). Sends may take a core's quick lane instead (:mod:`kiwipy._quick`):
+  encoded on the caller's thread, published in one step, the same outcome.
 * User subscribers never run on the loop thread, so they cannot starve heartbeats and may
-  call this blocking API themselves. They run on a thread pool; calls for one RPC or
-  broadcast subscriber are serialised in arrival order, task subscribers may run
-  concurrently (up to the queue's prefetch).
+  call this blocking API themselves. They run on worker threads (:mod:`kiwipy._dispatch`);
+  calls for one RPC or broadcast subscriber are serialised in arrival order, task
+  subscribers may run concurrently (up to the queue's prefetch).
 * Futures a subscriber returns (concurrent or asyncio, nested) are converted back for the
   core, which sends one ``pending`` per level as kiwipy 0.9 does.
 """
@@ -44,7 +46,8 @@ DEFAULT_TIMEOUT = 5.0
 
 
 class _Bridge:
-    """What the facade objects share: the loop thread, the subscriber pool and the timeout."""
+    """What the facade objects share: the loop thread, the subscriber workers and the
+    timeouts."""
 
     def __init__(self, name: str, timeout: float) -> None:
         self.portal = LoopThread(name)

@@ -146,7 +146,8 @@ async def test_rpc_identity_taken_while_away_is_not_held_twice(proxy: TcpProxy) 
     subscribers are restored."""
     names = Names()
     options = names.options(recovery_timeout=2.0)
-    holder = await rmq.async_connect(proxy.url, **options)
+    # the holder retries for max(recovery_timeout, two heartbeats) = 4 s before giving up
+    holder = await rmq.async_connect(proxy.url + "?heartbeat=2", **options)
     other = await rmq.async_connect(SHARED_URL, **options)
     events = Events()
     holder.add_connection_callback(events)
@@ -161,7 +162,7 @@ async def test_rpc_identity_taken_while_away_is_not_held_twice(proxy: TcpProxy) 
         await events.wait_for("disconnected", WAIT)
         released = await _register_when_free(other, "pid-42")
         proxy.refuse(False)
-        lost_at = await events.wait_for("subscriber-lost", WAIT + 5)
+        lost_at = await events.wait_for("subscriber-lost", WAIT + 10)
         assert "pid-42" in events.detail("subscriber-lost")
         answers = [
             await asyncio.wait_for(await other.rpc_send("pid-42", n), WAIT) for n in range(10)

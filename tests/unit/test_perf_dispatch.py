@@ -6,6 +6,7 @@ import asyncio
 import functools
 import threading
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -105,7 +106,7 @@ async def test_a_cancelled_call_is_dropped_quietly() -> None:
 
 @pytest.fixture
 def comm() -> Any:
-    communicator = memory.connect(f"memory://perf-{id(object())}", encoder="json")
+    communicator = memory.connect(f"memory://perf-{uuid.uuid4().hex}", encoder="json")
     yield communicator
     communicator.close()
 
@@ -142,7 +143,7 @@ def test_task_send_many_encodes_everything_before_sending(
 
 
 async def test_task_send_many_on_the_asyncio_memory_core() -> None:
-    core = await memory.async_connect(f"memory://perf-async-{id(object())}")
+    core = await memory.async_connect(f"memory://perf-async-{uuid.uuid4().hex}")
     try:
         await core.add_task_subscriber(lambda _c, task: task + 1)
         futures = await core.task_send_many([1, 2, 3])

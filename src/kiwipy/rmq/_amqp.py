@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-import weakref
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
@@ -209,10 +208,11 @@ def watch_consumers(channel: aiormq.abc.AbstractChannel, on_removed: Callable[[s
         _LOGGER.warning("cannot watch the consumers of %r for broker cancellations", channel)
 
 
-def connection_ended(channel: aiormq.abc.AbstractChannel) -> asyncio.Future[Any]:
-    """:returns: a future done once *channel*'s connection has closed (aiormq's
-    ``closing``), or one never done if the channel has no such connection."""
-    closing = getattr(getattr(channel, "connection", None), "closing", None)
+def connection_ended(channel: Any) -> asyncio.Future[Any]:
+    """:returns: a future done once the connection of *channel* (an aiormq channel, or the
+    connection itself) has closed (aiormq's ``closing``), or one never done if there is no
+    such connection."""
+    closing = getattr(getattr(channel, "connection", channel), "closing", None)
     if asyncio.isfuture(closing):
         return closing
     return asyncio.get_running_loop().create_future()
@@ -253,14 +253,17 @@ class _Transports(aiormq.connection.TransportFactory):
     """Opens aiormq's sockets as aiormq would, and remembers them to close those it leaks.
 
     When the broker closes the socket during the AMQP handshake (it accepts connections while
-    it starts or stops), or an attempt times out, aiormq raises without closing its end; the
-    socket stays open until the garbage collector finds it. :meth:`sweep` closes every socket
-    whose peer has hung up and that nobody closed; :meth:`abort_all` every socket still open.
+    it starts or stops), or an attempt is cancelled or times out, aiormq raises without
+    closing its end; and when the broker drops an open connection, aiormq's own close can
+    skip closing the socket (its ``write_eof`` fails first). Such a socket stays open until
+    the garbage collector finds it. :meth:`sweep` closes every socket whose peer has hung up
+    and that nobody closed, or with ``everything``, every socket still open.
     """
 
     def __init__(self) -> None:
-        self._opened: weakref.WeakKeyDictionary[asyncio.StreamWriter, asyncio.StreamReader]
-        self._opened = weakref.WeakKeyDictionary()
+        # Strong references: a leaked socket must still be here when we sweep, not collected
+        # first (its collection is what warns). Sweeps drop the closed ones.
+        self._opened: dict[asyncio.StreamWriter, asyncio.StreamReader] = {}
 
     async def create(
         self, url: URL, **kwargs: Any
@@ -308,7 +311,7 @@ class RobustConnection(aio_pika.RobustConnection):
 
 
 async def guarded(
-    channel: aiormq.abc.AbstractChannel,
+    channel: Any,
     operation: Awaitable[Any],
     timeout: Optional[float] = None,
 ) -> Any:
@@ -362,14 +365,17 @@ CLOSE_TIMEOUT = 1.0
 
 
 async def bounded(*awaitables: Awaitable[Any]) -> None:
-    """Await *awaitables* for at most a few seconds, ignoring their errors: closing must
-    finish even when the broker is gone."""
+    """Await *awaitables* (closings) for at most :data:`CLOSE_TIMEOUT` seconds, ignoring
+    their errors: closing must finish even when the broker is gone.
+
+    Those still running are left to finish, never cancelled: a cancelled ``channel.close``
+    makes aiormq send a second ``channel.close``, and if the broker's ``close-ok`` was on its
+    way (a busy broker can take more than a second), the broker kills the whole connection
+    for it (``504 CHANNEL_ERROR - expected 'channel.open'``).
+    """
     if not awaitables:
         return
     tasks = [asyncio.ensure_future(each) for each in awaitables]
-    _done, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
-    for task in pending:
-        task.cancel()
     for task in tasks:
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: closing errors do not matter
+        task.add_done_callback(_retrieve)  # closing errors do not matter
+    await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)

@@ -19,7 +19,9 @@ Invariants:
   the session is not *ready* (sends wait). After ``recovery_timeout`` seconds it is reported
   ``lost`` (waiting replies fail), and reconnection goes on. It ends once the new connection
   is up *and* every purpose was restored: then the session is ready and ``reconnected`` is
-  reported. A connection that cannot reconnect is ``lost`` at once.
+  reported. A connection that cannot reconnect is ``lost`` at once. Operations wait for the
+  connection (:meth:`Recovery.wait_connected`: channels) or for the end of the outage
+  (:meth:`Recovery.wait_ready`: sends), never longer than ``recovery_timeout``.
 * Reconnect pacing: aio-pika's robust connection retries every ``reconnect_interval``
   seconds (5 by default, or the URL's ``reconnect_interval``). :class:`ReconnectPacing` makes
   the first attempts quick (0.1 s) and doubles the pause while the outage lasts, up to that
@@ -29,11 +31,15 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import _events
+import aiormq.abc
+
+from .. import exceptions
+from . import _amqp, _events
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -270,6 +276,46 @@ class Recovery:
         if await self.restoration.restore_all() and self._session.is_connected:
             self.ready.set()
             self._session.report(_events.RECONNECTED)
+
+    # Waiting for the connection (what operations do during an outage)
+
+    async def wait_connected(self) -> aiormq.abc.AbstractConnection:
+        """See :meth:`kiwipy.rmq._session.Session.wait_connected`."""
+        session = self._session
+        if session.closed:
+            raise exceptions.CommunicatorClosed
+        connection = session.live_connection()
+        deadline = asyncio.get_running_loop().time() + session.options["recovery_timeout"]
+        while connection is None:
+            self._check_can_wait()
+            # ``connected`` may be set a moment before the new transport is in place
+            await self._wait_for(self._connection.connected, deadline)
+            await asyncio.sleep(0.01)
+            connection = session.live_connection()
+        return connection
+
+    async def wait_ready(self, deadline: float) -> None:
+        """Wait until no outage is under way (connected *and* restored), until *deadline*.
+
+        :raises ConnectionLost: past *deadline*, or if the connection cannot come back.
+        """
+        while not self.ready.is_set():
+            self._check_can_wait()
+            await self._wait_for(self.ready, deadline)
+
+    def _check_can_wait(self) -> None:
+        if self._session.closed:
+            raise exceptions.CommunicatorClosed
+        if not self._session.can_reconnect:
+            raise _amqp.ConnectionGone("the connection is closed and cannot reconnect")
+
+    async def _wait_for(self, event: asyncio.Event, deadline: float) -> None:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            timeout = self._session.options["recovery_timeout"]
+            raise _amqp.ConnectionGone(f"the connection was not restored within {timeout} s")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), min(remaining, 0.5))
 
     def _cancel_lost_timer(self) -> None:
         if self._lost_timer is not None:

@@ -3,9 +3,9 @@
 Invariants:
 
 * Channels are aiormq channels opened on the aio-pika connection's transport, one per
-  purpose (``topology`` for declares, ``publish`` for every send, ``probe`` for checks that
-  may close their channel, one per consumer group). A closed channel is reopened on next use;
-  nothing is declared per message.
+  purpose (``topology`` for declares, ``publish`` for every send, one per consumer group). A
+  closed channel is reopened on next use; nothing is declared per message. Calls that may
+  close their channel (``probe``: passive declares, claims) get a fresh channel each.
 * Every publish waits for the broker's confirm and returns only then; a send never reports
   success for a message the broker did not take. A send made during an outage waits for the
   connection to be back *and restored*; every send ends within ``recovery_timeout`` seconds,
@@ -147,44 +147,13 @@ class Session:
         closing = self._closed or self._closing
         return self._recovery.robust and not closing and not self.connection.is_closed
 
-    def _check_can_wait(self) -> None:
-        if self._closed:
-            raise exceptions.CommunicatorClosed
-        if not self.can_reconnect:
-            raise _amqp.ConnectionGone("the connection is closed and cannot reconnect")
-
     async def wait_connected(self) -> aiormq.abc.AbstractConnection:
         """:returns: the live aiormq connection, waiting up to ``recovery_timeout`` for it.
 
         :raises CommunicatorClosed: once the session is closed.
         :raises ConnectionLost: if the connection is gone and does not come back in time.
         """
-        if self._closed:
-            raise exceptions.CommunicatorClosed
-        connection = self.live_connection()
-        if connection is not None:
-            return connection
-        deadline = self.loop.time() + self.options["recovery_timeout"]
-        while connection is None:
-            self._check_can_wait()
-            # ``connected`` may be set a moment before the new transport is in place
-            await self._wait_for(self.connection.connected, deadline)
-            await asyncio.sleep(0.01)
-            connection = self.live_connection()
-        return connection
-
-    async def _wait_ready(self, deadline: float) -> None:
-        while not self._ready.is_set():
-            self._check_can_wait()
-            await self._wait_for(self._ready, deadline)
-
-    async def _wait_for(self, event: asyncio.Event, deadline: float) -> None:
-        remaining = deadline - self.loop.time()
-        if remaining <= 0:
-            timeout = self.options["recovery_timeout"]
-            raise _amqp.ConnectionGone(f"the connection was not restored within {timeout} s")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), min(remaining, 0.5))
+        return await self._recovery.wait_connected()
 
     # Channels
 
@@ -242,28 +211,46 @@ class Session:
     # Topology (on the topology channel, whose failures do not disturb consumers)
 
     async def call(self, what: str, method: str, *, purpose: str = TOPOLOGY, **kwargs: Any) -> Any:
-        """Run the aiormq channel method *method* on the *purpose* channel.
+        """Run the aiormq channel method *method* on the *purpose* channel; with
+        :data:`PROBE`, on a channel opened for this call alone (:meth:`_probe`).
 
         :raises aiormq.exceptions.ChannelClosed: subclasses, for the caller to interpret
             (e.g. ``ChannelNotFoundEntity`` for a passive declare).
         :raises ConnectionLost: when the connection fails.
         """
-        channel = await self.channel(purpose)
         try:
+            if purpose == PROBE:
+                return await self._probe(method, kwargs)
+            channel = await self.channel(purpose)
             return await _amqp.guarded(channel, getattr(channel, method)(**kwargs))
         except amqp_errors.ChannelClosed:
             raise
-        except _amqp.LINK_ERRORS as exc:
+        except _amqp.LINK_ERRORS + (RuntimeError,) as exc:
             raise _amqp.translate(exc, what) from exc
+
+    async def _probe(self, method: str, kwargs: dict[str, Any]) -> Any:
+        """Probes (passive declares of queues that may be missing or held elsewhere, claims
+        that may be lost) are answered with a channel error that closes their channel. Each
+        gets a channel of its own: on a shared one, the error of one would fail another in
+        flight, and a call sent after the broker's close would kill the whole connection
+        (``504 CHANNEL_ERROR``)."""
+        connection = await self.wait_connected()
+        channel = await _amqp.guarded(connection, connection.channel(publisher_confirms=False))
+        try:
+            return await _amqp.guarded(channel, getattr(channel, method)(**kwargs))
+        finally:
+            if not channel.is_closed:
+                self._spawn(_amqp.bounded(channel.close()))
 
     async def declare_exchange(self, name: str, params: dict[str, Any]) -> None:
         """Declare the exchange *name* (kiwipy 0.9: topic, not durable)."""
         await self.call(f"declaring exchange {name!r}", "exchange_declare", exchange=name, **params)
 
     async def passive_declare(
-        self, queue: str, purpose: str = TOPOLOGY
+        self, queue: str, purpose: str = PROBE
     ) -> Optional[spec.Queue.DeclareOk]:
-        """:returns: the queue's declare-ok if *queue* exists, else ``None``."""
+        """:returns: the queue's declare-ok if *queue* exists, else ``None`` (on a channel of
+        its own by default: a missing queue closes the channel)."""
         try:
             ok = await self.call(
                 f"checking queue {queue!r}", "queue_declare", purpose=purpose, queue=queue,
@@ -364,7 +351,7 @@ class Session:
     async def _publish_channel(self, deadline: float) -> aiormq.abc.AbstractChannel:
         channel = self.ready_channel()
         if channel is None:
-            await self._wait_ready(deadline)
+            await self._recovery.wait_ready(deadline)
             channel = await self.channel(PUBLISH)
         return channel
 

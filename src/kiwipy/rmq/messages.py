@@ -21,12 +21,10 @@ Topology (kiwipy 0.9 names and routing keys, so 0.9 peers interoperate):
   under it raises :class:`~kiwipy.ConnectionLost` rather than risking running an RPC twice.
   Replies are awaited with a watch on the subscriber's queue (:mod:`kiwipy.rmq._liveness`).
 * Restoring (after a reconnection, or when the broker cancelled a consumer) is idempotent: only
-  what is not consuming is started again. An RPC identifier that another connection holds
-  when we come back is tried again for ``recovery_timeout`` seconds (the broker may still hold
-  it for our *previous* connection, until it notices that one is dead); then the subscriber
-  is removed and ``subscriber-lost`` reported, never two subscribers for one identifier. The
-  broadcast queue gets a new name on each restore, so a dead connection's queue cannot block
-  it.
+  what is not consuming is started again. An RPC identifier another connection holds when we
+  come back is tried again for a while, then its subscriber is removed
+  (:mod:`kiwipy.rmq._identities`): never two subscribers for one identifier. The broadcast
+  queue gets a new name on each restore, so a dead connection's queue cannot block it.
 """
 
 from __future__ import annotations
@@ -41,8 +39,9 @@ import shortuuid
 from aiormq import exceptions as amqp_errors
 
 from .. import exceptions
-from . import _amqp, _events, defaults, protocol
+from . import _amqp, defaults, protocol
 from ._handlers import MessageHandling
+from ._identities import TakenIdentities
 from ._recovery import RestoreLater
 from ._replies import ReplyQueue
 from ._session import Session
@@ -189,7 +188,6 @@ class _Rpc(NamedTuple):
     subscriber: Any
     queue: str
     consumer_tag: str  # "" while it is being registered
-    taken_since: Optional[float] = None  # held by another connection since (when restoring)
 
 
 class RmqSubscriber:
@@ -227,6 +225,7 @@ class RmqSubscriber:
         self._broadcast_queue = f"broadcast-{shortuuid.uuid()}"
         self._broadcast_tag: Optional[str] = None
         self._handling = MessageHandling(self._session, message_exchange, self._owner)
+        self._taken = TakenIdentities(self._session)
 
     async def connect(self) -> None:
         """Get ready; the exchange and queues are declared as subscribers are added (an
@@ -379,22 +378,15 @@ class RmqSubscriber:
         try:
             tag = await self._start_rpc(identifier, rpc.queue)
         except exceptions.DuplicateSubscriberIdentifier as exc:
-            return self._identity_taken(identifier, rpc, exc)
+            if self._taken.keep_trying(identifier, exc):
+                return False
+            del self._rpc[identifier]
+            return True
+        self._taken.regained(identifier)
         if self._rpc.get(identifier) is rpc:
-            self._rpc[identifier] = rpc._replace(consumer_tag=tag, taken_since=None)
+            self._rpc[identifier] = rpc._replace(consumer_tag=tag)
         elif identifier not in self._rpc:  # removed while we restored it
             await self._session.cancel(MESSAGES, tag)
-        return True
-
-    def _identity_taken(self, identifier: Any, rpc: _Rpc, exc: BaseException) -> bool:
-        now = self._session.loop.time()
-        since = now if rpc.taken_since is None else rpc.taken_since
-        if now - since < self._session.options["recovery_timeout"]:
-            self._rpc[identifier] = rpc._replace(taken_since=since)
-            return False
-        del self._rpc[identifier]
-        detail = f"{exc}; its subscriber was removed"
-        self._session.report(_events.SUBSCRIBER_LOST, detail)
         return True
 
     async def disconnect(self) -> None:
