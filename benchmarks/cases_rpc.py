@@ -49,7 +49,7 @@ def _latency(samples: List[float]) -> Result:
 def _throughput(ctx: Context, seconds: List[float]) -> Result:
     """``bursts`` bursts of ``n`` calls in flight; the rate over all of them."""
     rate = ctx.n * len(seconds) / sum(seconds)
-    return {"metrics": {"rpc_throughput": rate}, "details": {"burst_s": seconds}}
+    return {"metrics": {ctx.case: rate}, "details": {"burst_s": seconds}}
 
 
 def _bursts(ctx: Context) -> int:
@@ -129,6 +129,65 @@ async def throughput_async(ctx: Context) -> Result:
             await burst(ctx.n)
             seconds.append(time.perf_counter() - start)
         return _throughput(ctx, seconds)
+    finally:
+        await comm.disconnect()
+        server.finish()
+
+
+def throughput_many_thread(ctx: Context) -> Result:
+    """This library's ``rpc_send_many`` (all requests in flight, every confirm checked);
+    kiwipy 0.9, which has none, sends with ``rpc_send`` per call as in ``rpc_throughput``."""
+    server = _server(ctx)
+    comm = connect_thread(ctx.names)
+    send_many = getattr(comm, "rpc_send_many", None)
+
+    def burst(count: int) -> None:
+        if send_many is not None:
+            futures = send_many([(RPC_ID, TASK_BODY)] * count)
+        else:
+            futures = [comm.rpc_send(RPC_ID, TASK_BODY) for _ in range(count)]
+        for future in futures:
+            future.result(TIMEOUT)
+
+    try:
+        burst(ctx.warmup)
+        seconds = []
+        for _ in range(_bursts(ctx)):
+            start = time.perf_counter()
+            burst(ctx.n)
+            seconds.append(time.perf_counter() - start)
+        result = _throughput(ctx, seconds)
+        result["details"]["api"] = "rpc_send" if send_many is None else "rpc_send_many"
+        return result
+    finally:
+        comm.close()
+        server.finish()
+
+
+async def throughput_many_async(ctx: Context) -> Result:
+    """``rpc_send_many`` where it exists, else all calls started with ``asyncio.gather``."""
+    server = _server(ctx)
+    comm = await connect_async(ctx.names)
+    send_many = getattr(comm, "rpc_send_many", None)
+
+    async def burst(count: int) -> None:
+        if send_many is not None:
+            futures = await send_many([(RPC_ID, TASK_BODY)] * count)
+        else:
+            calls = (comm.rpc_send(RPC_ID, TASK_BODY) for _ in range(count))
+            futures = await asyncio.gather(*calls)
+        await asyncio.wait_for(asyncio.gather(*futures), TIMEOUT)
+
+    try:
+        await burst(ctx.warmup)
+        seconds = []
+        for _ in range(_bursts(ctx)):
+            start = time.perf_counter()
+            await burst(ctx.n)
+            seconds.append(time.perf_counter() - start)
+        result = _throughput(ctx, seconds)
+        result["details"]["api"] = "rpc_send" if send_many is None else "rpc_send_many"
+        return result
     finally:
         await comm.disconnect()
         server.finish()
@@ -219,6 +278,11 @@ RUNNERS: Dict[str, Dict[str, Callable[[Context], Result]]] = {
     "rpc_throughput": {
         "thread": throughput_thread,
         "async": in_loop(throughput_async),
+        "aio-pika": in_loop(throughput_aio),
+    },
+    "rpc_throughput_many": {
+        "thread": throughput_many_thread,
+        "async": in_loop(throughput_many_async),
         "aio-pika": in_loop(throughput_aio),
     },
 }

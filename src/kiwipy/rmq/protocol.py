@@ -138,9 +138,16 @@ def decode_broadcast(obj: Any) -> Broadcast:
 # Replies
 
 
+_HOST: list[Any] = [None, None]  # [pid, hostname]: looked up once per process
+
+
 def get_host_info() -> dict[str, Any]:
-    """:returns: ``{'hostname': ..., 'pid': ...}`` of this process."""
-    return {HOSTNAME_KEY: socket.gethostname(), PID_KEY: os.getpid()}
+    """:returns: ``{'hostname': ..., 'pid': ...}`` of this process (the host name is looked up
+    once per process: it is added to every reply)."""
+    pid = os.getpid()
+    if _HOST[0] != pid:
+        _HOST[:] = [pid, socket.gethostname()]
+    return {HOSTNAME_KEY: _HOST[1], PID_KEY: pid}
 
 
 def add_host_info(msg: dict[str, Any]) -> None:
