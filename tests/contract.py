@@ -90,6 +90,8 @@ is removed from the class when it is defined (it is neither run nor reported as 
 * :data:`ENCODES` - every message goes through an encoder: an unencodable task, RPC message or
   broadcast raises ``EncodeError`` from the send (and nothing else is lost), an unencodable
   result reaches the requester as ``RemoteException``.
+* :data:`BATCHES` - ``rpc_send_many``: one future per call, in order; a call to an unknown
+  recipient fails alone, reported with the others' futures in ``BatchSendError``.
 
 :data:`ALL` is every flag (the RabbitMQ communicators, and the memory ones with an encoder);
 ``LocalCommunicator`` has none of them. Every await on an outcome is bounded by
@@ -120,6 +122,7 @@ import kiwipy
 __all__ = (
     "ALL",
     "AWAITS",
+    "BATCHES",
     "ENCODES",
     "ISOLATES",
     "QUEUES",
@@ -139,7 +142,8 @@ SHARED = "shared"
 AWAITS = "awaits"
 ISOLATES = "isolates"
 ENCODES = "encodes"
-ALL = frozenset({QUEUES, SHARED, AWAITS, ISOLATES, ENCODES})
+BATCHES = "batches"
+ALL = frozenset({QUEUES, SHARED, AWAITS, ISOLATES, ENCODES, BATCHES})
 
 #: Seconds any single outcome may take before the test fails.
 TIMEOUT = 5.0
@@ -365,6 +369,9 @@ class _View:
     async def rpc_send(self, recipient_id: Any, msg: Any) -> Any:
         return await self._run("rpc_send", recipient_id, msg)
 
+    async def rpc_send_many(self, calls: list[tuple[Any, Any]]) -> list[Any]:
+        return list(await self._run("rpc_send_many", calls))
+
     async def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
     ) -> bool:
@@ -388,6 +395,15 @@ class _AsyncView(_View):
 class _BlockingView(_View):
     async def _run(self, name: str, *args: Any) -> Any:
         return await _blocking(getattr(self.native, name), *args)
+
+    async def rpc_send_many(self, calls: list[tuple[Any, Any]]) -> list[Any]:
+        """The native call, with each future (also those of a ``BatchSendError``) wrapped."""
+        try:
+            futures = await asyncio.to_thread(self.native.rpc_send_many, calls)
+        except kiwipy.BatchSendError as exc:
+            exc.futures = [_to_asyncio(future) for future in exc.futures]
+            raise
+        return [_to_asyncio(future) for future in futures]
 
     async def task_queue(self, name: str) -> _BlockingQueue:
         return _BlockingQueue(await asyncio.to_thread(self.native.task_queue, name))
@@ -478,6 +494,10 @@ def _record_broadcast(
 def _put_and_return(inbox: Inbox, item: Any, result: Any) -> Any:
     inbox.put(item)
     return result
+
+
+def _answer(ident: str, _comm: Any, msg: Any) -> Any:
+    return {"by": ident, "msg": msg}
 
 
 def _work(inbox: Inbox, worker: int, _comm: Any, task: Any) -> Any:
@@ -779,6 +799,56 @@ class CommunicatorContract:
         await first.close()  # releases the identifier
         await second.add_rpc_subscriber(lambda _c, msg: "second", ident)
         assert await settle(await caller.rpc_send(ident, None)) == "second"
+
+    @needs(BATCHES)
+    async def test_rpc_send_many_to_one_subscriber(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        ident = await comm.add_rpc_subscriber(lambda _c, msg: {"n": msg}, transport.name("one"))
+        futures = await comm.rpc_send_many([(ident, n) for n in range(20)])
+        assert [await settle(future) for future in futures] == [{"n": n} for n in range(20)]
+
+    @needs(BATCHES)
+    async def test_rpc_send_many_to_several_subscribers(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        idents = [transport.name(f"pid{n}") for n in range(3)]
+        for ident in idents:
+            await comm.add_rpc_subscriber(functools.partial(_answer, ident), ident)
+        calls = [(idents[n % 3], n) for n in range(9)]
+        futures = await comm.rpc_send_many(calls)
+        expected = [{"by": ident, "msg": n} for ident, n in calls]
+        assert [await settle(future) for future in futures] == expected
+
+    @needs(BATCHES)
+    async def test_rpc_send_many_with_an_unknown_recipient(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        known = [transport.name("alive1"), transport.name("alive2")]
+        for ident in known:
+            await comm.add_rpc_subscriber(functools.partial(_answer, ident), ident)
+        calls = [(known[0], "pause"), (transport.name("gone"), "pause"), (known[1], "pause")]
+        with pytest.raises(kiwipy.BatchSendError) as info:
+            await comm.rpc_send_many(calls)
+        error = info.value
+        assert list(error.errors) == [1]
+        assert isinstance(error.errors[1], kiwipy.UnroutableError)
+        assert error.futures[1] is None
+        answers = [await settle(error.futures[i]) for i in (0, 2)]
+        assert answers == [{"by": ident, "msg": "pause"} for ident in known]
+
+    @needs(BATCHES, ENCODES)
+    async def test_rpc_send_many_sends_nothing_if_one_cannot_be_encoded(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        seen = Inbox()
+        ident = await comm.add_rpc_subscriber(
+            lambda _c, msg: _put_and_return(seen, msg, msg), transport.name("enc")
+        )
+        with pytest.raises(kiwipy.EncodeError):
+            await comm.rpc_send_many([(ident, "first"), (ident, threading.Lock())])
+        assert await settle(await comm.rpc_send(ident, "after")) == "after"
+        assert seen.items == ["after"]
 
     # Broadcasts
 

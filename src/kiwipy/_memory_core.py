@@ -17,7 +17,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterable
-from typing import Any, Optional, TypedDict, Union
+from typing import Any, Optional
 
 import shortuuid
 from typing_extensions import Unpack
@@ -25,6 +25,7 @@ from typing_extensions import Unpack
 from . import _memory_outcome as outcome
 from . import encoders, exceptions
 from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
+from ._memory_options import MemoryOptions, check_options
 from ._memory_tasks import MemoryIncomingTask, MemoryTaskQueue
 from .communications import (
     AsyncCommunicator,
@@ -33,40 +34,12 @@ from .communications import (
     TaskSubscriber,
 )
 
-__all__ = ("DEFAULT_TASK_QUEUE", "AsyncMemoryCommunicator", "MemoryOptions")
+__all__ = ("DEFAULT_TASK_QUEUE", "AsyncMemoryCommunicator")
 
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_TASK_QUEUE = "kiwipy.tasks"
 _CLOSE_TIMEOUT = 5.0  # seconds disconnect() waits for cancelled subscriber calls to unwind
-
-
-class MemoryOptions(TypedDict, total=False):
-    """Options of :func:`async_connect`, :func:`connect` and the communicators.
-
-    ``encoder``/``decoder``: an :class:`~kiwipy.encoders.Encoder`, a built-in encoder's name
-    (``'yaml'``, ``'json'``, ``'msgpack'``) or kiwipy 0.9's pair of callables; see
-    :func:`kiwipy.encoders.resolve`. Neither given: bodies are passed by reference.
-    ``task_queue``: the default task queue's name. ``task_prefetch_count``: how many tasks
-    of the default queue may be in progress at once (0: no limit).
-
-    ``message_exchange``, ``task_exchange``, ``queue_expires``, ``task_prefetch_size`` and
-    ``testing_mode`` are accepted and ignored, so that options written for the RabbitMQ
-    transport work here too; isolate communicators with the broker name instead.
-    """
-
-    encoder: Union[encoders.Encoder, encoders.EncodeFn, str, None]
-    decoder: Optional[encoders.DecodeFn]
-    task_queue: str
-    task_prefetch_count: int
-    task_prefetch_size: int
-    message_exchange: str
-    task_exchange: str
-    queue_expires: int
-    testing_mode: bool
-
-
-_OPTION_NAMES = frozenset(MemoryOptions.__optional_keys__)
 
 
 class AsyncMemoryCommunicator(AsyncCommunicator):
@@ -76,13 +49,11 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
     coroutine functions or objects with an ``async def __call__``.
 
     :param broker: the broker to connect to (see :func:`kiwipy.memory.get_broker`).
-    :param options: see :class:`MemoryOptions`.
+    :param options: see :class:`~kiwipy.memory.MemoryOptions`.
     """
 
     def __init__(self, broker: MemoryBroker, **options: Unpack[MemoryOptions]) -> None:
-        unknown = set(options) - _OPTION_NAMES
-        if unknown:
-            raise TypeError(f"unknown memory communicator options: {', '.join(sorted(unknown))}")
+        check_options(options)
         encoder, decoder = options.get("encoder"), options.get("decoder")
         self._encoder = (
             None if encoder is None and decoder is None else encoders.resolve(encoder, decoder)
@@ -227,11 +198,27 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         """:raises UnroutableError: if nobody holds *recipient_id*.
         :raises EncodeError: if *msg* cannot be encoded."""
         connection = self._open()
-        correlation_id = str(uuid.uuid4())
-        message = Message(self._encode(msg), correlation_id, connection)
-        self._broker.send_rpc(str(recipient_id), message)
-        # Replies are posted to this loop, so none can arrive before the future is registered.
-        return self._expect(correlation_id)
+        return self._send_rpc(str(recipient_id), self._encode(msg), connection)
+
+    async def rpc_send_many(self, calls: Iterable[tuple[Any, Any]]) -> list[asyncio.Future[Any]]:
+        """Make the ``(recipient_id, msg)`` *calls* (see
+        :meth:`kiwipy.Communicator.rpc_send_many`): all are encoded first, so one that
+        cannot be raises :class:`~kiwipy.EncodeError` before any is sent; a call nobody
+        holds the recipient of fails alone (:class:`~kiwipy.BatchSendError` at the end).
+        """
+        connection = self._open()
+        requests = [(str(recipient_id), self._encode(msg)) for recipient_id, msg in calls]
+        futures: list[Optional[asyncio.Future[Any]]] = []
+        errors: dict[int, BaseException] = {}
+        for index, (key, payload) in enumerate(requests):
+            try:
+                futures.append(self._send_rpc(key, payload, connection))
+            except exceptions.UnroutableError as exc:
+                futures.append(None)
+                errors[index] = exc
+        if errors:
+            raise exceptions.BatchSendError(futures, errors) from errors[min(errors)]
+        return [future for future in futures if future is not None]  # all of them
 
     async def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
@@ -275,6 +262,12 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         correlation_id = str(uuid.uuid4())
         self._broker.publish(queue, Message(payload, correlation_id, connection))
         return None if no_reply else self._expect(correlation_id)
+
+    def _send_rpc(self, key: str, payload: Payload, connection: Connection) -> asyncio.Future[Any]:
+        correlation_id = str(uuid.uuid4())
+        self._broker.send_rpc(key, Message(payload, correlation_id, connection))
+        # Replies are posted to this loop, so none can arrive before the future is registered.
+        return self._expect(correlation_id)
 
     def _encode(self, obj: Any) -> Payload:
         if self._encoder is None:

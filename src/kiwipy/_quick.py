@@ -28,8 +28,8 @@ __all__ = (
     "send_slowly",
 )
 
-#: Seconds a thread facade's ``task_send_many`` call may take per task, on top of the call
-#: timeout.
+#: Seconds a thread facade's ``task_send_many`` or ``rpc_send_many`` call may take per
+#: message, on top of the call timeout.
 BATCH_TIMEOUT_PER_TASK = 0.001
 
 
@@ -142,12 +142,12 @@ def _copy(
 
 
 async def send_many(
-    task_send_many: Callable[..., Awaitable[list[Any]]], tasks: list[Any], no_reply: bool
+    send_many: Callable[..., Awaitable[list[Any]]], items: list[Any], *args: Any
 ) -> list[Any]:
-    """Run a core's ``task_send_many`` and give its futures (also those of a
-    :class:`~kiwipy.BatchSendError`) to the thread world, on the loop thread."""
+    """Run a core's ``task_send_many`` or ``rpc_send_many`` and give its futures (also those
+    of a :class:`~kiwipy.BatchSendError`) to the thread world, on the loop thread."""
     try:
-        futures = await task_send_many(tasks, no_reply)
+        futures = await send_many(items, *args)
     except exceptions.BatchSendError as exc:
         exc.futures = [thread_world(future) for future in exc.futures]
         raise

@@ -92,18 +92,19 @@ class _Bridge:
             )
         return _quick.send(self.portal, start, fallback, prime, thread_world, timeout)
 
-    def send_many(self, core: Any, tasks: Iterable[Any], no_reply: bool) -> list[Any]:
-        """``core.task_send_many(tasks, no_reply)`` with thread-world futures; the call may
-        take :data:`_quick.BATCH_TIMEOUT_PER_TASK` more seconds per task."""
+    def send_many(self, core: Any, name: str, items: Iterable[Any], *args: Any) -> list[Any]:
+        """``core.<name>(items, *args)`` (``task_send_many`` or ``rpc_send_many``) with
+        thread-world futures; the call may take :data:`_quick.BATCH_TIMEOUT_PER_TASK` more
+        seconds per message."""
         if self.closed:
             raise exceptions.CommunicatorClosed
-        send_many = getattr(core, "task_send_many", None)
+        send_many = getattr(core, name, None)
         if send_many is None:
-            raise NotImplementedError(f"{type(core).__name__} has no task_send_many")
-        tasks = list(tasks)
-        timeout = self.timeout + _quick.BATCH_TIMEOUT_PER_TASK * len(tasks)
+            raise NotImplementedError(f"{type(core).__name__} has no {name}")
+        items = list(items)
+        timeout = self.timeout + _quick.BATCH_TIMEOUT_PER_TASK * len(items)
         result: list[Any] = self.portal.call(
-            _quick.send_many, send_many, tasks, no_reply, timeout=timeout
+            _quick.send_many, send_many, items, *args, timeout=timeout
         )
         return result
 
@@ -231,7 +232,7 @@ class ThreadCommunicator(Communicator):
     ) -> list[Optional[concurrent.futures.Future[Any]]]:
         """See :meth:`kiwipy.Communicator.task_send_many` (blocking; the call timeout is
         extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per task)."""
-        return self._bridge.send_many(self._core, tasks, no_reply)
+        return self._bridge.send_many(self._core, "task_send_many", tasks, no_reply)
 
     def rpc_send(self, recipient_id: Any, msg: Any) -> concurrent.futures.Future[Any]:
         lane, send = self._message_lane, self._core.rpc_send
@@ -244,6 +245,13 @@ class ThreadCommunicator(Communicator):
             body, start, lane.prime, send, recipient_id, msg
         )
         return quick
+
+    def rpc_send_many(
+        self, calls: Iterable[tuple[Any, Any]]
+    ) -> list[concurrent.futures.Future[Any]]:
+        """See :meth:`kiwipy.Communicator.rpc_send_many` (blocking; the call timeout is
+        extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per call)."""
+        return self._bridge.send_many(self._core, "rpc_send_many", calls)
 
     def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
@@ -301,7 +309,7 @@ class ThreadTaskQueue:
         self, tasks: Iterable[Any], no_reply: bool = False
     ) -> list[Optional[concurrent.futures.Future[Any]]]:
         """Queue *tasks* here; see :meth:`ThreadCommunicator.task_send_many`."""
-        return self._bridge.send_many(self._core, tasks, no_reply)
+        return self._bridge.send_many(self._core, "task_send_many", tasks, no_reply)
 
     def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
         wrapped = self._bridge.wrap(self._owner, subscriber)

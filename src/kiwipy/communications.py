@@ -133,6 +133,24 @@ class Communicator(abc.ABC):
         :raises UnroutableError: if nobody holds *recipient_id*.
         """
 
+    def rpc_send_many(self, calls: Iterable[tuple[Any, Any]]) -> list[futures.Future[Any]]:
+        """Make many RPC calls at once, with their publishes in flight together (as
+        :meth:`task_send_many` does for tasks).
+
+        Each request goes on the wire exactly as :meth:`rpc_send` would send it. Returns once
+        every request is confirmed by the broker. A call whose recipient nobody holds fails
+        alone; any other failure stops the batch (the calls not sent yet fail too).
+
+        :param calls: ``(recipient_id, msg)`` pairs.
+        :returns: one future per call, in order, for its outcome.
+        :raises EncodeError: if a message cannot be encoded (nothing is sent).
+        :raises BatchSendError: if any call failed: its ``errors`` say which (and why:
+            :class:`~kiwipy.UnroutableError` for an unknown recipient), its ``futures`` hold
+            the futures of the others (``None`` for the failed ones).
+        :raises NotImplementedError: if this communicator cannot send batches.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no rpc_send_many")
+
     @abc.abstractmethod
     def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
@@ -411,6 +429,10 @@ class AsyncCommunicator(abc.ABC):
     @abc.abstractmethod
     async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
         """See :meth:`Communicator.rpc_send`."""
+
+    async def rpc_send_many(self, calls: Iterable[tuple[Any, Any]]) -> list[asyncio.Future[Any]]:
+        """See :meth:`Communicator.rpc_send_many`."""
+        raise NotImplementedError(f"{type(self).__name__} has no rpc_send_many")
 
     @abc.abstractmethod
     async def broadcast_send(

@@ -92,23 +92,24 @@ class ReplyLost(DeliveryFailed):
 
 
 class BatchSendError(DeliveryFailed):
-    """Some tasks of a ``task_send_many`` batch were not confirmed by the broker.
+    """Some messages of a ``task_send_many`` or ``rpc_send_many`` batch failed.
 
-    The tasks not listed in ``errors`` were confirmed (their reply futures are in
-    ``futures``); those listed were not, or were not sent because an earlier window of
-    the batch failed. Sending them again may duplicate the ones the broker did take before
-    the failure was reported.
+    The messages not listed in ``errors`` were confirmed by the broker (their reply futures
+    are in ``futures``); those listed were not (or, for an RPC, nobody holds its recipient:
+    :class:`UnroutableError`), or were not sent because an earlier window of the batch
+    failed. Sending them again may duplicate the ones the broker did take before the
+    failure was reported.
 
-    :ivar futures: one entry per task, as ``task_send_many`` would have returned: the reply
-        future of each confirmed task (``None`` with ``no_reply`` or when not confirmed).
-    :ivar errors: index of each task not confirmed -> why (the first one is also the
+    :ivar futures: one entry per message, as the batch send would have returned: the reply
+        future of each confirmed message (``None`` with ``no_reply`` or when it failed).
+    :ivar errors: index of each message that failed -> why (the first one is also the
         ``__cause__``).
     """
 
     def __init__(self, futures: list[Any], errors: dict[int, BaseException]) -> None:
         first = min(errors) if errors else -1
-        reason = f"; the first (task {first}): {errors[first]!r}" if errors else ""
-        super().__init__(f"{len(errors)} of {len(futures)} tasks were not confirmed{reason}")
+        reason = f"; the first (message {first}): {errors[first]!r}" if errors else ""
+        super().__init__(f"{len(errors)} of {len(futures)} messages of the batch failed{reason}")
         self.futures = futures
         self.errors = errors
 

@@ -13,8 +13,9 @@ process, so the same code and the same contract tests run on both:
   sent and decoded when received, so an unencodable message fails as it would on RabbitMQ.
   Without one, objects are passed by reference, like :class:`~kiwipy.LocalCommunicator`.
 
-The broker is in ``kiwipy._memory_broker``, the asyncio core in ``kiwipy._memory_core`` and
-its task queues in ``kiwipy._memory_tasks``; this module is the public entry point.
+The broker is in ``kiwipy._memory_broker``, the asyncio core in ``kiwipy._memory_core``
+(its options in ``kiwipy._memory_options``) and its task queues in
+``kiwipy._memory_tasks``; this module is the public entry point.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 from typing_extensions import Unpack
 
 from ._memory_broker import MemoryBroker
-from ._memory_core import DEFAULT_TASK_QUEUE, AsyncMemoryCommunicator, MemoryOptions
+from ._memory_core import DEFAULT_TASK_QUEUE, AsyncMemoryCommunicator
+from ._memory_options import MemoryOptions
 from ._memory_tasks import MemoryIncomingTask, MemoryTaskQueue
 from ._thread import DEFAULT_TIMEOUT, ThreadCommunicator
 

@@ -1,6 +1,7 @@
-"""``task_send_many`` and the thread facade's quick sends against RabbitMQ (issue 6):
-every task confirmed, results arrive, the wire is what ``task_send`` writes, failures are
-reported per task, and encoding happens off the event loop."""
+"""``task_send_many``, ``rpc_send_many`` and the thread facade's quick sends against
+RabbitMQ (issue 6): every message confirmed, results arrive, the wire is what ``task_send``
+(``rpc_send``) writes, failures are reported per message, and encoding happens off the
+event loop."""
 
 from __future__ import annotations
 
@@ -106,6 +107,96 @@ def test_the_thread_communicator_sends_batches(
     thread_communicator.add_task_subscriber(lambda _c, task: task + 1)
     futures = thread_communicator.task_send_many(range(600))
     assert [future.result(WAIT) for future in futures] == list(range(1, 601))  # type: ignore[union-attr]
+
+
+async def test_every_rpc_call_is_confirmed_and_answered(
+    communicator: rmq.RmqCommunicator,
+) -> None:
+    await communicator.add_rpc_subscriber(lambda _c, msg: msg + 1, "adder")
+    count = 3 * _batch.WINDOW + 7  # several windows, the last one partial
+    futures = await communicator.rpc_send_many([("adder", n) for n in range(count)])
+    assert len(futures) == count
+    results = await asyncio.wait_for(asyncio.gather(*futures), WAIT)
+    assert results == [n + 1 for n in range(count)]
+    assert communicator.pending_replies == 0
+
+
+async def test_the_wire_is_what_rpc_send_writes(
+    communicator: rmq.RmqCommunicator, raw_channel: aiormq.abc.AbstractChannel, names: Any
+) -> None:
+    await communicator.get_message_publisher()  # declares the exchange
+    tap = (await raw_channel.queue_declare("", exclusive=True)).queue
+    await raw_channel.queue_bind(tap, names.message_exchange, routing_key="[rpc].wire")
+    single = await communicator.rpc_send("wire", {"pid": 7})
+    batch = await communicator.rpc_send_many([("wire", {"pid": 7})])
+    one, two = await _take(raw_channel, tap), await _take(raw_channel, tap)
+    assert one.body == two.body == encoders.YAML.encode({"pid": 7})
+    assert one.exchange == two.exchange == names.message_exchange
+    assert one.routing_key == two.routing_key == "[rpc].wire"
+    first, second = one.header.properties, two.header.properties
+    for field in ("delivery_mode", "priority", "content_type", "headers", "reply_to", "expiration"):
+        assert getattr(first, field) == getattr(second, field), field
+    assert first.delivery_mode == 1  # transient
+    assert len(first.message_id) == len(second.message_id) == 32
+    assert first.correlation_id != second.correlation_id
+    for future in (single, *batch):
+        future.cancel()
+
+
+async def test_replies_are_awaited_as_rpc_send_awaits_them(
+    communicator: rmq.RmqCommunicator, names: Any
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(_c: Any, msg: Any) -> Any:
+        await release.wait()
+        return msg
+
+    await communicator.add_rpc_subscriber(slow, "slow")
+    single = await communicator.rpc_send("slow", "done")
+    (batch,) = await communicator.rpc_send_many([("slow", "done")])
+    waiting = communicator._replies._waiting.values()  # what each reply is registered with
+    one, two = ((each.recipient, each.watch) for each in waiting)
+    assert one == two == ("[rpc].slow", rmq.messages.rpc_queue_name(names.message_exchange, "slow"))
+    release.set()
+    assert await asyncio.wait_for(asyncio.gather(single, batch), WAIT) == ["done", "done"]
+
+
+async def test_unroutable_calls_do_not_stop_the_batch(communicator: rmq.RmqCommunicator) -> None:
+    await communicator.add_rpc_subscriber(lambda _c, msg: msg, "here")
+    calls = [("here" if n % 2 else "gone", n) for n in range(2 * _batch.WINDOW)]
+    with pytest.raises(kiwipy.BatchSendError) as caught:
+        await communicator.rpc_send_many(calls)
+    error = caught.value
+    assert sorted(error.errors) == list(range(0, 2 * _batch.WINDOW, 2))
+    assert all(isinstance(each, kiwipy.UnroutableError) for each in error.errors.values())
+    assert isinstance(error.__cause__, kiwipy.UnroutableError)
+    answered = [future for future in error.futures if future is not None]
+    assert await asyncio.wait_for(asyncio.gather(*answered), WAIT) == [
+        n for n in range(2 * _batch.WINDOW) if n % 2
+    ]
+    assert communicator.pending_replies == 0
+
+
+async def test_no_rpc_is_sent_when_one_cannot_be_encoded(
+    communicator: rmq.RmqCommunicator, raw_channel: aiormq.abc.AbstractChannel, names: Any
+) -> None:
+    await communicator.get_message_publisher()
+    tap = (await raw_channel.queue_declare("", exclusive=True)).queue
+    await raw_channel.queue_bind(tap, names.message_exchange, routing_key="[rpc].enc")
+    with pytest.raises(kiwipy.EncodeError):
+        await communicator.rpc_send_many([("enc", 1), ("enc", threading.Lock())])
+    ok = await raw_channel.queue_declare(tap, passive=True)
+    assert ok.message_count == 0
+    assert communicator.pending_replies == 0
+
+
+def test_the_thread_communicator_sends_rpc_batches(
+    thread_communicator: rmq.RmqThreadCommunicator,
+) -> None:
+    thread_communicator.add_rpc_subscriber(lambda _c, msg: -msg, "negate")
+    futures = thread_communicator.rpc_send_many(("negate", n) for n in range(600))
+    assert [future.result(WAIT) for future in futures] == [-n for n in range(600)]
 
 
 class _Recording(encoders.Encoder):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import threading
 import time
@@ -142,6 +143,19 @@ def test_task_send_many_encodes_everything_before_sending(
     assert seen == [4]
 
 
+def test_rpc_send_many_gives_thread_futures_also_in_its_error(
+    comm: memory.MemoryCommunicator,
+) -> None:
+    comm.add_rpc_subscriber(lambda _c, msg: msg * 2, "double")
+    futures = comm.rpc_send_many([("double", 1), ("double", 2)])
+    assert [future.result(WAIT) for future in futures] == [2, 4]
+    with pytest.raises(kiwipy.BatchSendError) as caught:
+        comm.rpc_send_many([("nobody", 1), ("double", 3)])
+    first, second = caught.value.futures
+    assert first is None and isinstance(caught.value.errors[0], kiwipy.UnroutableError)
+    assert isinstance(second, concurrent.futures.Future) and second.result(WAIT) == 6
+
+
 async def test_task_send_many_on_the_asyncio_memory_core() -> None:
     core = await memory.async_connect(f"memory://perf-async-{uuid.uuid4().hex}")
     try:
@@ -156,3 +170,5 @@ def test_communicators_without_batches_say_so() -> None:
     local = kiwipy.LocalCommunicator()
     with pytest.raises(NotImplementedError):
         local.task_send_many([1])
+    with pytest.raises(NotImplementedError):
+        local.rpc_send_many([("anyone", 1)])

@@ -1,29 +1,34 @@
-"""``task_send_many``: many tasks in flight at once, every confirm still checked.
+"""``task_send_many`` and ``rpc_send_many``: many messages in flight at once, every confirm
+still checked.
 
 Rules:
 
-* Every task is encoded first (yielding to the loop between slices, so heartbeats go on):
-  one that cannot be encoded (or is over ``max_message_size``) raises before anything is
-  sent.
-* Each message is exactly what ``task_send`` puts on the wire (same properties, persistent,
-  mandatory, same body), with its reply future registered before it is published.
+* Every message is encoded first (yielding to the loop between slices, so heartbeats go
+  on): one that cannot be encoded (or is over ``max_message_size``) raises before anything
+  is sent.
+* Each message is exactly what ``task_send`` (``rpc_send``) puts on the wire: same exchange,
+  routing key, properties and body, mandatory; its reply future is registered in the same
+  loop step as its publish, so no reply can arrive before it.
 * Messages go out in *windows* of :data:`WINDOW` (one write each, see
   :mod:`kiwipy.rmq._fastpublish`), with up to :data:`IN_FLIGHT` windows unconfirmed; the
   call returns once every confirm arrived.
-* A task is reported sent only once the broker confirmed it. If any confirm is missing
-  (unroutable, nacked, channel or connection lost, no confirm within ``recovery_timeout``)
-  no further window is sent, the windows in flight are awaited, and
-  :class:`~kiwipy.BatchSendError` says which tasks were not confirmed; their reply futures
-  are dropped. Nothing is resent automatically: unlike ``task_send``, a batch never sends a
-  task twice behind the caller's back.
+* A message is reported sent only once the broker confirmed it. A returned RPC request
+  (nobody holds its recipient) fails that call only: the batch goes on (pausing a hundred
+  processes by pid, some of which are gone, is the typical use). Any other missing
+  confirm (a returned task, nacked, channel or connection lost, no confirm within
+  ``recovery_timeout``) stops the batch: no further window is sent and the windows in
+  flight are awaited. Then :class:`~kiwipy.BatchSendError` says which messages failed;
+  their reply futures are dropped. Nothing is resent automatically: unlike ``task_send``, a
+  batch never sends a message twice behind the caller's back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import aiormq.abc
 
@@ -32,13 +37,21 @@ from . import _amqp, _fastpublish, protocol
 from ._replies import ReplyQueue
 from ._session import PUBLISH, Session
 
-__all__ = ("IN_FLIGHT", "WINDOW", "TaskTarget", "encode_tasks", "send_tasks")
+__all__ = (
+    "IN_FLIGHT",
+    "WINDOW",
+    "MessageTarget",
+    "Pending",
+    "TaskTarget",
+    "send_rpcs",
+    "send_tasks",
+)
 
 #: Messages per write.
 WINDOW = 250
 #: Windows unconfirmed at once.
 IN_FLIGHT = 4
-#: Tasks encoded between two yields to the event loop.
+#: Messages encoded between two yields to the event loop.
 _ENCODE_SLICE = 200
 
 
@@ -52,29 +65,25 @@ class TaskTarget(NamedTuple):
     content_type: Optional[str]
 
 
-class _Window(NamedTuple):
-    first: int  # index of its first task
-    confirms: list[asyncio.Future[Any]]
-    correlation_ids: list[str]
-    done: asyncio.Future[None]
+class MessageTarget(NamedTuple):
+    """Where a publisher's RPCs and broadcasts go (what ``RmqPublisher`` uses)."""
+
+    session: Session
+    exchange: str
+    replies: ReplyQueue
+    content_type: Optional[str]
 
 
-async def encode_tasks(session: Session, tasks: Iterable[Any], no_reply: bool) -> list[bytes]:
-    """:returns: the body of each task, as ``task_send`` encodes it.
+class Pending(NamedTuple):
+    """One message of a batch, ready to publish."""
 
-    :raises EncodeError: if one cannot be encoded. :raises MessageTooLarge: if one is over
-        ``max_message_size``.
-    """
-    encode, limit = session.encoder.encode, session.max_message_size
-    bodies: list[bytes] = []
-    for task in tasks:
-        body = encode(protocol.encode_task(task, no_reply))
-        if len(body) > limit:
-            raise exceptions.MessageTooLarge(len(body), limit)
-        bodies.append(body)
-        if len(bodies) % _ENCODE_SLICE == 0:
-            await asyncio.sleep(0)
-    return bodies
+    message: _fastpublish.Outgoing
+    correlation_id: str
+    #: ``replies.expect(correlation_id, *reply)`` once published; ``None``: no reply wanted.
+    reply: Optional[tuple[str, Optional[str]]]
+
+
+# Tasks
 
 
 async def send_tasks(
@@ -85,45 +94,130 @@ async def send_tasks(
     :returns: one entry per task: its reply future, or ``None`` with *no_reply*.
     :raises BatchSendError: if any task was not confirmed.
     """
-    bodies = await encode_tasks(target.session, tasks, no_reply)
-    futures: list[Optional[asyncio.Future[Any]]] = [None] * len(bodies)
-    errors: dict[int, BaseException] = {}
-    sender = _Sender(target, bodies, no_reply, futures, errors)
+    pending = await _prepare(functools.partial(_task, target, no_reply), tasks)
+    return await _send(target.session, target.replies, pending, per_call=())
+
+
+def _task(target: TaskTarget, no_reply: bool, task: Any) -> Pending:
+    body = _encode(target.session, protocol.encode_task(task, no_reply))
+    correlation_id = _amqp.new_correlation_id()
+    props = _amqp.properties(
+        persistent=True,
+        correlation_id=correlation_id,
+        reply_to=target.replies.name,
+        content_type=target.content_type,
+    )
+    message = _fastpublish.Outgoing(target.exchange, target.queue, body, props, True)
+    return Pending(message, correlation_id, None if no_reply else (target.queue, None))
+
+
+# RPCs
+
+
+async def send_rpcs(
+    target: MessageTarget, calls: Iterable[tuple[Any, Any]], watch: Callable[[Any], str]
+) -> list[asyncio.Future[Any]]:
+    """Send the RPC requests *calls* (``(recipient_id, msg)`` pairs) pipelined (module doc).
+
+    :param watch: the queue of a recipient (its reply is awaited with a watch on it).
+    :returns: the reply future of each call.
+    :raises BatchSendError: if any call failed (an unknown recipient fails only its call).
+    """
+    pending = await _prepare(functools.partial(_rpc, target, watch), calls)
+    unroutable = (exceptions.UnroutableError,)
+    futures = await _send(target.session, target.replies, pending, per_call=unroutable)
+    return [future for future in futures if future is not None]  # all of them: none failed
+
+
+def _rpc(target: MessageTarget, watch: Callable[[Any], str], call: tuple[Any, Any]) -> Pending:
+    recipient_id, msg = call
+    body = _encode(target.session, msg)
+    routing_key = protocol.rpc_routing_key(recipient_id)
+    correlation_id = _amqp.new_correlation_id()
+    props = _amqp.properties(
+        correlation_id=correlation_id,
+        reply_to=target.replies.name,
+        content_type=target.content_type,
+    )
+    message = _fastpublish.Outgoing(target.exchange, routing_key, body, props, True)
+    return Pending(message, correlation_id, (routing_key, watch(recipient_id)))
+
+
+# Shared
+
+
+def _encode(session: Session, obj: Any) -> bytes:
+    body = session.encoder.encode(obj)
+    if len(body) > session.max_message_size:
+        raise exceptions.MessageTooLarge(len(body), session.max_message_size)
+    return body
+
+
+async def _prepare(make: Callable[[Any], Pending], items: Iterable[Any]) -> list[Pending]:
+    """:returns: ``make(item)`` for each of *items*, yielding to the loop between slices."""
+    made: list[Pending] = []
+    for item in items:
+        made.append(make(item))
+        if len(made) % _ENCODE_SLICE == 0:
+            await asyncio.sleep(0)
+    return made
+
+
+async def _send(
+    session: Session,
+    replies: ReplyQueue,
+    pending: Sequence[Pending],
+    per_call: tuple[type[BaseException], ...],
+) -> list[Optional[asyncio.Future[Any]]]:
+    """Publish *pending* in windows; failures of the *per_call* kinds do not stop the batch.
+
+    :raises BatchSendError: if any message failed.
+    """
+    sender = _Sender(session, replies, pending, per_call)
     await sender.run()
+    futures, errors = sender.futures, sender.errors
     if errors:
         raise exceptions.BatchSendError(list(futures), errors) from errors[min(errors)]
     return futures
 
 
+class _Window(NamedTuple):
+    first: int  # index of its first message
+    confirms: list[asyncio.Future[Any]]
+    done: asyncio.Future[None]
+
+
 class _Sender:
+    """Sends one batch; :attr:`futures` and :attr:`errors` hold the outcome."""
+
     def __init__(
         self,
-        target: TaskTarget,
-        bodies: Sequence[bytes],
-        no_reply: bool,
-        futures: list[Optional[asyncio.Future[Any]]],
-        errors: dict[int, BaseException],
+        session: Session,
+        replies: ReplyQueue,
+        pending: Sequence[Pending],
+        per_call: tuple[type[BaseException], ...],
     ) -> None:
-        self._target = target
-        self._bodies = bodies
-        self._no_reply = no_reply
-        self._futures = futures
-        self._errors = errors
-        self._loop = target.session.loop
-        self._timeout = float(target.session.options["recovery_timeout"])
-        self._what = f"publishing to {target.exchange!r}/{target.queue!r}"
+        self._session = session
+        self._replies = replies
+        self._pending = pending
+        self._per_call = per_call
+        self._loop = session.loop
+        self._timeout = float(session.options["recovery_timeout"])
+        self._stopped = False
+        self.futures: list[Optional[asyncio.Future[Any]]] = [None] * len(pending)
+        self.errors: dict[int, BaseException] = {}
 
     async def run(self) -> None:
         in_flight: collections.deque[_Window] = collections.deque()
-        sent, total = 0, len(self._bodies)
+        sent, total = 0, len(self._pending)
         try:
-            while sent < total and not self._errors:
+            while sent < total and not self._stopped:
                 while len(in_flight) >= IN_FLIGHT or (in_flight and in_flight[0].done.done()):
                     await self._settle(in_flight.popleft())
-                if self._errors:
+                if self._stopped:
                     break
                 try:
-                    window = await self._send(sent, self._bodies[sent : sent + WINDOW])
+                    window = await self._send(sent)
                 except Exception as exc:  # no channel to send on (connection lost, closed)
                     self._fail_range(sent, total, exc)
                     break
@@ -141,39 +235,30 @@ class _Sender:
         """:returns: the publish channel once :func:`_fastpublish.start` may use it: open,
         the session not restoring anything after a reconnection, no other publish being
         written (waiting at most ``recovery_timeout``)."""
-        session = self._target.session
         deadline = self._loop.time() + self._timeout
         while True:
-            await session.channel(PUBLISH)  # opened if needed
-            channel = session.ready_channel()
+            await self._session.channel(PUBLISH)  # opened if needed
+            channel = self._session.ready_channel()
             if channel is not None and _fastpublish.can_start(channel):
                 return channel
             if self._loop.time() > deadline:
-                raise _amqp.ConnectionGone(f"{self._what}: no usable channel in time")
+                exchange = self._pending[0].message.exchange
+                raise _amqp.ConnectionGone(f"publishing to {exchange!r}: no usable channel in time")
             await asyncio.sleep(0.001 if channel is not None else 0.05)
 
-    async def _send(self, first: int, bodies: Sequence[bytes]) -> _Window:
-        target = self._target
+    async def _send(self, first: int) -> _Window:
+        """Publish the window of messages starting at index *first*."""
         channel = await self._channel()
-        messages, ids = [], []
-        for body in bodies:
-            correlation_id = _amqp.new_correlation_id()
-            props = _amqp.properties(
-                persistent=True,
-                correlation_id=correlation_id,
-                reply_to=target.replies.name,
-                content_type=target.content_type,
-            )
-            messages.append(_fastpublish.Outgoing(target.exchange, target.queue, body, props, True))
-            ids.append(correlation_id)
-        confirms, drained = _fastpublish.start(channel, messages, drain=True)
-        if not self._no_reply:  # in the same step as the publish: no reply can come before
-            for offset, correlation_id in enumerate(ids):
-                self._futures[first + offset] = target.replies.expect(correlation_id, target.queue)
-        window = _Window(first, confirms, ids, _all_done(self._loop, confirms))
+        window = self._pending[first : first + WINDOW]
+        confirms, drained = _fastpublish.start(channel, [p.message for p in window], drain=True)
+        # in the same step as the publish: no reply can come before
+        for index, pending in enumerate(window, first):
+            if pending.reply is not None:
+                self.futures[index] = self._replies.expect(pending.correlation_id, *pending.reply)
+        sending = _Window(first, confirms, _all_done(self._loop, confirms))
         if drained is not None:
             await asyncio.wait((drained,))  # don't outrun the socket; its failure shows below
-        return window
+        return sending
 
     async def _settle(self, window: _Window) -> None:
         """Wait for the confirms of *window* and record the missing ones."""
@@ -181,41 +266,44 @@ class _Sender:
             await asyncio.wait_for(asyncio.shield(window.done), self._timeout)
         except asyncio.TimeoutError:
             pass
-        for offset, confirm in enumerate(window.confirms):
-            error = self._confirm_error(confirm)
+        for index, confirm in enumerate(window.confirms, window.first):
+            error = self._confirm_error(confirm, self._pending[index].message)
             if error is not None:
-                index = window.first + offset
-                self._errors[index] = error
-                self._target.replies.forget(window.correlation_ids[offset])
-                self._futures[index] = None
+                self._replies.forget(self._pending[index].correlation_id)
+                self.futures[index] = None
+                self.errors[index] = error
+                self._stopped = self._stopped or not isinstance(error, self._per_call)
 
-    def _confirm_error(self, confirm: asyncio.Future[Any]) -> Optional[BaseException]:
+    def _confirm_error(
+        self, confirm: asyncio.Future[Any], message: _fastpublish.Outgoing
+    ) -> Optional[BaseException]:
+        what = f"publishing to {message.exchange!r}/{message.routing_key!r}"
         if not confirm.done():
             confirm.cancel()
-            return _amqp.ConnectionGone(f"{self._what}: no confirm within {self._timeout:g} s")
+            return _amqp.ConnectionGone(f"{what}: no confirm within {self._timeout:g} s")
         if confirm.cancelled():
-            return _amqp.ConnectionGone(f"{self._what}: the channel closed before the confirm")
+            return _amqp.ConnectionGone(f"{what}: the channel closed before the confirm")
         exc = confirm.exception()
         if exc is None:
             return None
         if isinstance(exc, _amqp.SEND_ERRORS):
-            return _amqp.translate(exc, self._what)
+            return _amqp.translate(exc, what)
         return exc
 
     def _forget(self, window: _Window) -> None:
-        for offset, correlation_id in enumerate(window.correlation_ids):
-            self._target.replies.forget(correlation_id)
-            self._futures[window.first + offset] = None
+        for index in range(window.first, window.first + len(window.confirms)):
+            self._replies.forget(self._pending[index].correlation_id)
+            self.futures[index] = None
 
     def _fail_range(self, start: int, stop: int, exc: BaseException) -> None:
         for index in range(start, stop):
-            self._errors.setdefault(index, exc)
-            self._futures[index] = None
+            self.errors.setdefault(index, exc)
+            self.futures[index] = None
 
 
 class _NotSent(exceptions.DeliveryFailed):
     def __init__(self) -> None:
-        super().__init__("not sent: an earlier task of the batch was not confirmed")
+        super().__init__("not sent: an earlier message of the batch was not confirmed")
 
 
 def _all_done(

@@ -21,19 +21,17 @@ gives.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 from aiormq import exceptions as amqp_errors
 
 from .. import exceptions
 from .._quick import RETRY, Done
 from . import _amqp, _fastpublish, defaults, protocol
-from ._batch import TaskTarget
-from ._replies import ReplyQueue
-from ._session import Session
+from ._batch import MessageTarget, TaskTarget
 from .messages import rpc_queue_name
 
-__all__ = ("MessageLane", "MessageTarget", "TaskLane")
+__all__ = ("MessageLane", "TaskLane")
 
 
 class TaskLane:
@@ -111,21 +109,13 @@ def _outcome(confirm: asyncio.Future[Any], target: TaskTarget) -> Optional[BaseE
     return RETRY
 
 
-class MessageTarget(NamedTuple):
-    """Where a publisher's RPCs and broadcasts go (what ``RmqPublisher`` uses)."""
-
-    session: Session
-    exchange: str
-    replies: ReplyQueue
-    content_type: Optional[str]
-
-
 class MessageLane:
     """The quick path for ``rpc_send`` and ``broadcast_send`` (as ``RmqPublisher`` sends
     them: not resent on failure, every failure translated as ``publish(retry=False)``
     translates it).
 
-    :param target: returns the publisher's :class:`MessageTarget` once it is connected.
+    :param target: returns the publisher's :class:`~._batch.MessageTarget` once it is
+        connected.
     """
 
     def __init__(self, target: Callable[[], Optional[MessageTarget]]) -> None:

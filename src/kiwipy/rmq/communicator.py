@@ -30,8 +30,8 @@ from ..communications import (
     TaskSubscriber,
 )
 from . import _amqp
-from ._batch import TaskTarget
-from ._lane import MessageLane, MessageTarget, TaskLane
+from ._batch import MessageTarget, TaskTarget
+from ._lane import MessageLane, TaskLane
 from ._options import ConnectionFactory, ConnectionParams, RmqOptions, resolve_options
 from ._recovery import ReconnectPacing
 from ._replies import ReplyQueue
@@ -280,6 +280,15 @@ class RmqCommunicator(AsyncCommunicator):
         """
         queue = await self.get_default_task_queue()
         return await queue.task_send_many(tasks, no_reply)
+
+    async def rpc_send_many(self, calls: Iterable[tuple[Any, Any]]) -> list[asyncio.Future[Any]]:
+        """Send many RPCs with their publishes in flight together (see
+        :meth:`kiwipy.communications.AsyncCommunicator.rpc_send_many`).
+
+        :raises BatchSendError: if any call failed (nobody holds its recipient, or the batch
+            stopped).
+        """
+        return await (await self.get_message_publisher()).rpc_send_many(calls)
 
     def task_lane(self) -> TaskLane:
         """:returns: the thread facade's quick way to send tasks to the default queue

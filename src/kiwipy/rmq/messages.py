@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Iterable
 from typing import Any, NamedTuple, Optional
 
 import aiormq.abc
@@ -39,7 +40,7 @@ import shortuuid
 from aiormq import exceptions as amqp_errors
 
 from .. import exceptions
-from . import _amqp, defaults, protocol
+from . import _amqp, _batch, defaults, protocol
 from ._handlers import MessageHandling
 from ._identities import TakenIdentities
 from ._recovery import RestoreLater
@@ -120,13 +121,12 @@ class RmqPublisher:
     def get_exchange_name(self) -> str:
         return self._exchange_name
 
-    def target(self) -> Any:
-        """Where this publisher's messages go (a ``kiwipy.rmq._lane.MessageTarget``), for
-        the thread facade's quick sends, which send them as :meth:`rpc_send` and
-        :meth:`broadcast_send` do (issue 6)."""
-        from ._lane import MessageTarget
-
-        return MessageTarget(self._session, self._exchange_name, self._replies, self._content_type)
+    def target(self) -> _batch.MessageTarget:
+        """Where this publisher's messages go, for ``rpc_send_many`` and the thread facade's
+        quick sends, which send them as :meth:`rpc_send` and :meth:`broadcast_send` do."""
+        return _batch.MessageTarget(
+            self._session, self._exchange_name, self._replies, self._content_type
+        )
 
     async def connect(self) -> None:
         """Declare the exchange and start receiving replies (binding the reply queue to it
@@ -166,6 +166,17 @@ class RmqPublisher:
             self._replies.forget(correlation_id)
             raise
         return future
+
+    async def rpc_send_many(self, calls: Iterable[tuple[Any, Any]]) -> list[asyncio.Future[Any]]:
+        """Send the ``(recipient_id, msg)`` *calls* with many publishes in flight, each as
+        :meth:`rpc_send` sends it; see :mod:`kiwipy.rmq._batch`.
+
+        :returns: once every request is confirmed, the reply future of each call.
+        :raises BatchSendError: if any call failed (nobody holds its recipient, or the batch
+            stopped).
+        """
+        watch = functools.partial(rpc_queue_name, self._exchange_name)
+        return await _batch.send_rpcs(self.target(), calls, watch)
 
     async def broadcast_send(
         self, msg: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
