@@ -92,6 +92,8 @@ is removed from the class when it is defined (it is neither run nor reported as 
   result reaches the requester as ``RemoteException``.
 * :data:`BATCHES` - ``rpc_send_many``: one future per call, in order; a call to an unknown
   recipient fails alone, reported with the others' futures in ``BatchSendError``.
+  ``broadcast_send_many``: every broadcast heard in order by every (filtered) subscriber; a
+  malformed item (``TypeError``) or an unencodable body sends nothing.
 
 :data:`ALL` is every flag (the RabbitMQ communicators, and the memory ones with an encoder);
 ``LocalCommunicator`` has none of them. Every await on an outcome is bounded by
@@ -376,6 +378,9 @@ class _View:
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
     ) -> bool:
         return bool(await self._run("broadcast_send", body, sender, subject, correlation_id))
+
+    async def broadcast_send_many(self, broadcasts: list[tuple[Any, ...]]) -> Any:
+        return await self._run("broadcast_send_many", broadcasts)  # None: the test checks it
 
 
 class _AsyncView(_View):
@@ -932,6 +937,51 @@ class CommunicatorContract:
         await comm.broadcast_send("two")
         got = await inbox.wait_for(2)
         assert [body for _, body, *_ in got] == ["one", "two"]
+
+    @needs(BATCHES)
+    async def test_broadcast_send_many_is_heard_in_order(self, comm: Any) -> None:
+        inbox = Inbox()
+        for tag in ("a", "b"):
+            await comm.add_broadcast_subscriber(functools.partial(_record_broadcast, inbox, tag))
+        news = functools.partial(_record_broadcast, inbox, "news")
+        await comm.add_broadcast_subscriber(kiwipy.BroadcastFilter(news, subject="news.*"))
+        short = [("b0",), ("b1", "me"), ("b2", "me", "news.short")]
+        full = [(f"b{n}", f"s{n}", ("news.x", "other")[n % 2], f"c{n}") for n in range(3, 20)]
+        assert await comm.broadcast_send_many(short + full) is None
+        padded = [(*each, *(None,) * (4 - len(each))) for each in short + full]
+        # as in kiwipy 0.9, a subject filter lets broadcasts without a subject through
+        heard_by_news = [each for each in padded if each[2] is None or each[2].startswith("news.")]
+        got = await inbox.wait_for(2 * len(padded) + len(heard_by_news))
+        for tag, expected in (("a", padded), ("b", padded), ("news", heard_by_news)):
+            heard = [tuple(rest) for who, *rest in got if who == tag]
+            assert heard == expected, (tag, heard)
+
+    @needs(BATCHES)
+    async def test_broadcast_send_many_without_subscribers(self, comm: Any) -> None:
+        assert await comm.broadcast_send_many([("nobody listens",), ("still nobody",)]) is None
+
+    @needs(BATCHES, ENCODES)
+    async def test_broadcast_send_many_sends_nothing_if_one_cannot_be_encoded(
+        self, comm: Any
+    ) -> None:
+        inbox = Inbox()
+        await comm.add_broadcast_subscriber(functools.partial(_record_broadcast, inbox, "a"))
+        with pytest.raises(kiwipy.EncodeError):
+            await comm.broadcast_send_many([("first",), (threading.Lock(),), ("third",)])
+        await comm.broadcast_send("after")
+        assert [body for _, body, *_ in await inbox.wait_for(1)] == ["after"]
+
+    @needs(BATCHES)
+    async def test_broadcast_send_many_sends_nothing_if_an_item_is_malformed(
+        self, comm: Any
+    ) -> None:
+        inbox = Inbox()
+        await comm.add_broadcast_subscriber(functools.partial(_record_broadcast, inbox, "a"))
+        for bad in ("body", ["body"], (), ("body", "sender", "subject", "id", "extra")):
+            with pytest.raises(TypeError):
+                await comm.broadcast_send_many([("first",), bad])
+        await comm.broadcast_send("after")
+        assert [body for _, body, *_ in await inbox.wait_for(1)] == ["after"]
 
     # Subscriber identifiers
 

@@ -22,8 +22,8 @@ from typing import Any, Optional
 import shortuuid
 from typing_extensions import Unpack
 
+from . import _broadcasts, encoders, exceptions
 from . import _memory_outcome as outcome
-from . import encoders, exceptions
 from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
 from ._memory_options import MemoryOptions, check_options
 from ._memory_tasks import MemoryIncomingTask, MemoryTaskQueue
@@ -226,14 +226,20 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         """:returns: ``True`` (not an error when nobody listens).
         :raises EncodeError: if the broadcast cannot be encoded."""
         self._open()
-        envelope = {
-            "body": body,
-            "sender": sender,
-            "subject": subject,
-            "correlation_id": correlation_id,
-        }
+        envelope = _broadcasts.envelope(body, sender, subject, correlation_id)
         self._broker.broadcast(self._encode(envelope))
         return True
+
+    async def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
+        """Send the *broadcasts* (see :meth:`kiwipy.Communicator.broadcast_send_many`): all
+        are checked and encoded first, so a malformed one (:class:`TypeError`) or one that
+        cannot be encoded (:class:`~kiwipy.EncodeError`) raises before any is sent; handing
+        them to the broker cannot fail."""
+        self._open()
+        arguments = [_broadcasts.batch_arguments(item) for item in broadcasts]
+        payloads = [self._encode(_broadcasts.envelope(*each)) for each in arguments]
+        for payload in payloads:
+            self._broker.broadcast(payload)
 
     # Helpers shared with the task queues (package-private)
 

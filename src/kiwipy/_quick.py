@@ -22,14 +22,13 @@ __all__ = (
     "BATCH_TIMEOUT_PER_TASK",
     "RETRY",
     "Lane",
-    "broadcast_body",
     "send",
     "send_many",
     "send_slowly",
 )
 
-#: Seconds a thread facade's ``task_send_many`` or ``rpc_send_many`` call may take per
-#: message, on top of the call timeout.
+#: Seconds a thread facade's ``task_send_many``, ``rpc_send_many`` or
+#: ``broadcast_send_many`` call may take per message, on top of the call timeout.
 BATCH_TIMEOUT_PER_TASK = 0.001
 
 
@@ -142,18 +141,15 @@ def _copy(
 
 
 async def send_many(
-    send_many: Callable[..., Awaitable[list[Any]]], items: list[Any], *args: Any
+    send_many: Callable[..., Awaitable[Optional[list[Any]]]], items: list[Any], *args: Any
 ) -> list[Any]:
-    """Run a core's ``task_send_many`` or ``rpc_send_many`` and give its futures (also those
-    of a :class:`~kiwipy.BatchSendError`) to the thread world, on the loop thread."""
+    """Run a core's ``task_send_many``, ``rpc_send_many`` or ``broadcast_send_many`` and give
+    its futures (also those of a :class:`~kiwipy.BatchSendError`) to the thread world, on the
+    loop thread. :returns: the futures (none for ``broadcast_send_many``, which returns
+    ``None``)."""
     try:
         futures = await send_many(items, *args)
     except exceptions.BatchSendError as exc:
         exc.futures = [thread_world(future) for future in exc.futures]
         raise
-    return [thread_world(future) for future in futures]
-
-
-def broadcast_body(body: Any, sender: Any, subject: Any, correlation_id: Any) -> dict[str, Any]:
-    """kiwipy 0.9's broadcast envelope (what every core sends)."""
-    return {"body": body, "sender": sender, "subject": subject, "correlation_id": correlation_id}
+    return [thread_world(future) for future in futures or ()]

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, Callable, Optional, TypeVar
 
-from . import _quick, exceptions
+from . import _broadcasts, _quick, exceptions
 from ._dispatch import OFFLOADED, Dispatcher
 from ._portal import LoopThread, thread_world, to_asyncio
 from .communications import (
@@ -93,9 +93,9 @@ class _Bridge:
         return _quick.send(self.portal, start, fallback, prime, thread_world, timeout)
 
     def send_many(self, core: Any, name: str, items: Iterable[Any], *args: Any) -> list[Any]:
-        """``core.<name>(items, *args)`` (``task_send_many`` or ``rpc_send_many``) with
-        thread-world futures; the call may take :data:`_quick.BATCH_TIMEOUT_PER_TASK` more
-        seconds per message."""
+        """``core.<name>(items, *args)`` (``task_send_many``, ``rpc_send_many`` or
+        ``broadcast_send_many``) with thread-world futures; the call may take
+        :data:`_quick.BATCH_TIMEOUT_PER_TASK` more seconds per message."""
         if self.closed:
             raise exceptions.CommunicatorClosed
         send_many = getattr(core, name, None)
@@ -260,9 +260,14 @@ class ThreadCommunicator(Communicator):
         args = (body, sender, subject, correlation_id)
         if lane is None:
             return bool(self._bridge.send(send, *args))
-        data = lane.encode(_quick.broadcast_body(*args))
+        data = lane.encode(_broadcasts.envelope(*args))
         start = functools.partial(lane.start_broadcast, data)
         return bool(self._bridge.quick_send(data, start, lane.prime, send, *args))
+
+    def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
+        """See :meth:`kiwipy.Communicator.broadcast_send_many` (blocking; the call timeout is
+        extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per broadcast)."""
+        self._bridge.send_many(self._core, "broadcast_send_many", broadcasts)
 
     def task_queue(
         self, queue_name: str, prefetch_size: int = 0, prefetch_count: int = 0

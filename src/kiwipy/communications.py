@@ -158,6 +158,26 @@ class Communicator(abc.ABC):
         """Send *body* to every broadcast subscriber. :returns: ``True`` once handed over
         (not an error when nobody listens)."""
 
+    def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
+        """Send many broadcasts at once, with their publishes in flight together (as
+        :meth:`task_send_many` does for tasks).
+
+        Each broadcast goes on the wire exactly as :meth:`broadcast_send` would send it.
+        Returns once every broadcast is confirmed by the broker (not an error when nobody
+        listens). Any failure stops the batch (the broadcasts not sent yet fail too); nothing
+        is resent.
+
+        :param broadcasts: tuples of :meth:`broadcast_send`'s positional arguments:
+            ``(body,)``, ``(body, sender)``, ``(body, sender, subject)`` or
+            ``(body, sender, subject, correlation_id)``.
+        :raises TypeError: if an item is not a tuple of 1 to 4 elements (nothing is sent).
+        :raises EncodeError: if a broadcast cannot be encoded (nothing is sent).
+        :raises BatchSendError: if any broadcast was not confirmed: its ``errors`` say which
+            (and why); its ``futures`` are ``None``, one per broadcast.
+        :raises NotImplementedError: if this communicator cannot send batches.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no broadcast_send_many")
+
 
 class CommunicatorHelper(Communicator):
     """In-memory subscriber bookkeeping for synchronous communicators (kiwipy 0.9's helper).
@@ -439,6 +459,10 @@ class AsyncCommunicator(abc.ABC):
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
     ) -> Any:
         """See :meth:`Communicator.broadcast_send`; returns a true value once confirmed."""
+
+    async def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
+        """See :meth:`Communicator.broadcast_send_many`."""
+        raise NotImplementedError(f"{type(self).__name__} has no broadcast_send_many")
 
     @abc.abstractmethod
     async def task_queue(

@@ -92,16 +92,18 @@ class ReplyLost(DeliveryFailed):
 
 
 class BatchSendError(DeliveryFailed):
-    """Some messages of a ``task_send_many`` or ``rpc_send_many`` batch failed.
+    """Some messages of a batch send (``task_send_many``, ``rpc_send_many``, ...) failed.
 
-    The messages not listed in ``errors`` were confirmed by the broker (their reply futures
-    are in ``futures``); those listed were not (or, for an RPC, nobody holds its recipient:
+    Raised by ``task_send_many``, ``rpc_send_many`` and ``broadcast_send_many``. The
+    messages not listed in ``errors`` were confirmed by the broker (their reply futures are
+    in ``futures``); those listed were not (or, for an RPC, nobody holds its recipient:
     :class:`UnroutableError`), or were not sent because an earlier window of the batch
     failed. Sending them again may duplicate the ones the broker did take before the
     failure was reported.
 
     :ivar futures: one entry per message, as the batch send would have returned: the reply
-        future of each confirmed message (``None`` with ``no_reply`` or when it failed).
+        future of each confirmed message (``None`` with ``no_reply``, for a broadcast, or
+        when it failed).
     :ivar errors: index of each message that failed -> why (the first one is also the
         ``__cause__``).
     """

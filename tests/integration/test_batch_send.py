@@ -1,7 +1,7 @@
-"""``task_send_many``, ``rpc_send_many`` and the thread facade's quick sends against
-RabbitMQ (issue 6): every message confirmed, results arrive, the wire is what ``task_send``
-(``rpc_send``) writes, failures are reported per message, and encoding happens off the
-event loop."""
+"""``task_send_many``, ``rpc_send_many``, ``broadcast_send_many`` and the thread facade's
+quick sends against RabbitMQ (issue 6): every message confirmed, results arrive, the wire is
+what ``task_send`` (``rpc_send``, ``broadcast_send``) writes, failures are reported per
+message, and encoding happens off the event loop."""
 
 from __future__ import annotations
 
@@ -197,6 +197,92 @@ def test_the_thread_communicator_sends_rpc_batches(
     thread_communicator.add_rpc_subscriber(lambda _c, msg: -msg, "negate")
     futures = thread_communicator.rpc_send_many(("negate", n) for n in range(600))
     assert [future.result(WAIT) for future in futures] == [-n for n in range(600)]
+
+
+class _Listener:
+    """A broadcast subscriber recording what it hears; :attr:`done` once *count* arrived."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.heard: list[tuple[Any, ...]] = []
+        self.done = threading.Event()
+
+    def __call__(self, _comm: Any, *args: Any) -> None:
+        self.heard.append(args)
+        if len(self.heard) >= self.count:
+            self.done.set()
+
+
+async def test_every_broadcast_is_confirmed_and_heard(communicator: rmq.RmqCommunicator) -> None:
+    count = 3 * _batch.WINDOW + 7  # several windows, the last one partial
+    listener = _Listener(count)
+    await communicator.add_broadcast_subscriber(listener)
+    broadcasts = [(n, "batch", f"count.{n % 3}", f"id{n}") for n in range(count)]
+    assert await communicator.broadcast_send_many(broadcasts) is None
+    assert await asyncio.to_thread(listener.done.wait, WAIT)
+    assert listener.heard == broadcasts
+    assert communicator.pending_replies == 0
+
+
+async def test_the_wire_is_what_broadcast_send_writes(
+    communicator: rmq.RmqCommunicator, raw_channel: aiormq.abc.AbstractChannel, names: Any
+) -> None:
+    await communicator.get_message_publisher()  # declares the exchange
+    tap = (await raw_channel.queue_declare("", exclusive=True)).queue
+    await raw_channel.queue_bind(tap, names.message_exchange, routing_key="[broadcast]")
+    args = ({"n": 7}, "me", "news.wire", "c7")
+    assert await communicator.broadcast_send(*args)
+    await communicator.broadcast_send_many([args])
+    one, two = await _take(raw_channel, tap), await _take(raw_channel, tap)
+    envelope = {"body": {"n": 7}, "sender": "me", "subject": "news.wire", "correlation_id": "c7"}
+    assert one.body == two.body == encoders.YAML.encode(envelope)
+    assert one.exchange == two.exchange == names.message_exchange
+    assert one.routing_key == two.routing_key == "[broadcast]"
+    first, second = one.header.properties, two.header.properties
+    fields = ("delivery_mode", "priority", "content_type", "headers", "reply_to", "expiration")
+    for field in (*fields, "correlation_id"):
+        assert getattr(first, field) == getattr(second, field), field
+    assert first.delivery_mode == 1  # transient
+    assert first.correlation_id is None and first.reply_to is None  # no reply is awaited
+    assert len(first.message_id) == len(second.message_id) == 32
+
+
+async def test_no_broadcast_is_sent_when_one_is_malformed_or_cannot_be_encoded(
+    communicator: rmq.RmqCommunicator, raw_channel: aiormq.abc.AbstractChannel, names: Any
+) -> None:
+    await communicator.get_message_publisher()
+    tap = (await raw_channel.queue_declare("", exclusive=True)).queue
+    await raw_channel.queue_bind(tap, names.message_exchange, routing_key="[broadcast]")
+    with pytest.raises(kiwipy.EncodeError):
+        await communicator.broadcast_send_many([(1,), (threading.Lock(),)])
+    with pytest.raises(TypeError):
+        await communicator.broadcast_send_many([(1,), 2])
+    ok = await raw_channel.queue_declare(tap, passive=True)
+    assert ok.message_count == 0
+
+
+async def test_unconfirmed_broadcasts_are_reported(
+    communicator: rmq.RmqCommunicator, raw_channel: aiormq.abc.AbstractChannel, names: Any
+) -> None:
+    await communicator.get_message_publisher()
+    await raw_channel.exchange_delete(names.message_exchange)  # every publish: 404, no confirm
+    count = 2 * _batch.WINDOW
+    with pytest.raises(kiwipy.BatchSendError) as caught:
+        await communicator.broadcast_send_many([(n,) for n in range(count)])
+    error = caught.value
+    assert error.futures == [None] * count
+    assert 0 in error.errors and error.__cause__ is error.errors[0]
+    assert all(isinstance(each, kiwipy.KiwiError) for each in error.errors.values())
+
+
+def test_the_thread_communicator_sends_broadcast_batches(
+    thread_communicator: rmq.RmqThreadCommunicator,
+) -> None:
+    listener = _Listener(600)
+    thread_communicator.add_broadcast_subscriber(listener)
+    assert thread_communicator.broadcast_send_many((n, "thread") for n in range(600)) is None
+    assert listener.done.wait(WAIT)
+    assert listener.heard == [(n, "thread", None, None) for n in range(600)]
 
 
 class _Recording(encoders.Encoder):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import kiwipy
-from kiwipy import _dispatch, memory
+from kiwipy import _broadcasts, _dispatch, memory
 
 WAIT = 5.0
 
@@ -156,6 +156,43 @@ def test_rpc_send_many_gives_thread_futures_also_in_its_error(
     assert isinstance(second, concurrent.futures.Future) and second.result(WAIT) == 6
 
 
+@pytest.mark.parametrize(
+    ("item", "arguments"),
+    [
+        (("b",), ("b", None, None, None)),
+        (("b", "s"), ("b", "s", None, None)),
+        (("b", "s", "t"), ("b", "s", "t", None)),
+        (("b", "s", "t", "c"), ("b", "s", "t", "c")),
+        ((None,), (None, None, None, None)),
+    ],
+)
+def test_broadcast_batch_items_are_broadcast_send_arguments(
+    item: tuple[Any, ...], arguments: tuple[Any, ...]
+) -> None:
+    assert _broadcasts.batch_arguments(item) == arguments
+
+
+@pytest.mark.parametrize("item", ["b", ["b"], (), ("b", "s", "t", "c", "x"), None])
+def test_malformed_broadcast_batch_items(item: Any) -> None:
+    with pytest.raises(TypeError, match="broadcast_send_many item"):
+        _broadcasts.batch_arguments(item)
+
+
+def test_broadcast_send_many_on_the_thread_facade(comm: memory.MemoryCommunicator) -> None:
+    heard: list[Any] = []
+    done = threading.Event()
+
+    def listen(_c: Any, *args: Any) -> None:
+        heard.append(args)
+        if len(heard) == 3:
+            done.set()
+
+    comm.add_broadcast_subscriber(listen)
+    assert comm.broadcast_send_many([(1,), (2, "s"), (3, "s", "t", "c")]) is None
+    assert done.wait(WAIT)
+    assert heard == [(1, None, None, None), (2, "s", None, None), (3, "s", "t", "c")]
+
+
 async def test_task_send_many_on_the_asyncio_memory_core() -> None:
     core = await memory.async_connect(f"memory://perf-async-{uuid.uuid4().hex}")
     try:
@@ -172,3 +209,5 @@ def test_communicators_without_batches_say_so() -> None:
         local.task_send_many([1])
     with pytest.raises(NotImplementedError):
         local.rpc_send_many([("anyone", 1)])
+    with pytest.raises(NotImplementedError):
+        local.broadcast_send_many([("news",)])

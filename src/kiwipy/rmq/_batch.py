@@ -1,14 +1,15 @@
-"""``task_send_many`` and ``rpc_send_many``: many messages in flight at once, every confirm
-still checked.
+"""``task_send_many``, ``rpc_send_many`` and ``broadcast_send_many``: many messages in flight
+at once, every confirm still checked.
 
 Rules:
 
 * Every message is encoded first (yielding to the loop between slices, so heartbeats go
-  on): one that cannot be encoded (or is over ``max_message_size``) raises before anything
-  is sent.
-* Each message is exactly what ``task_send`` (``rpc_send``) puts on the wire: same exchange,
-  routing key, properties and body, mandatory; its reply future is registered in the same
-  loop step as its publish, so no reply can arrive before it.
+  on): one that cannot be encoded (or is over ``max_message_size``, or a malformed
+  broadcast item) raises before anything is sent.
+* Each message is exactly what ``task_send`` (``rpc_send``, ``broadcast_send``) puts on the
+  wire: same exchange, routing key, properties and body, mandatory except for broadcasts;
+  its reply future (none for a broadcast) is registered in the same loop step as its
+  publish, so no reply can arrive before it.
 * Messages go out in *windows* of :data:`WINDOW` (one write each, see
   :mod:`kiwipy.rmq._fastpublish`), with up to :data:`IN_FLIGHT` windows unconfirmed; the
   call returns once every confirm arrived.
@@ -19,7 +20,8 @@ Rules:
   ``recovery_timeout``) stops the batch: no further window is sent and the windows in
   flight are awaited. Then :class:`~kiwipy.BatchSendError` says which messages failed;
   their reply futures are dropped. Nothing is resent automatically: unlike ``task_send``, a
-  batch never sends a message twice behind the caller's back.
+  batch never sends a message twice behind the caller's back. A broadcast nobody listens
+  to is confirmed (it is not mandatory), as with ``broadcast_send``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import aiormq.abc
 
-from .. import exceptions
-from . import _amqp, _fastpublish, protocol
+from .. import _broadcasts, exceptions
+from . import _amqp, _fastpublish, defaults, protocol
 from ._replies import ReplyQueue
 from ._session import PUBLISH, Session
 
@@ -43,6 +45,7 @@ __all__ = (
     "MessageTarget",
     "Pending",
     "TaskTarget",
+    "send_broadcasts",
     "send_rpcs",
     "send_tasks",
 )
@@ -78,7 +81,7 @@ class Pending(NamedTuple):
     """One message of a batch, ready to publish."""
 
     message: _fastpublish.Outgoing
-    correlation_id: str
+    correlation_id: str  # "" for a broadcast
     #: ``replies.expect(correlation_id, *reply)`` once published; ``None``: no reply wanted.
     reply: Optional[tuple[str, Optional[str]]]
 
@@ -141,6 +144,30 @@ def _rpc(target: MessageTarget, watch: Callable[[Any], str], call: tuple[Any, An
     )
     message = _fastpublish.Outgoing(target.exchange, routing_key, body, props, True)
     return Pending(message, correlation_id, (routing_key, watch(recipient_id)))
+
+
+# Broadcasts
+
+
+async def send_broadcasts(target: MessageTarget, broadcasts: Iterable[tuple[Any, ...]]) -> None:
+    """Send *broadcasts* (tuples of ``broadcast_send``'s positional arguments) pipelined
+    (module doc).
+
+    :raises TypeError: if an item is not a tuple of 1 to 4 elements (nothing is sent).
+    :raises BatchSendError: if any broadcast was not confirmed (its ``futures`` are all
+        ``None``).
+    """
+    pending = await _prepare(functools.partial(_broadcast, target), broadcasts)
+    await _send(target.session, target.replies, pending, per_call=())
+
+
+def _broadcast(target: MessageTarget, item: tuple[Any, ...]) -> Pending:
+    broadcast = protocol.Broadcast(*_broadcasts.batch_arguments(item))
+    body = _encode(target.session, protocol.encode_broadcast(broadcast))
+    props = _amqp.properties(content_type=target.content_type)
+    topic = defaults.BROADCAST_TOPIC
+    message = _fastpublish.Outgoing(target.exchange, topic, body, props, False)
+    return Pending(message, "", None)  # no correlation id: no reply is awaited
 
 
 # Shared

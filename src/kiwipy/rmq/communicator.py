@@ -290,6 +290,14 @@ class RmqCommunicator(AsyncCommunicator):
         """
         return await (await self.get_message_publisher()).rpc_send_many(calls)
 
+    async def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
+        """Send many broadcasts with their publishes in flight together (see
+        :meth:`kiwipy.communications.AsyncCommunicator.broadcast_send_many`).
+
+        :raises BatchSendError: if any broadcast was not confirmed (the batch stopped).
+        """
+        await (await self.get_message_publisher()).broadcast_send_many(broadcasts)
+
     def task_lane(self) -> TaskLane:
         """:returns: the thread facade's quick way to send tasks to the default queue
         (:mod:`kiwipy.rmq._lane`)."""

@@ -122,8 +122,9 @@ class RmqPublisher:
         return self._exchange_name
 
     def target(self) -> _batch.MessageTarget:
-        """Where this publisher's messages go, for ``rpc_send_many`` and the thread facade's
-        quick sends, which send them as :meth:`rpc_send` and :meth:`broadcast_send` do."""
+        """Where this publisher's messages go, for ``rpc_send_many``,
+        ``broadcast_send_many`` and the thread facade's quick sends, which send them as
+        :meth:`rpc_send` and :meth:`broadcast_send` do."""
         return _batch.MessageTarget(
             self._session, self._exchange_name, self._replies, self._content_type
         )
@@ -193,6 +194,15 @@ class RmqPublisher:
         return await self._session.publish(
             self._exchange_name, routing_key, body, props, False, retry=False
         )
+
+    async def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
+        """Send *broadcasts* (tuples of :meth:`broadcast_send`'s positional arguments) with
+        many publishes in flight, each as :meth:`broadcast_send` sends it; see
+        :mod:`kiwipy.rmq._batch`. Returns once every broadcast is confirmed.
+
+        :raises BatchSendError: if any broadcast was not confirmed (the batch stopped).
+        """
+        await _batch.send_broadcasts(self.target(), broadcasts)
 
 
 class _Rpc(NamedTuple):
