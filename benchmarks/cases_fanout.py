@@ -148,10 +148,11 @@ def _fanout_result(ctx: Context, peers: List[Peer], t0: float, t_sent: float) ->
     received = sum(r["count"] for r in reports)
     last = max((r["last"] for r in reports if r["count"]), default=t_sent)
     expected = ctx.n * len(peers)
+    suffix = ctx.case[len("broadcast_fanout") :]  # "" or "_many"
     return {
         "metrics": {
-            "broadcast_fanout": received / (last - t0),
-            "broadcast_lost": expected - received,
+            f"broadcast_fanout{suffix}": received / (last - t0),
+            f"broadcast_lost{suffix}": expected - received,
         },
         "details": {
             "subscribers": len(peers),
@@ -199,6 +200,60 @@ async def fanout_async(ctx: Context) -> Result:
         finish_all(peers)
 
 
+def fanout_many_thread(ctx: Context) -> Result:
+    """As ``fanout_thread``, with this library's ``broadcast_send_many`` (every confirm
+    checked); kiwipy 0.9, which has none, sends with ``broadcast_send`` per call."""
+    peers = _subscribers(ctx)
+    try:
+        comm = connect_thread(ctx.names)
+        send_many = getattr(comm, "broadcast_send_many", None)
+        try:
+            for _ in range(ctx.warmup):
+                comm.broadcast_send(WARM_BODY)
+            t0 = time.time()
+            if send_many is not None:
+                send_many([(TASK_BODY,)] * ctx.n)
+            else:
+                for _ in range(ctx.n):
+                    comm.broadcast_send(TASK_BODY)
+            t_sent = time.time()
+            result = _fanout_result(ctx, peers, t0, t_sent)
+            result["details"]["api"] = (
+                "broadcast_send" if send_many is None else "broadcast_send_many"
+            )
+            return result
+        finally:
+            comm.close()
+    finally:
+        finish_all(peers)
+
+
+async def fanout_many_async(ctx: Context) -> Result:
+    peers = _subscribers(ctx)
+    try:
+        comm = await connect_async(ctx.names)
+        send_many = getattr(comm, "broadcast_send_many", None)
+        try:
+            for _ in range(ctx.warmup):
+                await comm.broadcast_send(WARM_BODY)
+            t0 = time.time()
+            if send_many is not None:
+                await send_many([(TASK_BODY,)] * ctx.n)
+            else:
+                for _ in range(ctx.n):
+                    await comm.broadcast_send(TASK_BODY)
+            t_sent = time.time()
+            result = await asyncio.to_thread(_fanout_result, ctx, peers, t0, t_sent)
+            result["details"]["api"] = (
+                "broadcast_send" if send_many is None else "broadcast_send_many"
+            )
+            return result
+        finally:
+            await comm.disconnect()
+    finally:
+        finish_all(peers)
+
+
 RUNNERS: Dict[str, Dict[str, Callable[[Context], Result]]] = {
     "task_roundtrip": {"thread": roundtrip_thread, "async": in_loop(roundtrip_async)},
     "task_roundtrip_many": {
@@ -206,4 +261,5 @@ RUNNERS: Dict[str, Dict[str, Callable[[Context], Result]]] = {
         "async": in_loop(roundtrip_many_async),
     },
     "broadcast_fanout": {"thread": fanout_thread, "async": in_loop(fanout_async)},
+    "broadcast_fanout_many": {"thread": fanout_many_thread, "async": in_loop(fanout_many_async)},
 }

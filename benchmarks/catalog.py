@@ -181,6 +181,22 @@ CASES: Tuple[Case, ...] = (
         {"subscribers": 5},
     ),
     Case(
+        "broadcast_fanout_many",
+        KIWI,
+        (
+            Metric(
+                "broadcast_fanout_many",
+                "broadcast fan-out, batch sends (broadcast_send_many; 0.9: broadcast_send)",
+                "deliv/s",
+            ),
+            Metric("broadcast_lost_many", "broadcast deliveries lost, batch sends", "count", False),
+        ),
+        2000,
+        50,
+        240,
+        {"subscribers": 5},
+    ),
+    Case(
         "worker_memory",
         KIWI,
         (
@@ -268,7 +284,10 @@ _TARGET_ROWS: Tuple[Tuple[str, str, str, float, Optional[str], str], ...] = (
      "... with rpc_send_many >= 1x aio-pika"),
     ("broadcast_fanout", "kiwipy-thread", ">=", 3.0, "kiwipy09-thread",
      "broadcast fan-out >= 3x kiwipy 0.9"),
+    ("broadcast_fanout_many", "kiwipy-thread", ">=", 3.0, "kiwipy09-thread",
+     "... with broadcast_send_many >= 3x kiwipy 0.9"),
     ("broadcast_lost", "kiwipy-thread", "<=", 0.0, None, "no broadcast delivery lost"),
+    ("broadcast_lost_many", "kiwipy-thread", "<=", 0.0, None, "... nor with batch sends"),
     ("task_send_yaml", "kiwipy-thread", ">=", 2.0, "kiwipy09-thread",
      "YAML default >= 2x kiwipy 0.9 YAML"),
     ("large_send", "kiwipy-thread", "<=", 0.5, None, "3 MB task sent in < 0.5 s"),
