@@ -348,9 +348,14 @@ class Peer:
                 return line[len(word) :].strip()
 
     def say(self, line: str) -> None:
+        """Send *line* to the peer; a peer that already finished (a broadcast subscriber
+        that heard everything before the sender said ``sent``) no longer reads it."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it closed its stdin: nothing more to tell it
 
     def finish(self, timeout: float = 20.0) -> None:
         """Close its stdin (the signal to stop) and wait; kill it if it does not exit."""
