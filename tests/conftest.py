@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from ._ci import require
+
 
 @pytest.fixture
 def unique_name(request: pytest.FixtureRequest) -> str:
@@ -40,9 +42,5 @@ def _reachable(uri: str) -> bool:
 def rmq_uri() -> str:
     """The broker URL; skips (fails under ``CI=true``) if nothing listens there."""
     uri = broker_uri()
-    if not _reachable(uri):
-        reason = f"RabbitMQ is not reachable at {uri}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} (CI=true: not skipping)")
-        pytest.skip(reason)
+    require(_reachable(uri), f"RabbitMQ is not reachable at {uri}")
     return uri

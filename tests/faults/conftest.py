@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from .._ci import require
 from .broker import PrivateBroker, find_epmd, find_rmq_bin
 from .proxy import TcpProxy
 
@@ -26,15 +27,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.faults)
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip when ``condition`` is false, or fail under ``CI=true``."""
-    if condition:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: not skipping)")
-    pytest.skip(reason)
 
 
 def shared_broker_address() -> tuple[str, int]:

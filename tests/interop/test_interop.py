@@ -23,6 +23,7 @@ import pytest
 import kiwipy
 from kiwipy import rmq
 
+from .._ci import require
 from .harness import Peer09, delete_peer09_declarations, kiwipy09_python
 
 pytestmark = [pytest.mark.interop, pytest.mark.integration]
@@ -30,14 +31,6 @@ pytestmark = [pytest.mark.interop, pytest.mark.integration]
 URL = os.environ.get("KIWIPY_TEST_RMQ_URI", "amqp://guest:guest@127.0.0.1:5672/")
 WAIT = 10.0
 BY = "kiwipy-new"
-
-
-def _require(condition: bool, reason: str) -> None:
-    if condition:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: not skipping)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,11 +41,11 @@ def _prerequisites() -> None:
         reachable = True
     except OSError:
         reachable = False
-    _require(reachable, f"RabbitMQ is unreachable at {URL}")
+    require(reachable, f"RabbitMQ is unreachable at {URL}")
     try:
         kiwipy09_python()
     except (subprocess.CalledProcessError, OSError) as exc:
-        _require(False, f"cannot create the kiwipy 0.9 venv: {exc}")
+        require(False, f"cannot create the kiwipy 0.9 venv: {exc}")
 
 
 async def _cleanup(prefix: str) -> None:

@@ -13,19 +13,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from .._ci import require
 from .harness import Peer09, delete_peer09_declarations, kiwipy09_python
 
 pytestmark = [pytest.mark.interop, pytest.mark.integration]
 
 URL = os.environ.get("KIWIPY_TEST_RMQ_URI", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-def _require(condition: bool, reason: str) -> None:
-    if condition:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: not skipping)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,11 +29,11 @@ def _prerequisites() -> None:
         reachable = True
     except OSError:
         reachable = False
-    _require(reachable, f"the shared RabbitMQ broker at {address} is unreachable")
+    require(reachable, f"the shared RabbitMQ broker at {address} is unreachable")
     try:
         kiwipy09_python()
     except (subprocess.CalledProcessError, OSError) as exc:
-        _require(False, f"cannot create the kiwipy 0.9 venv: {exc}")
+        require(False, f"cannot create the kiwipy 0.9 venv: {exc}")
 
 
 @pytest.fixture
