@@ -35,7 +35,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import aiormq.abc
 
 from .. import _broadcasts, exceptions
-from . import _amqp, _fastpublish, defaults, protocol
+from . import _amqp, _fastpublish, _outgoing, protocol
+from ._outgoing import MessageTarget, TaskTarget
 from ._replies import ReplyQueue
 from ._session import PUBLISH, Session
 
@@ -56,25 +57,6 @@ WINDOW = 250
 IN_FLIGHT = 4
 #: Messages encoded between two yields to the event loop.
 _ENCODE_SLICE = 200
-
-
-class TaskTarget(NamedTuple):
-    """Where the tasks of a publisher go (what ``RmqTaskPublisher.task_send`` uses)."""
-
-    session: Session
-    exchange: str
-    queue: str
-    replies: ReplyQueue
-    content_type: Optional[str]
-
-
-class MessageTarget(NamedTuple):
-    """Where a publisher's RPCs and broadcasts go (what ``RmqPublisher`` uses)."""
-
-    session: Session
-    exchange: str
-    replies: ReplyQueue
-    content_type: Optional[str]
 
 
 class Pending(NamedTuple):
@@ -103,14 +85,7 @@ async def send_tasks(
 
 def _task(target: TaskTarget, no_reply: bool, task: Any) -> Pending:
     body = _encode(target.session, protocol.encode_task(task, no_reply))
-    correlation_id = _amqp.new_correlation_id()
-    props = _amqp.properties(
-        persistent=True,
-        correlation_id=correlation_id,
-        reply_to=target.replies.name,
-        content_type=target.content_type,
-    )
-    message = _fastpublish.Outgoing(target.exchange, target.queue, body, props, True)
+    message, correlation_id = _outgoing.task(target, body)
     return Pending(message, correlation_id, None if no_reply else (target.queue, None))
 
 
@@ -118,32 +93,24 @@ def _task(target: TaskTarget, no_reply: bool, task: Any) -> Pending:
 
 
 async def send_rpcs(
-    target: MessageTarget, calls: Iterable[tuple[Any, Any]], watch: Callable[[Any], str]
+    target: MessageTarget, calls: Iterable[tuple[Any, Any]]
 ) -> list[asyncio.Future[Any]]:
     """Send the RPC requests *calls* (``(recipient_id, msg)`` pairs) pipelined (module doc).
 
-    :param watch: the queue of a recipient (its reply is awaited with a watch on it).
     :returns: the reply future of each call.
     :raises BatchSendError: if any call failed (an unknown recipient fails only its call).
     """
-    pending = await _prepare(functools.partial(_rpc, target, watch), calls)
+    pending = await _prepare(functools.partial(_rpc, target), calls)
     unroutable = (exceptions.UnroutableError,)
     futures = await _send(target.session, target.replies, pending, per_call=unroutable)
     return [future for future in futures if future is not None]  # all of them: none failed
 
 
-def _rpc(target: MessageTarget, watch: Callable[[Any], str], call: tuple[Any, Any]) -> Pending:
+def _rpc(target: MessageTarget, call: tuple[Any, Any]) -> Pending:
     recipient_id, msg = call
     body = _encode(target.session, msg)
-    routing_key = protocol.rpc_routing_key(recipient_id)
-    correlation_id = _amqp.new_correlation_id()
-    props = _amqp.properties(
-        correlation_id=correlation_id,
-        reply_to=target.replies.name,
-        content_type=target.content_type,
-    )
-    message = _fastpublish.Outgoing(target.exchange, routing_key, body, props, True)
-    return Pending(message, correlation_id, (routing_key, watch(recipient_id)))
+    message, correlation_id, watch = _outgoing.rpc(target, recipient_id, body)
+    return Pending(message, correlation_id, (message.routing_key, watch))
 
 
 # Broadcasts
@@ -164,10 +131,9 @@ async def send_broadcasts(target: MessageTarget, broadcasts: Iterable[tuple[Any,
 def _broadcast(target: MessageTarget, item: tuple[Any, ...]) -> Pending:
     broadcast = protocol.Broadcast(*_broadcasts.batch_arguments(item))
     body = _encode(target.session, protocol.encode_broadcast(broadcast))
-    props = _amqp.properties(content_type=target.content_type)
-    topic = defaults.BROADCAST_TOPIC
-    message = _fastpublish.Outgoing(target.exchange, topic, body, props, False)
-    return Pending(message, "", None)  # no correlation id: no reply is awaited
+    return Pending(
+        _outgoing.broadcast(target, body), "", None
+    )  # no correlation id: no reply is awaited
 
 
 # Shared

@@ -27,9 +27,8 @@ from aiormq import exceptions as amqp_errors
 
 from .. import exceptions
 from .._quick import RETRY, Done
-from . import _amqp, _fastpublish, defaults, protocol
-from ._batch import MessageTarget, TaskTarget
-from .messages import rpc_queue_name
+from . import _amqp, _fastpublish, _outgoing, protocol
+from ._outgoing import MessageTarget, TaskTarget
 
 __all__ = ("MessageLane", "TaskLane")
 
@@ -37,7 +36,7 @@ __all__ = ("MessageLane", "TaskLane")
 class TaskLane:
     """The quick path for one communicator's default task queue.
 
-    :param target: returns the queue's :class:`~._batch.TaskTarget` once it is declared
+    :param target: returns the queue's :class:`~._outgoing.TaskTarget` once it is declared
         (``None`` before).
     """
 
@@ -73,14 +72,7 @@ class TaskLane:
         channel = target.session.ready_channel()
         if channel is None or not _fastpublish.can_start(channel):
             return False
-        correlation_id = _amqp.new_correlation_id()
-        props = _amqp.properties(
-            persistent=True,
-            correlation_id=correlation_id,
-            reply_to=target.replies.name,
-            content_type=target.content_type,
-        )
-        message = _fastpublish.Outgoing(target.exchange, target.queue, body, props, True)
+        message, correlation_id = _outgoing.task(target, body)
         (confirm,), _ = _fastpublish.start(channel, (message,))
         reply = None if no_reply else target.replies.expect(correlation_id, target.queue)
 
@@ -114,7 +106,7 @@ class MessageLane:
     them: not resent on failure, every failure translated as ``publish(retry=False)``
     translates it).
 
-    :param target: returns the publisher's :class:`~._batch.MessageTarget` once it is
+    :param target: returns the publisher's :class:`~._outgoing.MessageTarget` once it is
         connected.
     """
 
@@ -142,33 +134,22 @@ class MessageLane:
         target = self._channel_target()
         if target is None:
             return False
-        routing_key = protocol.rpc_routing_key(recipient_id)
-        correlation_id = _amqp.new_correlation_id()
-        watch = rpc_queue_name(target.exchange, recipient_id)
-        reply = target.replies.expect(correlation_id, routing_key, watch)
-        props = _amqp.properties(
-            correlation_id=correlation_id,
-            reply_to=target.replies.name,
-            content_type=target.content_type,
-        )
-        what = f"publishing to {target.exchange!r}/{routing_key!r}"
+        message, correlation_id, watch = _outgoing.rpc(target, recipient_id, body)
+        reply = target.replies.expect(correlation_id, message.routing_key, watch)
 
         def confirmed(error: Optional[BaseException], _value: Any) -> None:
             if error is not None:
                 target.replies.forget(correlation_id)
             done(error, None if error is not None else reply)
 
-        return self._publish(target, routing_key, body, props, True, what, confirmed)
+        return self._publish(target, message, confirmed)
 
     def start_broadcast(self, body: bytes, done: Done) -> bool:
         """Send a broadcast (loop thread); ``done(error, ack_frame)`` follows."""
         target = self._channel_target()
         if target is None:
             return False
-        props = _amqp.properties(content_type=target.content_type)
-        topic = defaults.BROADCAST_TOPIC
-        what = f"publishing to {target.exchange!r}/{topic!r}"
-        return self._publish(target, topic, body, props, False, what, done)
+        return self._publish(target, _outgoing.broadcast(target, body), done)
 
     def _channel_target(self) -> Optional[MessageTarget]:
         target = self._ready = self._target()
@@ -177,20 +158,11 @@ class MessageLane:
         channel = target.session.ready_channel()
         return target if channel is not None and _fastpublish.can_start(channel) else None
 
-    def _publish(
-        self,
-        target: MessageTarget,
-        routing_key: str,
-        body: bytes,
-        props: Any,
-        mandatory: bool,
-        what: str,
-        done: Done,
-    ) -> bool:
+    def _publish(self, target: MessageTarget, message: _fastpublish.Outgoing, done: Done) -> bool:
         channel = target.session.ready_channel()
         if channel is None:
             return False
-        message = _fastpublish.Outgoing(target.exchange, routing_key, body, props, mandatory)
+        what = f"publishing to {message.exchange!r}/{message.routing_key!r}"
         (confirm,), _ = _fastpublish.start(channel, (message,))
 
         def confirmed(future: asyncio.Future[Any]) -> None:

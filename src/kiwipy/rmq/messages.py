@@ -40,12 +40,13 @@ import shortuuid
 from aiormq import exceptions as amqp_errors
 
 from .. import exceptions
-from . import _amqp, _batch, defaults, protocol
+from . import _amqp, _batch, _outgoing, defaults, protocol
 from ._handlers import MessageHandling
 from ._identities import TakenIdentities
 from ._recovery import RestoreLater
 from ._replies import ReplyQueue
 from ._session import Session
+from .protocol import rpc_queue_name
 
 __all__ = ("BroadcastMessage", "RmqPublisher", "RmqSubscriber", "rpc_queue_name")
 
@@ -56,11 +57,6 @@ MESSAGES = "messages"
 _DRAIN_GRACE = 1.0
 #: RabbitMQ may delete a queue with a tiny ``x-expires`` between its declare and its consume.
 _MIN_EXPIRES = 1000
-
-
-def rpc_queue_name(exchange: str, identifier: Any) -> str:
-    """:returns: the exclusive queue that holds the RPC *identifier* on *exchange*."""
-    return f"{exchange}.rpc.{identifier}"
 
 
 class BroadcastMessage:
@@ -121,11 +117,11 @@ class RmqPublisher:
     def get_exchange_name(self) -> str:
         return self._exchange_name
 
-    def target(self) -> _batch.MessageTarget:
+    def target(self) -> _outgoing.MessageTarget:
         """Where this publisher's messages go, for ``rpc_send_many``,
         ``broadcast_send_many`` and the thread facade's quick sends, which send them as
         :meth:`rpc_send` and :meth:`broadcast_send` do."""
-        return _batch.MessageTarget(
+        return _outgoing.MessageTarget(
             self._session, self._exchange_name, self._replies, self._content_type
         )
 
@@ -148,21 +144,12 @@ class RmqPublisher:
         :returns: once the broker confirmed the request, a future for the reply.
         :raises UnroutableError: if nobody holds *recipient_id*.
         """
-        routing_key = protocol.rpc_routing_key(recipient_id)
         body = self._session.encoder.encode(msg)
-        correlation_id = _amqp.new_correlation_id()
-        _LOGGER.debug("Sending RPC %s to %r: %r", correlation_id, routing_key, msg)
-        watch = rpc_queue_name(self._exchange_name, recipient_id)
-        future = self._replies.expect(correlation_id, routing_key, watch)
-        props = _amqp.properties(
-            correlation_id=correlation_id,
-            reply_to=self._replies.name,
-            content_type=self._content_type,
-        )
+        message, correlation_id, watch = _outgoing.rpc(self.target(), recipient_id, body)
+        _LOGGER.debug("Sending RPC %s to %r: %r", correlation_id, message.routing_key, msg)
+        future = self._replies.expect(correlation_id, message.routing_key, watch)
         try:
-            await self._session.publish(
-                self._exchange_name, routing_key, body, props, True, retry=False
-            )
+            await self._session.publish(*message, retry=False)
         except BaseException:
             self._replies.forget(correlation_id)
             raise
@@ -176,8 +163,7 @@ class RmqPublisher:
         :raises BatchSendError: if any call failed (nobody holds its recipient, or the batch
             stopped).
         """
-        watch = functools.partial(rpc_queue_name, self._exchange_name)
-        return await _batch.send_rpcs(self.target(), calls, watch)
+        return await _batch.send_rpcs(self.target(), calls)
 
     async def broadcast_send(
         self, msg: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
@@ -189,11 +175,7 @@ class RmqPublisher:
         message = BroadcastMessage.create(msg, sender, subject, correlation_id)
         _LOGGER.debug("Sending broadcast on %r: %r", self._exchange_name, message)
         body = self._session.encoder.encode(message)
-        props = _amqp.properties(content_type=self._content_type)
-        routing_key = defaults.BROADCAST_TOPIC
-        return await self._session.publish(
-            self._exchange_name, routing_key, body, props, False, retry=False
-        )
+        return await self._session.publish(*_outgoing.broadcast(self.target(), body), retry=False)
 
     async def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
         """Send *broadcasts* (tuples of :meth:`broadcast_send`'s positional arguments) with

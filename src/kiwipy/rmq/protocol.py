@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
-from .. import exceptions
+from .. import _broadcasts, exceptions
 
 __all__ = (
     "BROADCAST_TOPIC",
@@ -51,6 +51,7 @@ __all__ = (
     "get_host_info",
     "pending_response",
     "result_response",
+    "rpc_queue_name",
     "rpc_routing_key",
 )
 
@@ -78,6 +79,11 @@ class MalformedMessage(exceptions.DecodeError):
 def rpc_routing_key(recipient_id: Any) -> str:
     """:returns: the routing key of RPCs to *recipient_id* (``[rpc].<id>``)."""
     return f"{RPC_TOPIC}.{recipient_id}"
+
+
+def rpc_queue_name(exchange: str, identifier: Any) -> str:
+    """:returns: the exclusive queue that holds the RPC *identifier* on *exchange*."""
+    return f"{exchange}.rpc.{identifier}"
 
 
 # Tasks
@@ -120,12 +126,9 @@ class Broadcast:
 
 def encode_broadcast(message: Broadcast) -> dict[str, Any]:
     """:returns: the object to encode for *message*."""
-    return {
-        "body": message.body,
-        "sender": message.sender,
-        "subject": message.subject,
-        "correlation_id": message.correlation_id,
-    }
+    return _broadcasts.envelope(
+        message.body, message.sender, message.subject, message.correlation_id
+    )
 
 
 def decode_broadcast(obj: Any) -> Broadcast:

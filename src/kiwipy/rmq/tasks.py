@@ -28,7 +28,7 @@ import shortuuid
 
 from .. import exceptions
 from ..communications import AsyncTaskQueue
-from . import _amqp, _batch, _offload, _outcome, defaults, protocol
+from . import _amqp, _batch, _offload, _outcome, _outgoing, defaults, protocol
 from ._incoming import (
     TASK_FINISHED,
     TASK_PENDING,
@@ -118,16 +118,10 @@ class RmqTaskPublisher:
         _LOGGER.debug("Sending task to %r (reply=%r): %r", self._queue_name, not no_reply, task)
         # large tasks are encoded off the loop (issue 6)
         body = await _offload.encode(self._session, protocol.encode_task(task, no_reply))
-        correlation_id = _amqp.new_correlation_id()
-        props = _amqp.properties(
-            persistent=True,
-            correlation_id=correlation_id,
-            reply_to=self._replies.name,
-            content_type=self._content_type,
-        )
+        message, correlation_id = _outgoing.task(self.target(), body)
         future = None if no_reply else self._replies.expect(correlation_id, self._queue_name)
         try:
-            await self._session.publish(self._exchange_name, self._queue_name, body, props, True)
+            await self._session.publish(*message)
         except BaseException:
             self._replies.forget(correlation_id)
             raise
@@ -144,10 +138,10 @@ class RmqTaskPublisher:
         """
         return await _batch.send_tasks(self.target(), tasks, no_reply)
 
-    def target(self) -> _batch.TaskTarget:
+    def target(self) -> _outgoing.TaskTarget:
         """Where this publisher's tasks go, for ``task_send_many`` and the thread facade's
         quick sends, which send them as :meth:`task_send` does (issue 6)."""
-        return _batch.TaskTarget(
+        return _outgoing.TaskTarget(
             self._session, self._exchange_name, self._queue_name, self._replies, self._content_type
         )
 
@@ -392,7 +386,7 @@ class RmqTaskQueue(AsyncTaskQueue):
         """See :meth:`RmqTaskPublisher.task_send_many`."""
         return await self._publisher.task_send_many(tasks, no_reply)
 
-    def target(self) -> _batch.TaskTarget:
+    def target(self) -> _outgoing.TaskTarget:
         """See :meth:`RmqTaskPublisher.target`."""
         return self._publisher.target()
 

@@ -1,0 +1,73 @@
+"""What each send puts on the wire, built in one place.
+
+A task, an RPC request and a broadcast are sent by the core (``task_send``, ``rpc_send``,
+``broadcast_send``), by the thread facade's quick lane (:mod:`kiwipy.rmq._lane`) and by
+batches (:mod:`kiwipy.rmq._batch`). All of them build their messages here, so the three
+ways cannot drift apart: kiwipy 0.9's exchanges and routing keys, tasks persistent and
+mandatory, RPC requests transient and mandatory, broadcasts transient and not mandatory,
+each request with a fresh correlation id and the reply queue.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+from . import _amqp, defaults, protocol
+from ._fastpublish import Outgoing
+from ._replies import ReplyQueue
+from ._session import Session
+
+__all__ = ("MessageTarget", "TaskTarget", "broadcast", "rpc", "task")
+
+
+class TaskTarget(NamedTuple):
+    """Where the tasks of a publisher go (what ``RmqTaskPublisher.task_send`` uses)."""
+
+    session: Session
+    exchange: str
+    queue: str
+    replies: ReplyQueue
+    content_type: Optional[str]
+
+
+class MessageTarget(NamedTuple):
+    """Where a publisher's RPCs and broadcasts go (what ``RmqPublisher`` uses)."""
+
+    session: Session
+    exchange: str
+    replies: ReplyQueue
+    content_type: Optional[str]
+
+
+def task(target: TaskTarget, body: bytes) -> tuple[Outgoing, str]:
+    """:returns: the task message carrying *body*, and its correlation id (its reply is
+    awaited as ``replies.expect(correlation_id, target.queue)``)."""
+    correlation_id = _amqp.new_correlation_id()
+    props = _amqp.properties(
+        persistent=True,
+        correlation_id=correlation_id,
+        reply_to=target.replies.name,
+        content_type=target.content_type,
+    )
+    return Outgoing(target.exchange, target.queue, body, props, True), correlation_id
+
+
+def rpc(target: MessageTarget, recipient_id: Any, body: bytes) -> tuple[Outgoing, str, str]:
+    """:returns: the request to *recipient_id* carrying *body*, its correlation id, and the
+    queue that tells whether the recipient is alive (the reply is awaited as
+    ``replies.expect(correlation_id, message.routing_key, watch)``)."""
+    routing_key = protocol.rpc_routing_key(recipient_id)
+    correlation_id = _amqp.new_correlation_id()
+    props = _amqp.properties(
+        correlation_id=correlation_id,
+        reply_to=target.replies.name,
+        content_type=target.content_type,
+    )
+    watch = protocol.rpc_queue_name(target.exchange, recipient_id)
+    return Outgoing(target.exchange, routing_key, body, props, True), correlation_id, watch
+
+
+def broadcast(target: MessageTarget, body: bytes) -> Outgoing:
+    """:returns: the broadcast carrying *body* (an encoded envelope)."""
+    props = _amqp.properties(content_type=target.content_type)
+    return Outgoing(target.exchange, defaults.BROADCAST_TOPIC, body, props, False)
