@@ -13,6 +13,7 @@ Rules of the command line:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures
 import importlib
 import importlib.util
@@ -21,8 +22,9 @@ import os
 import sys
 import time
 import urllib.parse
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from . import encoders, exceptions
 from .communications import Communicator, connect
@@ -54,6 +56,9 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 _SCHEMES = ("amqp://", "amqps://", "memory://")
+
+
+T = TypeVar("T")
 
 
 class CliError(Exception):
@@ -158,6 +163,26 @@ def connect_from_args(args: argparse.Namespace, **extra: Any) -> Communicator:
         ) from None
     except ValueError as exc:
         raise CliError(f"bad URL {mask_url(url)!r}: {describe(exc)}", EXIT_USAGE) from None
+    except Exception as exc:
+        raise CliError(f"cannot connect to {mask_url(url)}: {describe(exc)}") from None
+
+
+#: Seconds the broker commands (``inspect``, ``dead``) wait for a connection.
+CONNECT_TIMEOUT = 3.0
+
+
+async def open_broker(url: str, opening: Awaitable[T]) -> T:
+    """:returns: what *opening* (a connection attempt to *url*) gives, within
+    :data:`CONNECT_TIMEOUT` seconds.
+
+    :raises CliError: saying why the connection failed (the URL's password masked).
+    """
+    try:
+        return await asyncio.wait_for(opening, CONNECT_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise CliError(
+            f"cannot connect to {mask_url(url)}: no answer within {CONNECT_TIMEOUT:g} s"
+        ) from None
     except Exception as exc:
         raise CliError(f"cannot connect to {mask_url(url)}: {describe(exc)}") from None
 

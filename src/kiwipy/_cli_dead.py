@@ -34,16 +34,14 @@ from ._cli_common import (
     EXIT_USAGE,
     CliError,
     check_url,
-    describe,
     err,
     format_value,
-    mask_url,
+    open_broker,
     out,
 )
 
 __all__ = ("cmd_dead", "configure_parser", "dead_reason", "parked_headers", "requeued_headers")
 
-CONNECT_TIMEOUT = 3.0
 REQUEUED_HEADER = "x-kiwipy-requeued"
 _DROPPED_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-kiwipy-")
 _DROPPED = ("x-delivery-count",)
@@ -218,14 +216,7 @@ async def _connected(args: argparse.Namespace, work: Callable[[Any], Any]) -> in
         import aiormq
     except ImportError:
         raise CliError("dead needs aiormq: pip install 'kiwipy[rmq]'") from None
-    try:
-        connection = await asyncio.wait_for(aiormq.connect(args.url), CONNECT_TIMEOUT)
-    except asyncio.TimeoutError:
-        raise CliError(
-            f"cannot connect to {mask_url(args.url)}: no answer within {CONNECT_TIMEOUT:g} s"
-        ) from None
-    except Exception as exc:
-        raise CliError(f"cannot connect to {mask_url(args.url)}: {describe(exc)}") from None
+    connection = await open_broker(args.url, aiormq.connect(args.url))
     try:
         channel = await connection.channel(publisher_confirms=True)
         code: int = await work(channel)

@@ -14,19 +14,19 @@ import asyncio
 from typing import Any
 
 from ._cli_common import (
+    CONNECT_TIMEOUT,
     DEFAULT_QUEUE,
     EXIT_OK,
     CliError,
     check_url,
-    describe,
     format_value,
     mask_url,
+    open_broker,
     out,
 )
 
 __all__ = ("cmd_inspect",)
 
-CONNECT_TIMEOUT = 3.0
 _DEAD_SUFFIX = ".dead"
 
 
@@ -63,14 +63,7 @@ async def _inspect_amqp(args: argparse.Namespace) -> dict[str, Any]:
         import aio_pika
     except ImportError:
         raise CliError("inspect needs aio-pika: pip install 'kiwipy[rmq]'") from None
-    try:
-        connection = await aio_pika.connect(args.url, timeout=CONNECT_TIMEOUT)
-    except asyncio.TimeoutError:
-        raise CliError(
-            f"cannot connect to {mask_url(args.url)}: no answer within {CONNECT_TIMEOUT:g} s"
-        ) from None
-    except Exception as exc:
-        raise CliError(f"cannot connect to {mask_url(args.url)}: {describe(exc)}") from None
+    connection = await open_broker(args.url, aio_pika.connect(args.url, timeout=CONNECT_TIMEOUT))
     try:
         transport = connection.transport
         properties = dict(transport.connection.server_properties) if transport else {}
