@@ -95,6 +95,14 @@ class Context:
         return max(10, min(100, self.n // 20))
 
 
+def batch_api(ctx: Context, comm: Any, name: str) -> Optional[Callable[..., Any]]:
+    """:returns: in a ``*_many`` case, the communicator's batch call *name* (this library's
+    ``task_send_many``, ``rpc_send_many``, ``broadcast_send_many``) if it has one; else
+    ``None``: the case sends one call at a time (kiwipy 0.9, which has no batch calls, and
+    every plain case)."""
+    return getattr(comm, name, None) if ctx.case.endswith("_many") else None
+
+
 def in_loop(fn: Callable[[Context], Awaitable[Dict[str, Any]]]) -> Callable[[Context], Any]:
     """Turn an async case function into a plain one that runs it in a fresh event loop."""
 

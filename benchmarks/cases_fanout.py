@@ -17,6 +17,7 @@ from ._support import (
     WARM_BODY,
     Context,
     Peer,
+    batch_api,
     connect_async,
     connect_thread,
     finish_all,
@@ -33,52 +34,16 @@ def _worker(ctx: Context) -> Peer:
     return worker
 
 
-def _rate(ctx: Context, seconds: float) -> Result:
-    return {"metrics": {ctx.case: ctx.n / seconds}, "details": {"seconds": seconds}}
+def _rate(ctx: Context, seconds: float, api: str) -> Result:
+    return {"metrics": {ctx.case: ctx.n / seconds}, "details": {"seconds": seconds, "api": api}}
 
 
 def roundtrip_thread(ctx: Context) -> Result:
-    """Send ``n`` tasks (each send confirmed), then wait for all their results."""
+    """Send ``n`` tasks, then wait for all their results: one confirmed ``task_send`` after
+    another, or in ``task_roundtrip_many`` this library's ``task_send_many``."""
     worker = _worker(ctx)
     comm = connect_thread(ctx.names)
-    try:
-        for future in [comm.task_send(TASK_BODY) for _ in range(ctx.warmup)]:
-            future.result(TIMEOUT)
-        start = time.perf_counter()
-        futures = [comm.task_send(TASK_BODY) for _ in range(ctx.n)]
-        for future in futures:
-            future.result(TIMEOUT)
-        return _rate(ctx, time.perf_counter() - start)
-    finally:
-        comm.close()
-        worker.finish()
-
-
-async def roundtrip_async(ctx: Context) -> Result:
-    worker = _worker(ctx)
-    comm = await connect_async(ctx.names)
-
-    async def batch(count: int) -> None:
-        futures = [await comm.task_send(TASK_BODY) for _ in range(count)]
-        await asyncio.wait_for(asyncio.gather(*futures), TIMEOUT)
-
-    try:
-        await batch(ctx.warmup)
-        start = time.perf_counter()
-        await batch(ctx.n)
-        return _rate(ctx, time.perf_counter() - start)
-    finally:
-        await comm.disconnect()
-        worker.finish()
-
-
-def roundtrip_many_thread(ctx: Context) -> Result:
-    """As ``roundtrip_thread``, but each library's fastest safe way to send a batch: this
-    library's ``task_send_many`` (every confirm checked), else ``task_send`` per call
-    (kiwipy 0.9 has nothing else)."""
-    worker = _worker(ctx)
-    comm = connect_thread(ctx.names)
-    send_many = getattr(comm, "task_send_many", None)
+    send_many = batch_api(ctx, comm, "task_send_many")
 
     def batch(count: int) -> None:
         if send_many is not None:
@@ -92,18 +57,18 @@ def roundtrip_many_thread(ctx: Context) -> Result:
         batch(ctx.warmup)
         start = time.perf_counter()
         batch(ctx.n)
-        result = _rate(ctx, time.perf_counter() - start)
-        result["details"]["api"] = "task_send" if send_many is None else "task_send_many"
-        return result
+        return _rate(
+            ctx, time.perf_counter() - start, "task_send_many" if send_many else "task_send"
+        )
     finally:
         comm.close()
         worker.finish()
 
 
-async def roundtrip_many_async(ctx: Context) -> Result:
+async def roundtrip_async(ctx: Context) -> Result:
     worker = _worker(ctx)
     comm = await connect_async(ctx.names)
-    send_many = getattr(comm, "task_send_many", None)
+    send_many = batch_api(ctx, comm, "task_send_many")
 
     async def batch(count: int) -> None:
         if send_many is not None:
@@ -116,9 +81,9 @@ async def roundtrip_many_async(ctx: Context) -> Result:
         await batch(ctx.warmup)
         start = time.perf_counter()
         await batch(ctx.n)
-        result = _rate(ctx, time.perf_counter() - start)
-        result["details"]["api"] = "task_send" if send_many is None else "task_send_many"
-        return result
+        return _rate(
+            ctx, time.perf_counter() - start, "task_send_many" if send_many else "task_send"
+        )
     finally:
         await comm.disconnect()
         worker.finish()
@@ -141,7 +106,7 @@ def _subscribers(ctx: Context) -> List[Peer]:
     return peers
 
 
-def _fanout_result(ctx: Context, peers: List[Peer], t0: float, t_sent: float) -> Result:
+def _fanout_result(ctx: Context, peers: List[Peer], t0: float, t_sent: float, many: bool) -> Result:
     for peer in peers:
         peer.say("sent")
     reports = [json.loads(peer.expect("result", TIMEOUT)) for peer in peers]
@@ -160,53 +125,18 @@ def _fanout_result(ctx: Context, peers: List[Peer], t0: float, t_sent: float) ->
             "received": [r["count"] for r in reports],
             "send_rate": ctx.n / (t_sent - t0),
             "seconds": last - t0,
+            "api": "broadcast_send_many" if many else "broadcast_send",
         },
     }
 
 
 def fanout_thread(ctx: Context) -> Result:
+    """``n`` broadcasts, one confirmed ``broadcast_send`` after another, or in
+    ``broadcast_fanout_many`` this library's ``broadcast_send_many``."""
     peers = _subscribers(ctx)
     try:
         comm = connect_thread(ctx.names)
-        try:
-            for _ in range(ctx.warmup):
-                comm.broadcast_send(WARM_BODY)
-            t0 = time.time()
-            for _ in range(ctx.n):
-                comm.broadcast_send(TASK_BODY)
-            t_sent = time.time()
-            return _fanout_result(ctx, peers, t0, t_sent)
-        finally:
-            comm.close()
-    finally:
-        finish_all(peers)
-
-
-async def fanout_async(ctx: Context) -> Result:
-    peers = _subscribers(ctx)
-    try:
-        comm = await connect_async(ctx.names)
-        try:
-            for _ in range(ctx.warmup):
-                await comm.broadcast_send(WARM_BODY)
-            t0 = time.time()
-            for _ in range(ctx.n):
-                await comm.broadcast_send(TASK_BODY)
-            t_sent = time.time()
-            return await asyncio.to_thread(_fanout_result, ctx, peers, t0, t_sent)
-        finally:
-            await comm.disconnect()
-    finally:
-        finish_all(peers)
-
-
-def fanout_many_thread(ctx: Context) -> Result:
-    """As ``fanout_thread``, with this library's ``broadcast_send_many`` (every confirm
-    checked); kiwipy 0.9, which has none, sends with ``broadcast_send`` per call."""
-    peers = _subscribers(ctx)
-    try:
-        comm = connect_thread(ctx.names)
-        send_many = getattr(comm, "broadcast_send_many", None)
+        send_many = batch_api(ctx, comm, "broadcast_send_many")
         try:
             for _ in range(ctx.warmup):
                 comm.broadcast_send(WARM_BODY)
@@ -217,22 +147,18 @@ def fanout_many_thread(ctx: Context) -> Result:
                 for _ in range(ctx.n):
                     comm.broadcast_send(TASK_BODY)
             t_sent = time.time()
-            result = _fanout_result(ctx, peers, t0, t_sent)
-            result["details"]["api"] = (
-                "broadcast_send" if send_many is None else "broadcast_send_many"
-            )
-            return result
+            return _fanout_result(ctx, peers, t0, t_sent, send_many is not None)
         finally:
             comm.close()
     finally:
         finish_all(peers)
 
 
-async def fanout_many_async(ctx: Context) -> Result:
+async def fanout_async(ctx: Context) -> Result:
     peers = _subscribers(ctx)
     try:
         comm = await connect_async(ctx.names)
-        send_many = getattr(comm, "broadcast_send_many", None)
+        send_many = batch_api(ctx, comm, "broadcast_send_many")
         try:
             for _ in range(ctx.warmup):
                 await comm.broadcast_send(WARM_BODY)
@@ -243,11 +169,8 @@ async def fanout_many_async(ctx: Context) -> Result:
                 for _ in range(ctx.n):
                     await comm.broadcast_send(TASK_BODY)
             t_sent = time.time()
-            result = await asyncio.to_thread(_fanout_result, ctx, peers, t0, t_sent)
-            result["details"]["api"] = (
-                "broadcast_send" if send_many is None else "broadcast_send_many"
-            )
-            return result
+            many = send_many is not None
+            return await asyncio.to_thread(_fanout_result, ctx, peers, t0, t_sent, many)
         finally:
             await comm.disconnect()
     finally:
@@ -256,10 +179,7 @@ async def fanout_many_async(ctx: Context) -> Result:
 
 RUNNERS: Dict[str, Dict[str, Callable[[Context], Result]]] = {
     "task_roundtrip": {"thread": roundtrip_thread, "async": in_loop(roundtrip_async)},
-    "task_roundtrip_many": {
-        "thread": roundtrip_many_thread,
-        "async": in_loop(roundtrip_many_async),
-    },
+    "task_roundtrip_many": {"thread": roundtrip_thread, "async": in_loop(roundtrip_async)},
     "broadcast_fanout": {"thread": fanout_thread, "async": in_loop(fanout_async)},
-    "broadcast_fanout_many": {"thread": fanout_many_thread, "async": in_loop(fanout_many_async)},
+    "broadcast_fanout_many": {"thread": fanout_thread, "async": in_loop(fanout_async)},
 }

@@ -20,6 +20,7 @@ from ._support import (
     Names,
     Peer,
     aio_connect,
+    batch_api,
     connect_async,
     connect_thread,
     in_loop,
@@ -46,10 +47,10 @@ def _latency(samples: List[float]) -> Result:
     }
 
 
-def _throughput(ctx: Context, seconds: List[float]) -> Result:
+def _throughput(ctx: Context, seconds: List[float], api: str = "") -> Result:
     """``bursts`` bursts of ``n`` calls in flight; the rate over all of them."""
     rate = ctx.n * len(seconds) / sum(seconds)
-    return {"metrics": {ctx.case: rate}, "details": {"burst_s": seconds}}
+    return {"metrics": {ctx.case: rate}, "details": {"burst_s": seconds, "api": api}}
 
 
 def _bursts(ctx: Context) -> int:
@@ -93,53 +94,11 @@ async def latency_async(ctx: Context) -> Result:
 
 
 def throughput_thread(ctx: Context) -> Result:
-    """Each ``rpc_send`` returns once its request is confirmed; replies arrive meanwhile."""
+    """Each ``rpc_send`` returns once its request is confirmed, replies arrive meanwhile; or
+    in ``rpc_throughput_many`` this library's ``rpc_send_many`` (all requests in flight)."""
     server = _server(ctx)
     comm = connect_thread(ctx.names)
-    try:
-        for future in [comm.rpc_send(RPC_ID, TASK_BODY) for _ in range(ctx.warmup)]:
-            future.result(TIMEOUT)
-        seconds = []
-        for _ in range(_bursts(ctx)):
-            start = time.perf_counter()
-            futures = [comm.rpc_send(RPC_ID, TASK_BODY) for _ in range(ctx.n)]
-            for future in futures:
-                future.result(TIMEOUT)
-            seconds.append(time.perf_counter() - start)
-        return _throughput(ctx, seconds)
-    finally:
-        comm.close()
-        server.finish()
-
-
-async def throughput_async(ctx: Context) -> Result:
-    """All ``n`` calls are started at once with ``asyncio.gather``."""
-    server = _server(ctx)
-    comm = await connect_async(ctx.names)
-
-    async def burst(count: int) -> None:
-        futures = await asyncio.gather(*(comm.rpc_send(RPC_ID, TASK_BODY) for _ in range(count)))
-        await asyncio.wait_for(asyncio.gather(*futures), TIMEOUT)
-
-    try:
-        await burst(ctx.warmup)
-        seconds = []
-        for _ in range(_bursts(ctx)):
-            start = time.perf_counter()
-            await burst(ctx.n)
-            seconds.append(time.perf_counter() - start)
-        return _throughput(ctx, seconds)
-    finally:
-        await comm.disconnect()
-        server.finish()
-
-
-def throughput_many_thread(ctx: Context) -> Result:
-    """This library's ``rpc_send_many`` (all requests in flight, every confirm checked);
-    kiwipy 0.9, which has none, sends with ``rpc_send`` per call as in ``rpc_throughput``."""
-    server = _server(ctx)
-    comm = connect_thread(ctx.names)
-    send_many = getattr(comm, "rpc_send_many", None)
+    send_many = batch_api(ctx, comm, "rpc_send_many")
 
     def burst(count: int) -> None:
         if send_many is not None:
@@ -156,19 +115,18 @@ def throughput_many_thread(ctx: Context) -> Result:
             start = time.perf_counter()
             burst(ctx.n)
             seconds.append(time.perf_counter() - start)
-        result = _throughput(ctx, seconds)
-        result["details"]["api"] = "rpc_send" if send_many is None else "rpc_send_many"
-        return result
+        return _throughput(ctx, seconds, "rpc_send_many" if send_many else "rpc_send")
     finally:
         comm.close()
         server.finish()
 
 
-async def throughput_many_async(ctx: Context) -> Result:
-    """``rpc_send_many`` where it exists, else all calls started with ``asyncio.gather``."""
+async def throughput_async(ctx: Context) -> Result:
+    """All ``n`` calls are started at once with ``asyncio.gather``, or in
+    ``rpc_throughput_many`` sent with this library's ``rpc_send_many``."""
     server = _server(ctx)
     comm = await connect_async(ctx.names)
-    send_many = getattr(comm, "rpc_send_many", None)
+    send_many = batch_api(ctx, comm, "rpc_send_many")
 
     async def burst(count: int) -> None:
         if send_many is not None:
@@ -185,9 +143,7 @@ async def throughput_many_async(ctx: Context) -> Result:
             start = time.perf_counter()
             await burst(ctx.n)
             seconds.append(time.perf_counter() - start)
-        result = _throughput(ctx, seconds)
-        result["details"]["api"] = "rpc_send" if send_many is None else "rpc_send_many"
-        return result
+        return _throughput(ctx, seconds, "rpc_send_many" if send_many else "rpc_send")
     finally:
         await comm.disconnect()
         server.finish()
@@ -281,8 +237,8 @@ RUNNERS: Dict[str, Dict[str, Callable[[Context], Result]]] = {
         "aio-pika": in_loop(throughput_aio),
     },
     "rpc_throughput_many": {
-        "thread": throughput_many_thread,
-        "async": in_loop(throughput_many_async),
+        "thread": throughput_thread,
+        "async": in_loop(throughput_async),
         "aio-pika": in_loop(throughput_aio),
     },
 }
