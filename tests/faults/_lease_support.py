@@ -8,12 +8,12 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from kiwipy import rmq
 
+from .._names import BrokerNames
 from .broker import PrivateBroker
 
 ROOT = Path(__file__).parents[2]
@@ -28,23 +28,11 @@ LEASES: dict[str, Any] = {
 }
 
 
-class Names:
-    """Exchange and queue names of one test."""
+class Names(BrokerNames):
+    """Exchange and queue names of one test, with quick lease options."""
 
     def __init__(self) -> None:
-        prefix = f"kl.{uuid.uuid4().hex[:10]}"
-        self.message_exchange = f"{prefix}.messages"
-        self.task_exchange = f"{prefix}.tasks"
-        self.task_queue = f"{prefix}.queue"
-
-    def options(self, **extra: Any) -> dict[str, Any]:
-        return {
-            "message_exchange": self.message_exchange,
-            "task_exchange": self.task_exchange,
-            "task_queue": self.task_queue,
-            **LEASES,
-            **extra,
-        }
+        super().__init__("kl", **LEASES)
 
 
 async def connect(broker: PrivateBroker, names: Names, **extra: Any) -> rmq.RmqCommunicator:

@@ -15,34 +15,21 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from .._names import BrokerNames
 
 SHARED_URL = os.environ.get("KIWIPY_TEST_RMQ_URI", "amqp://guest:guest@127.0.0.1:5672/")
 WORKER_SCRIPT = Path(__file__).with_name("_worker_proc.py")
 
 
-class Names:
-    """Broker names no other test uses."""
+class Names(BrokerNames):
+    """Broker names no other test uses (in testing mode unless told otherwise)."""
 
     def __init__(self, testing_mode: bool = True) -> None:
-        self.prefix = f"kf.{uuid.uuid4().hex[:10]}"
-        self.testing_mode = testing_mode
-
-    def options(self, **extra: Any) -> dict[str, Any]:
-        return {
-            "message_exchange": f"{self.prefix}.messages",
-            "task_exchange": f"{self.prefix}.tasks",
-            "task_queue": f"{self.prefix}.queue",
-            "testing_mode": self.testing_mode,
-            **extra,
-        }
-
-    @property
-    def task_queue(self) -> str:
-        return f"{self.prefix}.queue"
+        super().__init__("kf", testing_mode=testing_mode)
 
 
 def report(scenario: str, **figures: Any) -> dict[str, Any]:

@@ -9,15 +9,15 @@ never see each other's messages and leave nothing behind for long.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiormq
 import pytest
 
 from kiwipy import rmq
+
+from .._names import BrokerNames
 
 _HERE = Path(__file__).parent
 
@@ -28,24 +28,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
-class Names:
-    """Unique broker names for one test."""
+class Names(BrokerNames):
+    """Unique broker names for one test, in testing mode."""
 
     def __init__(self) -> None:
-        self.prefix = f"kt.{uuid.uuid4().hex[:10]}"
-        self.message_exchange = f"{self.prefix}.messages"
-        self.task_exchange = f"{self.prefix}.tasks"
-        self.task_queue = f"{self.prefix}.queue"
-
-    def options(self, **extra: Any) -> dict[str, Any]:
-        """Communicator options for these names, in testing mode."""
-        return {
-            "message_exchange": self.message_exchange,
-            "task_exchange": self.task_exchange,
-            "task_queue": self.task_queue,
-            "testing_mode": True,
-            **extra,
-        }
+        super().__init__("kt", testing_mode=True)
 
 
 @pytest.fixture
