@@ -84,7 +84,7 @@ async def send_tasks(
 
 
 def _task(target: TaskTarget, no_reply: bool, task: Any) -> Pending:
-    body = _encode(target.session, protocol.encode_task(task, no_reply))
+    body = _outgoing.encode(target.session, protocol.encode_task(task, no_reply))
     message, correlation_id = _outgoing.task(target, body)
     return Pending(message, correlation_id, None if no_reply else (target.queue, None))
 
@@ -108,7 +108,7 @@ async def send_rpcs(
 
 def _rpc(target: MessageTarget, call: tuple[Any, Any]) -> Pending:
     recipient_id, msg = call
-    body = _encode(target.session, msg)
+    body = _outgoing.encode(target.session, msg)
     message, correlation_id, watch = _outgoing.rpc(target, recipient_id, body)
     return Pending(message, correlation_id, (message.routing_key, watch))
 
@@ -130,20 +130,13 @@ async def send_broadcasts(target: MessageTarget, broadcasts: Iterable[tuple[Any,
 
 def _broadcast(target: MessageTarget, item: tuple[Any, ...]) -> Pending:
     broadcast = protocol.Broadcast(*_broadcasts.batch_arguments(item))
-    body = _encode(target.session, protocol.encode_broadcast(broadcast))
+    body = _outgoing.encode(target.session, protocol.encode_broadcast(broadcast))
     return Pending(
         _outgoing.broadcast(target, body), "", None
     )  # no correlation id: no reply is awaited
 
 
 # Shared
-
-
-def _encode(session: Session, obj: Any) -> bytes:
-    body = session.encoder.encode(obj)
-    if len(body) > session.max_message_size:
-        raise exceptions.MessageTooLarge(len(body), session.max_message_size)
-    return body
 
 
 async def _prepare(make: Callable[[Any], Pending], items: Iterable[Any]) -> list[Pending]:

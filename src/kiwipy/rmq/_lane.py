@@ -25,7 +25,6 @@ from typing import Any, Callable, Optional
 
 from aiormq import exceptions as amqp_errors
 
-from .. import exceptions
 from .._quick import RETRY, Done
 from . import _amqp, _fastpublish, _outgoing, protocol
 from ._outgoing import MessageTarget, TaskTarget
@@ -54,11 +53,7 @@ class TaskLane:
         target = self._ready
         if target is None:
             return None
-        session = target.session
-        body = session.encoder.encode(protocol.encode_task(task, no_reply))
-        if len(body) > session.max_message_size:
-            raise exceptions.MessageTooLarge(len(body), session.max_message_size)
-        return body
+        return _outgoing.encode(target.session, protocol.encode_task(task, no_reply))
 
     def start(self, body: bytes, no_reply: bool, done: Done) -> bool:
         """Publish *body* now if possible (loop thread only); ``done(error, reply)`` is
@@ -119,11 +114,7 @@ class MessageLane:
         target = self._ready
         if target is None:
             return None
-        session = target.session
-        body = session.encoder.encode(obj)
-        if len(body) > session.max_message_size:
-            raise exceptions.MessageTooLarge(len(body), session.max_message_size)
-        return body
+        return _outgoing.encode(target.session, obj)
 
     def prime(self) -> None:
         """Look for the publisher's target again (loop thread)."""

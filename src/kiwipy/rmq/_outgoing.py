@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional
 
+from .. import exceptions
 from . import _amqp, defaults, protocol
 from ._fastpublish import Outgoing
 from ._replies import ReplyQueue
 from ._session import Session
 
-__all__ = ("MessageTarget", "TaskTarget", "broadcast", "rpc", "task")
+__all__ = ("MessageTarget", "TaskTarget", "broadcast", "encode", "rpc", "task")
 
 
 class TaskTarget(NamedTuple):
@@ -37,6 +38,18 @@ class MessageTarget(NamedTuple):
     exchange: str
     replies: ReplyQueue
     content_type: Optional[str]
+
+
+def encode(session: Session, obj: Any) -> bytes:
+    """:returns: *obj* encoded with the session's encoder (any thread).
+
+    :raises EncodeError: if it cannot be encoded.
+    :raises MessageTooLarge: if it is over ``max_message_size``.
+    """
+    body = session.encoder.encode(obj)
+    if len(body) > session.max_message_size:
+        raise exceptions.MessageTooLarge(len(body), session.max_message_size)
+    return body
 
 
 def task(target: TaskTarget, body: bytes) -> tuple[Outgoing, str]:
