@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from . import communications, encoders, exceptions, filters, futures, local, utils
+from . import communicate, communications, encoders, exceptions, filters, futures, local, utils
 from .communications import (
     AsyncCommunicator,
     BroadcastSubscriber,
@@ -85,6 +85,7 @@ __all__ = (
     "as_completed",
     "capture_exceptions",
     "chain",
+    "communicate",
     "communications",
     "connect",
     "copy_future",
@@ -98,3 +99,5 @@ __all__ = (
 )
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+# kiwipy 0.9 defined its own ``NullHandler`` class here; the standard library's does the same.
+NullHandler = logging.NullHandler

@@ -25,6 +25,21 @@ import shortuuid
 
 from . import exceptions, futures
 
+# kiwipy 0.9's ``communications`` did ``from .exceptions import *``, and its clients import the
+# exceptions from here (aiida-core: ``from kiwipy.communications import UnroutableError``;
+# plumpy: ``communications.TaskRejected``): the same objects, re-exported by name.
+from .exceptions import (
+    CommunicatorClosed,
+    DeliveryFailed,
+    DuplicateSubscriberIdentifier,
+    InvalidStateError,
+    QueueEmpty,
+    RemoteException,
+    TaskRejected,
+    TimeoutError,
+    UnroutableError,
+)
+
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
@@ -34,9 +49,18 @@ __all__ = (
     "AsyncTaskQueue",
     "BroadcastSubscriber",
     "Communicator",
+    "CommunicatorClosed",
     "CommunicatorHelper",
+    "DeliveryFailed",
+    "DuplicateSubscriberIdentifier",
+    "InvalidStateError",
+    "QueueEmpty",
+    "RemoteException",
     "RpcSubscriber",
+    "TaskRejected",
     "TaskSubscriber",
+    "TimeoutError",
+    "UnroutableError",
     "connect",
 )
 
@@ -474,7 +498,11 @@ class AsyncCommunicator(abc.ABC):
 _SCHEMES = ("amqp://", "amqps://", "memory://")
 
 
-def connect(uri: str = "amqp://guest:guest@127.0.0.1/", **kwargs: Any) -> Communicator:
+#: The URI :func:`connect` uses when given none (kiwipy 0.9's ``communicate.DEFAULT_COMM_URI``).
+DEFAULT_COMM_URI = "amqp://guest:guest@127.0.0.1/"
+
+
+def connect(uri: str = DEFAULT_COMM_URI, **kwargs: Any) -> Communicator:
     """Connect a thread communicator.
 
     :param uri: ``amqp://`` or ``amqps://`` for RabbitMQ (the keyword arguments go to

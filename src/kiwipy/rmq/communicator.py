@@ -39,7 +39,17 @@ from ._session import Session
 from .messages import RmqPublisher, RmqSubscriber
 from .tasks import RmqTaskQueue
 
-__all__ = ("RmqCommunicator", "RmqPublisher", "RmqSubscriber", "async_connect")
+__all__ = (
+    "EXCHANGE_PROPERTIES",
+    "RmqCommunicator",
+    "RmqPublisher",
+    "RmqSubscriber",
+    "async_connect",
+)
+
+#: kiwipy 0.9's declare arguments of both exchanges (kept for code that reads them; the
+#: declarations themselves are made in :mod:`kiwipy.rmq._amqp`, which adds ``durable=False``).
+EXCHANGE_PROPERTIES: dict[str, Any] = {"type": aio_pika.ExchangeType.TOPIC}
 
 _LOGGER = logging.getLogger(__name__)
 

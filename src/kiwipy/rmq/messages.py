@@ -48,7 +48,14 @@ from ._replies import ReplyQueue
 from ._session import Session
 from .protocol import rpc_queue_name
 
-__all__ = ("BroadcastMessage", "RmqPublisher", "RmqSubscriber", "rpc_queue_name")
+__all__ = (
+    "BaseConnectionWithExchange",
+    "BasePublisherWithReplyQueue",
+    "BroadcastMessage",
+    "RmqPublisher",
+    "RmqSubscriber",
+    "rpc_queue_name",
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,7 +87,19 @@ def _codec_options(encoder: Any, decoder: Any, testing_mode: bool) -> dict[str, 
     return {"encoder": encoder, "decoder": decoder, "testing_mode": testing_mode}
 
 
-class RmqPublisher:
+class BaseConnectionWithExchange:
+    """kiwipy 0.9's base class of its task subscriber, kept so that ``isinstance`` and
+    ``issubclass`` checks written against 0.9 still hold: :class:`~kiwipy.rmq.RmqTaskSubscriber`
+    derives from it. It has no behaviour of its own."""
+
+
+class BasePublisherWithReplyQueue:
+    """kiwipy 0.9's base class of its publishers, kept for ``isinstance`` and ``issubclass``
+    checks written against 0.9: :class:`RmqPublisher` and :class:`~kiwipy.rmq.RmqTaskPublisher`
+    derive from it. It has no behaviour of its own."""
+
+
+class RmqPublisher(BasePublisherWithReplyQueue):
     """Sends RPCs and broadcasts, and receives the RPC replies.
 
     :param connection: an aio-pika connection (or a communicator's internal session).

@@ -43,6 +43,7 @@ from ._replies import ReplyQueue
 from ._session import Session
 from ._task_consumer import TaskConsumer
 from ._topology import declare_task_queue
+from .messages import BaseConnectionWithExchange, BasePublisherWithReplyQueue
 
 __all__ = (
     "TASK_FINISHED",
@@ -63,7 +64,7 @@ def _codec_options(encoder: Any, decoder: Any, testing_mode: bool) -> dict[str, 
     return {"encoder": encoder, "decoder": decoder, "testing_mode": testing_mode}
 
 
-class RmqTaskPublisher:
+class RmqTaskPublisher(BasePublisherWithReplyQueue):
     """Sends tasks to one task queue and receives their results.
 
     :param connection: an aio-pika connection (or a communicator's internal session).
@@ -146,7 +147,7 @@ class RmqTaskPublisher:
         )
 
 
-class RmqTaskSubscriber:
+class RmqTaskSubscriber(BaseConnectionWithExchange):
     """Consumes tasks from one task queue (push mode) or hands them out (pull mode).
 
     :param owner: first argument of every subscriber call (default: this object).

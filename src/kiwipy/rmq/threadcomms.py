@@ -9,6 +9,7 @@ module only adds what is RabbitMQ-specific: the constructor kiwipy 0.9 had, the
 
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Any, Callable, cast
 
 import aio_pika
@@ -20,7 +21,16 @@ from ..communications import AsyncCommunicator
 from ._options import ConnectionFactory, ConnectionParams, RmqOptions, resolve_options
 from .communicator import RmqCommunicator, async_connect
 
-__all__ = ("RmqThreadCommunicator", "RmqThreadIncomingTask", "RmqThreadTaskQueue", "connect")
+__all__ = (
+    "RmqThreadCommunicator",
+    "RmqThreadIncomingTask",
+    "RmqThreadTaskQueue",
+    "ThreadFuture",
+    "connect",
+)
+
+#: kiwipy 0.9's name here for the futures the thread communicator returns.
+ThreadFuture = concurrent.futures.Future
 
 #: Seconds a blocking send may take beyond ``recovery_timeout`` (the core's own bound).
 _SEND_MARGIN = 1.0
