@@ -1179,7 +1179,8 @@ class CommunicatorContract:
         self, comm: Any, transport: ContractTransport
     ) -> None:
         too_long = transport.name("") + "\u00e9" * 125
-        for name in ["", too_long, "amq.kiwipy", 42, None]:
+        bad = ["", too_long, "amq.kiwipy", "caf\u00e9", "#", transport.name("*"), 42, None]
+        for name in bad:
             with pytest.raises(kiwipy.InvalidName, match="task queue name"):
                 await comm.task_queue(name)
         await self._control_round(comm, transport, "after-bad-queue")

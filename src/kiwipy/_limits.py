@@ -21,9 +21,12 @@ The rules (``docs/guarantees.md`` states them for users):
   of its dot-separated words is ``#`` or ``*`` (AMQP topic wildcards: an identifier ``#``
   would receive the calls made to every other identifier).
 * **Task queue name** (``task_queue(name)`` and the ``task_queue`` option): a non-empty
-  ``str``, valid UTF-8, at most :data:`MAX_QUEUE_BYTES` bytes (the queue's companions
-  ``<name>.dead`` and ``<name>.leases`` must fit in 255 too), not starting with ``amq.``
-  (reserved by AMQP brokers).
+  ``str`` of ASCII letters, digits and ``-_.:@#,/`` and spaces (what AMQP clients accept
+  in a queue name: pamqp refuses anything else before it reaches the broker), at most
+  :data:`MAX_QUEUE_BYTES` bytes (the queue's companions ``<name>.dead`` and
+  ``<name>.leases`` must fit in 255 too), no dot-separated word ``#`` (the name is also
+  the routing key of its tasks on a topic exchange: a queue ``#`` would take every message
+  sent there), not starting with ``amq.`` (reserved by AMQP brokers).
 * **Any other short string** a transport puts on the wire (exchange names, routing keys,
   message properties): a ``str`` of valid UTF-8, at most :data:`MAX_SHORT_STRING` bytes
   (:func:`check_short_string`).
@@ -34,6 +37,7 @@ The rules (``docs/guarantees.md`` states them for users):
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .exceptions import InvalidName, MessageTooLarge
@@ -43,11 +47,13 @@ __all__ = (
     "MAX_IDENTIFIER_BYTES",
     "MAX_QUEUE_BYTES",
     "MAX_SHORT_STRING",
+    "QUEUE_NAME_CHARACTERS",
     "RESERVED_QUEUE_PREFIX",
     "RPC_TOPIC",
     "WILDCARDS",
     "check_short_string",
     "check_size",
+    "is_amqp_queue_name",
     "rpc_identifier",
     "task_queue_name",
 )
@@ -65,6 +71,9 @@ MAX_IDENTIFIER_BYTES = MAX_SHORT_STRING - len(RPC_TOPIC) - 1
 _QUEUE_SUFFIX = ".leases"
 #: The longest task queue name, in bytes of UTF-8.
 MAX_QUEUE_BYTES = MAX_SHORT_STRING - len(_QUEUE_SUFFIX)
+#: The characters of a queue name (pamqp's ``queue-name`` domain).
+QUEUE_NAME_CHARACTERS = "a-z A-Z 0-9 - _ . : @ # , / and space"
+_QUEUE_NAME = re.compile(r"[a-zA-Z0-9\-_.:@#,/ ]*\Z").match
 #: Queue names AMQP brokers keep for themselves.
 RESERVED_QUEUE_PREFIX = "amq."
 #: The words of a topic routing key that match other words.
@@ -130,10 +139,22 @@ def task_queue_name(name: Any) -> str:
         raise InvalidName(field, name, f"a str is needed, not {type(name).__name__}")
     if not name:
         raise InvalidName(field, name, "it is empty")
+    if not is_amqp_queue_name(name):
+        raise InvalidName(field, name, f"only {QUEUE_NAME_CHARACTERS} are allowed")
     _utf8(name, field, MAX_QUEUE_BYTES, "its queue '<name>.leases'")
+    if not WILDCARDS.isdisjoint(name.split(".")):
+        raise InvalidName(field, name, "a dot-separated word of it is '#' (an AMQP wildcard)")
     if name.startswith(RESERVED_QUEUE_PREFIX):
-        raise InvalidName(field, name, f"names starting with {RESERVED_QUEUE_PREFIX!r} are reserved")
+        raise InvalidName(
+            field, name, f"names starting with {RESERVED_QUEUE_PREFIX!r} are reserved"
+        )
     return name
+
+
+def is_amqp_queue_name(name: str) -> bool:
+    """:returns: whether *name* has only the characters AMQP clients accept in a queue
+    name (length aside)."""
+    return _QUEUE_NAME(name) is not None
 
 
 def check_size(body: bytes, limit: int) -> bytes:
