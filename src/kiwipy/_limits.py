@@ -27,6 +27,10 @@ The rules (``docs/guarantees.md`` states them for users):
   ``<name>.leases`` must fit in 255 too), no dot-separated word ``#`` (the name is also
   the routing key of its tasks on a topic exchange: a queue ``#`` would take every message
   sent there), not starting with ``amq.`` (reserved by AMQP brokers).
+* **Exchange name** (the ``message_exchange`` and ``task_exchange`` options): a non-empty
+  ``str`` of the same characters as a queue name, at most :data:`MAX_EXCHANGE_BYTES` bytes
+  (the reply queue ``<exchange>-reply-<uuid4>`` must fit in 255), not starting with
+  ``amq.``. The in-process transport ignores these options but checks them all the same.
 * **Any other short string** a transport puts on the wire (exchange names, routing keys,
   message properties): a ``str`` of valid UTF-8, at most :data:`MAX_SHORT_STRING` bytes
   (:func:`check_short_string`).
@@ -44,6 +48,7 @@ from .exceptions import InvalidName, MessageTooLarge
 
 __all__ = (
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_EXCHANGE_BYTES",
     "MAX_IDENTIFIER_BYTES",
     "MAX_QUEUE_BYTES",
     "MAX_SHORT_STRING",
@@ -51,8 +56,10 @@ __all__ = (
     "RESERVED_QUEUE_PREFIX",
     "RPC_TOPIC",
     "WILDCARDS",
+    "check_options",
     "check_short_string",
     "check_size",
+    "exchange_name",
     "is_amqp_queue_name",
     "rpc_identifier",
     "task_queue_name",
@@ -71,6 +78,10 @@ MAX_IDENTIFIER_BYTES = MAX_SHORT_STRING - len(RPC_TOPIC) - 1
 _QUEUE_SUFFIX = ".leases"
 #: The longest task queue name, in bytes of UTF-8.
 MAX_QUEUE_BYTES = MAX_SHORT_STRING - len(_QUEUE_SUFFIX)
+#: The reply queue of a communicator is ``<message exchange>-reply-<uuid4>``.
+_REPLY_SUFFIX = "-reply-00000000-0000-0000-0000-000000000000"
+#: The longest exchange name, in bytes.
+MAX_EXCHANGE_BYTES = MAX_SHORT_STRING - len(_REPLY_SUFFIX)
 #: The characters of a queue name (pamqp's ``queue-name`` domain).
 QUEUE_NAME_CHARACTERS = "a-z A-Z 0-9 - _ . : @ # , / and space"
 _QUEUE_NAME = re.compile(r"[a-zA-Z0-9\-_.:@#,/ ]*\Z").match
@@ -149,6 +160,40 @@ def task_queue_name(name: Any) -> str:
             field, name, f"names starting with {RESERVED_QUEUE_PREFIX!r} are reserved"
         )
     return name
+
+
+def exchange_name(name: Any, field: str = "exchange name") -> str:
+    """:returns: *name*, a valid exchange name (the ``message_exchange`` and
+    ``task_exchange`` options).
+
+    :param field: the option, named in the error.
+    :raises InvalidName: if it breaks the rules in the module doc.
+    """
+    if not isinstance(name, str):
+        raise InvalidName(field, name, f"a str is needed, not {type(name).__name__}")
+    if not name:
+        raise InvalidName(field, name, "it is empty")
+    if not is_amqp_queue_name(name):
+        raise InvalidName(field, name, f"only {QUEUE_NAME_CHARACTERS} are allowed")
+    _utf8(name, field, MAX_EXCHANGE_BYTES, "the reply queue '<exchange>-reply-<uuid4>'")
+    if name.startswith(RESERVED_QUEUE_PREFIX):
+        raise InvalidName(
+            field, name, f"names starting with {RESERVED_QUEUE_PREFIX!r} are reserved"
+        )
+    return name
+
+
+def check_options(options: Any) -> None:
+    """Check the names among a communicator's *options* (a mapping): ``task_queue``,
+    ``message_exchange`` and ``task_exchange``, when given.
+
+    :raises InvalidName: for the first that breaks the rules in the module doc.
+    """
+    if options.get("task_queue") is not None:
+        task_queue_name(options["task_queue"])
+    for option in ("message_exchange", "task_exchange"):
+        if options.get(option) is not None:
+            exchange_name(options[option], f"{option} option")
 
 
 def is_amqp_queue_name(name: str) -> bool:

@@ -59,7 +59,8 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             None if encoder is None and decoder is None else encoders.resolve(encoder, decoder)
         )
         self._broker = broker
-        self._default_queue = _limits.task_queue_name(options.get("task_queue", DEFAULT_TASK_QUEUE))
+        _limits.check_options(options)  # the same names as on RabbitMQ, though unused here
+        self._default_queue = options.get("task_queue", DEFAULT_TASK_QUEUE)
         self._prefetch_count = options.get("task_prefetch_count", 0)
         self._max_size = options.get("max_message_size", _limits.DEFAULT_MAX_MESSAGE_SIZE)
         self._loop: Optional[asyncio.AbstractEventLoop] = None

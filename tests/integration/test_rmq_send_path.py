@@ -175,3 +175,15 @@ def test_too_large_messages_fail_at_once_on_the_thread_facade(rmq_uri: str, name
             _thread_control(comm, f"after {index}")
     finally:
         comm.close()
+
+
+async def test_bad_names_in_options_are_refused_before_connecting(rmq_uri: str) -> None:
+    bad = [
+        {"task_queue": ""},
+        {"task_queue": "caf\u00e9"},
+        {"message_exchange": "x" * 213},
+        {"task_exchange": "amq.topic"},
+    ]
+    for options in bad:
+        with pytest.raises(kiwipy.InvalidName):
+            await rmq.async_connect(rmq_uri, testing_mode=True, **options)

@@ -20,6 +20,8 @@ ACCEPTED: list[tuple[Callable[[Any], str], Any, str]] = [
     (_limits.task_queue_name, "q" * 248, "q" * 248),
     (_limits.task_queue_name, "amq", "amq"),
     (_limits.task_queue_name, "a-z_A.Z:0@9,/ #x", "a-z_A.Z:0@9,/ #x"),
+    (_limits.exchange_name, "kiwipy.messages", "kiwipy.messages"),
+    (_limits.exchange_name, "e" * 212, "e" * 212),
 ]
 
 REFUSED: list[tuple[Callable[[Any], str], Any, str]] = [
@@ -39,6 +41,10 @@ REFUSED: list[tuple[Callable[[Any], str], Any, str]] = [
     (_limits.task_queue_name, "a.#.b", "wildcard"),
     (_limits.task_queue_name, b"tasks", "a str is needed, not bytes"),
     (_limits.task_queue_name, None, "a str is needed"),
+    (_limits.exchange_name, "", "empty"),
+    (_limits.exchange_name, "e" * 213, "over the limit of 212 bytes"),
+    (_limits.exchange_name, "amq.topic", "reserved"),
+    (_limits.exchange_name, "caf" + E, "only a-z"),
 ]
 
 
@@ -74,3 +80,11 @@ def test_short_strings_and_sizes() -> None:
     assert _limits.check_size(b"x" * 10, 10) == b"x" * 10
     with pytest.raises(kiwipy.MessageTooLarge, match="11 bytes, over the limit of 10"):
         _limits.check_size(b"x" * 11, 10)
+
+
+def test_options() -> None:
+    _limits.check_options({"task_queue": "q", "message_exchange": "m", "encoder": "json"})
+    with pytest.raises(kiwipy.InvalidName, match="task_exchange option"):
+        _limits.check_options({"task_exchange": "x" * 300})
+    with pytest.raises(kiwipy.InvalidName, match="task queue name"):
+        _limits.check_options({"task_queue": ""})

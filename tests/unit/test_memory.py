@@ -252,10 +252,13 @@ async def test_messages_over_max_message_size_are_refused(connect: Any) -> None:
     assert comm.broker.queue_stats(memory.DEFAULT_TASK_QUEUE) == (0, 0)
 
 
-async def test_bad_default_task_queue_name_is_refused(uri: str) -> None:
+async def test_bad_names_in_options_are_refused(uri: str) -> None:
+    """As on RabbitMQ, although the exchanges are not used here."""
     for name in ["", "amq.tasks", "q" * 249]:
         with pytest.raises(kiwipy.InvalidName, match="task queue name"):
             await memory.async_connect(uri, task_queue=name)
+    with pytest.raises(kiwipy.InvalidName, match="message_exchange option"):
+        await memory.async_connect(uri, message_exchange="x" * 300)
 
 
 # Pull mode

@@ -68,7 +68,7 @@ class RmqCommunicator(AsyncCommunicator):
 
     def __init__(self, connection: Any, **options: Unpack[RmqOptions]) -> None:
         self._options = resolve_options(options)
-        _limits.task_queue_name(self._options["task_queue"])
+        _limits.check_options(self._options)
         self._connection = connection
         self._session = Session(connection, self._options, owns_connection=True)
         self._replies = ReplyQueue(self._session, self._options["message_exchange"])
@@ -384,7 +384,7 @@ async def async_connect(
         failed attempt: :class:`~kiwipy.rmq._amqp.RobustConnection`).
     :param options: see :class:`RmqCommunicator`.
     """
-    _limits.task_queue_name(resolve_options(options)["task_queue"])  # fail before connecting
+    _limits.check_options(resolve_options(options))  # fail on a bad option before connecting
     if connection_factory is aio_pika.connect_robust:
         connection_params = _paced(connection_params, cast(dict[str, Any], options))
         connection_factory = functools.partial(
