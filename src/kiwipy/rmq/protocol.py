@@ -57,7 +57,7 @@ __all__ = (
 )
 
 BROADCAST_TOPIC = "[broadcast]"
-RPC_TOPIC = "[rpc]"
+RPC_TOPIC = _limits.RPC_TOPIC  # the naming rules depend on it
 
 HOST_KEY = "host"
 HOSTNAME_KEY = "hostname"
