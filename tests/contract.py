@@ -94,6 +94,12 @@ is removed from the class when it is defined (it is neither run nor reported as 
   recipient fails alone, reported with the others' futures in ``BatchSendError``.
   ``broadcast_send_many``: every broadcast heard in order by every (filtered) subscriber; a
   malformed item (``TypeError``) or an unencodable body sends nothing.
+* :data:`NAMES` - the naming rules every transport shares (``kiwipy._limits``,
+  ``docs/guarantees.md``): a bad RPC identifier (too long in UTF-8 bytes, empty, an AMQP
+  wildcard word) or task queue name (empty, too long, ``amq.``, not a ``str``) raises
+  ``kiwipy.InvalidName`` at once from the call given it, and the communicator goes on
+  working (a control task and RPC succeed within :data:`CONTROL_TIMEOUT` seconds); names
+  at the limits work.
 
 :data:`ALL` is every flag (the RabbitMQ communicators, and the memory ones with an encoder);
 ``LocalCommunicator`` has none of them. Every await on an outcome is bounded by
@@ -127,6 +133,7 @@ __all__ = (
     "BATCHES",
     "ENCODES",
     "ISOLATES",
+    "NAMES",
     "QUEUES",
     "SHARED",
     "TIMEOUT",
@@ -145,10 +152,13 @@ AWAITS = "awaits"
 ISOLATES = "isolates"
 ENCODES = "encodes"
 BATCHES = "batches"
-ALL = frozenset({QUEUES, SHARED, AWAITS, ISOLATES, ENCODES, BATCHES})
+NAMES = "names"
+ALL = frozenset({QUEUES, SHARED, AWAITS, ISOLATES, ENCODES, BATCHES, NAMES})
 
 #: Seconds any single outcome may take before the test fails.
 TIMEOUT = 5.0
+#: Seconds a control round (one task, one RPC) may take after a refused call.
+CONTROL_TIMEOUT = 3.0
 
 
 # -- helpers for tests ----------------------------------------------------------------------
@@ -1107,3 +1117,81 @@ class CommunicatorContract:
             await settle(await comm.task_send("x"))
         with pytest.raises(kiwipy.RemoteException):
             await settle(await comm.rpc_send(ident, "x"))
+
+    # Naming rules (kiwipy._limits): refused at once, the communicator untouched
+
+    async def _control_round(self, comm: Any, transport: ContractTransport, tag: str) -> None:
+        """One task and one RPC succeed within :data:`CONTROL_TIMEOUT` seconds."""
+
+        async def control() -> None:
+            ident = await comm.add_rpc_subscriber(lambda _c, msg: msg, transport.name(tag))
+            assert await (await comm.rpc_send(ident, "rpc ok")) == "rpc ok"
+            await comm.add_task_subscriber(lambda _c, task: task, f"control-{tag}")
+            assert await (await comm.task_send("task ok")) == "task ok"
+
+        await asyncio.wait_for(control(), CONTROL_TIMEOUT)
+
+    @needs(NAMES)
+    async def test_bad_rpc_identifiers_are_refused_at_once(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        limit = 255 - len("[rpc].")
+        bad = ["\u00e9" * 200, "x" * (limit + 1), "", "#", "*", "a.#", "*.b", "a.*.b", "\ud800"]
+        for identifier in bad:
+            with pytest.raises(kiwipy.InvalidName, match="RPC identifier"):
+                await comm.rpc_send(identifier, 1)
+            with pytest.raises(kiwipy.InvalidName, match="RPC identifier"):
+                await comm.add_rpc_subscriber(lambda _c, msg: msg, identifier)
+        await self._control_round(comm, transport, "after-bad-ids")
+
+    @needs(NAMES)
+    async def test_rpc_identifiers_at_the_limits_work(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        limit = 255 - len("[rpc].")
+        prefix = transport.name("")
+        longest = prefix + "\u00e9" * ((limit - len(prefix)) // 2)
+        longest += "x" * (limit - len(longest.encode()))
+        assert len(longest.encode()) == limit
+        for identifier in [longest, transport.name("a#b"), transport.name("x*")]:
+            ident = await comm.add_rpc_subscriber(lambda _c, msg: ["got", msg], identifier)
+            assert ident == identifier
+            assert await settle(await comm.rpc_send(identifier, 1)) == ["got", 1]
+        with pytest.raises(kiwipy.InvalidName, match=f"limit of {limit} bytes"):
+            await comm.rpc_send(longest + "x", 1)
+
+    @needs(NAMES, BATCHES)
+    async def test_rpc_send_many_refuses_a_bad_identifier_before_sending(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        calls = Inbox()
+        ident = await comm.add_rpc_subscriber(
+            lambda _c, msg: _put_and_return(calls, msg, msg), transport.name("many")
+        )
+        with pytest.raises(kiwipy.InvalidName):
+            await comm.rpc_send_many([(ident, "first"), ("#", "second")])
+        await self._control_round(comm, transport, "after-many")
+        assert await settle(await comm.rpc_send(ident, "last")) == "last"
+        assert calls.items == ["last"]  # nothing of the refused batch was sent
+
+    @needs(NAMES, QUEUES)
+    async def test_bad_task_queue_names_are_refused_at_once(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        too_long = transport.name("") + "\u00e9" * 125
+        bad = ["", too_long, "amq.kiwipy", "caf\u00e9", "#", transport.name("*"), 42, None]
+        for name in bad:
+            with pytest.raises(kiwipy.InvalidName, match="task queue name"):
+                await comm.task_queue(name)
+        await self._control_round(comm, transport, "after-bad-queue")
+
+    @needs(NAMES, QUEUES)
+    async def test_task_queue_name_at_the_limit_works(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        limit = 255 - len(".leases")
+        name = transport.name("")
+        name += "q" * (limit - len(name.encode()))
+        queue = await comm.task_queue(name)
+        await queue.add_task_subscriber(lambda _c, task: task + 1)
+        assert await settle(await queue.task_send(41)) == 42

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import shortuuid
 from typing_extensions import Unpack
 
-from . import _broadcasts, encoders, exceptions
+from . import _broadcasts, _limits, encoders, exceptions
 from . import _memory_outcome as outcome
 from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
 from ._memory_options import MemoryOptions, check_options
@@ -59,8 +59,10 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             None if encoder is None and decoder is None else encoders.resolve(encoder, decoder)
         )
         self._broker = broker
+        _limits.check_options(options)  # the same names as on RabbitMQ, though unused here
         self._default_queue = options.get("task_queue", DEFAULT_TASK_QUEUE)
         self._prefetch_count = options.get("task_prefetch_count", 0)
+        self._max_size = options.get("max_message_size", _limits.DEFAULT_MAX_MESSAGE_SIZE)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._connection: Optional[Connection] = None
         self._closed = False
@@ -130,11 +132,13 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         ``uuid.UUID`` reaches the subscriber registered with its ``str``), as on RabbitMQ.
 
         :raises DuplicateSubscriberIdentifier: if any communicator holds the identifier.
+        :raises InvalidName: if the identifier breaks the naming rules (``kiwipy._limits``).
         """
         connection = self._open()
         identifier = shortuuid.uuid() if identifier is None else identifier
-        self._broker.bind_rpc(connection, str(identifier), self._on_rpc)
-        self._rpc[str(identifier)] = subscriber
+        key = _limits.rpc_identifier(identifier)
+        self._broker.bind_rpc(connection, key, self._on_rpc)
+        self._rpc[key] = subscriber
         return identifier
 
     async def remove_rpc_subscriber(self, identifier: Any) -> None:
@@ -169,9 +173,12 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
     async def task_queue(
         self, queue_name: str, prefetch_size: int = 0, prefetch_count: int = 0
     ) -> MemoryTaskQueue:
-        """:returns: the task queue *queue_name* (``prefetch_size`` is ignored)."""
+        """:returns: the task queue *queue_name* (``prefetch_size`` is ignored).
+
+        :raises InvalidName: if *queue_name* breaks the naming rules (``kiwipy._limits``).
+        """
         self._open()
-        return self._task_queue(queue_name, prefetch_count)
+        return self._task_queue(_limits.task_queue_name(queue_name), prefetch_count)
 
     # Sending
 
@@ -196,9 +203,11 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
 
     async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
         """:raises UnroutableError: if nobody holds *recipient_id*.
+        :raises InvalidName: if *recipient_id* breaks the naming rules (``kiwipy._limits``).
         :raises EncodeError: if *msg* cannot be encoded."""
         connection = self._open()
-        return self._send_rpc(str(recipient_id), self._encode(msg), connection)
+        key = _limits.rpc_identifier(recipient_id)
+        return self._send_rpc(key, self._encode(msg), connection)
 
     async def rpc_send_many(self, calls: Iterable[tuple[Any, Any]]) -> list[asyncio.Future[Any]]:
         """Make the ``(recipient_id, msg)`` *calls* (see
@@ -207,7 +216,9 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         holds the recipient of fails alone (:class:`~kiwipy.BatchSendError` at the end).
         """
         connection = self._open()
-        requests = [(str(recipient_id), self._encode(msg)) for recipient_id, msg in calls]
+        requests = [
+            (_limits.rpc_identifier(recipient_id), self._encode(msg)) for recipient_id, msg in calls
+        ]
         futures: list[Optional[asyncio.Future[Any]]] = []
         errors: dict[int, BaseException] = {}
         for index, (key, payload) in enumerate(requests):
@@ -278,7 +289,8 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
     def _encode(self, obj: Any) -> Payload:
         if self._encoder is None:
             return Payload(obj, None)
-        return Payload(self._encoder.encode(obj), self._encoder)
+        data = _limits.check_size(self._encoder.encode(obj), self._max_size)
+        return Payload(data, self._encoder)
 
     def _decode(self, payload: Payload) -> Any:
         if payload.encoder is None:
@@ -337,7 +349,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             return True
         try:
             payload, sent = self._encode(response), True
-        except exceptions.EncodeError as exc:
+        except (exceptions.EncodeError, exceptions.MessageTooLarge) as exc:
             payload, sent = self._encode(outcome.exception_reply(exc)), False
         self._broker.send_reply(message.reply_to, message.correlation_id, payload)
         return sent

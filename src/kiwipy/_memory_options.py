@@ -17,7 +17,9 @@ class MemoryOptions(TypedDict, total=False):
     (``'yaml'``, ``'json'``, ``'msgpack'``) or kiwipy 0.9's pair of callables; see
     :func:`kiwipy.encoders.resolve`. Neither given: bodies are passed by reference.
     ``task_queue``: the default task queue's name. ``task_prefetch_count``: how many tasks
-    of the default queue may be in progress at once (0: no limit).
+    of the default queue may be in progress at once (0: no limit). ``max_message_size``:
+    the largest encoded message, in bytes, that may be sent (with an encoder; default 128
+    MiB, as on RabbitMQ): a larger one raises :class:`~kiwipy.MessageTooLarge` from the send.
 
     ``message_exchange``, ``task_exchange``, ``queue_expires``, ``task_prefetch_size`` and
     ``testing_mode`` are accepted and ignored, so that options written for the RabbitMQ
@@ -28,6 +30,7 @@ class MemoryOptions(TypedDict, total=False):
     decoder: Optional[encoders.DecodeFn]
     task_queue: str
     task_prefetch_count: int
+    max_message_size: int
     task_prefetch_size: int
     message_exchange: str
     task_exchange: str

@@ -17,6 +17,10 @@ some keys become ``? `` complex keys, a top-level scalar gets no ``...`` end mar
   types on :class:`yaml.Dumper` nor patched its emitter, serializer or ``yaml.Dumper``
   itself; the representers and resolvers are read from :class:`yaml.Dumper` at each call,
   so ones registered later (plumpy registers ``!uuid`` and more) are honoured.
+  A *plain scalar* at the top (:func:`is_plain_scalar`: an RPC request is often one string,
+  possibly megabytes long) goes through libyaml too: its output differs from ``yaml.dump``'s
+  only by the ``...`` end marker ``yaml.Dumper`` puts after an unquoted top-level scalar,
+  which is added (checked on random scalars by ``tests/unit/test_perf_yaml.py``).
 * **Loading** uses ``CFullLoader`` with the constructors and resolvers of
   :class:`yaml.FullLoader` (read at each call, so ``yaml.add_constructor`` keeps working).
   Anything it raises makes the pure-Python ``FullLoader`` run instead, so errors, and any
@@ -35,7 +39,7 @@ import yaml.emitter
 import yaml.representer
 import yaml.serializer
 
-__all__ = ("MAX_DEPTH", "available", "dump", "is_plain", "load")
+__all__ = ("MAX_DEPTH", "available", "dump", "is_plain", "is_plain_scalar", "load")
 
 #: Deepest nesting of collections libyaml is used for.
 MAX_DEPTH = 6
@@ -108,6 +112,12 @@ def is_plain(obj: Any) -> bool:
     return False
 
 
+def is_plain_scalar(obj: Any) -> bool:
+    """:returns: whether *obj* is a scalar of the plain-tree domain (:func:`is_plain`)."""
+    kind = type(obj)
+    return (kind is str or kind in _SCALARS) and _plain(obj, 1)
+
+
 def _plain(obj: Any, depth: int) -> bool:
     kind = type(obj)
     if kind is str:
@@ -140,9 +150,16 @@ def dump(obj: Any) -> bytes:
     """:returns: ``yaml.dump(obj, encoding='utf-8')``, computed by libyaml when that gives
     the same bytes."""
     dumper = _FAST_DUMPER
-    if dumper is not None and is_plain(obj) and _dumper_is_standard():
+    if dumper is None:
+        return _as_bytes(yaml.dump(obj, encoding="utf-8"))
+    if is_plain(obj) and _dumper_is_standard():
         _sync(dumper, yaml.Dumper, _REGISTRIES)
         return _as_bytes(yaml.dump(obj, encoding="utf-8", Dumper=dumper))
+    if is_plain_scalar(obj) and _dumper_is_standard():
+        _sync(dumper, yaml.Dumper, _REGISTRIES)
+        data = _as_bytes(yaml.dump(obj, encoding="utf-8", Dumper=dumper))
+        # yaml.Dumper ends a document that is one unquoted scalar with "...", libyaml not
+        return data if data[:1] in (b"'", b'"') else data + b"...\n"
     return _as_bytes(yaml.dump(obj, encoding="utf-8"))
 
 

@@ -21,6 +21,7 @@ __all__ = (
     "DuplicateSubscriberIdentifier",
     "EncodeError",
     "EncodingError",
+    "InvalidName",
     "InvalidStateError",
     "KiwiError",
     "MessageTooLarge",
@@ -126,6 +127,25 @@ class DuplicateSubscriberIdentifier(KiwiError):
 
 class CommunicatorClosed(KiwiError):
     """The communicator was closed; no further operation is possible."""
+
+
+class InvalidName(KiwiError, ValueError):
+    """An RPC identifier or a task queue name breaks the naming rules every transport
+    shares (see ``docs/guarantees.md``: too long for AMQP's 255-byte short strings, empty,
+    an AMQP topic wildcard, ...). Raised by the call that was given it, before anything is
+    sent or registered, so the communicator is untouched.
+
+    :ivar field: what the name is for (``'RPC identifier'``, ``'task queue name'``, ...).
+    :ivar value: the name as given.
+    :ivar reason: which rule it breaks.
+    """
+
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:57]}..."
+        super().__init__(f"invalid {field} {shown}: {reason}")
+        self.field = field
+        self.value = value
+        self.reason = reason
 
 
 class InvalidStateError(KiwiError):

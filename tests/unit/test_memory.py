@@ -227,6 +227,40 @@ async def test_encoder_round_trip_is_real(connect: Any) -> None:
     assert await settle(await comm.task_send((1, 2))) == [1, 2]  # JSON has no tuples
 
 
+async def test_messages_over_max_message_size_are_refused(connect: Any) -> None:
+    """Every send checks the encoded size, as on RabbitMQ; the communicator goes on."""
+    comm = await connect(encoder="json", max_message_size=1000)
+    await comm.add_task_subscriber(lambda _c, task: task)
+    ident = await comm.add_rpc_subscriber(lambda _c, msg: msg, "echo")
+    await comm.add_rpc_subscriber(lambda _c, msg: "r" * 2000, "big-reply")
+    big = "x" * 2000
+    sends = [
+        lambda: comm.task_send(big),
+        lambda: comm.rpc_send(ident, big),
+        lambda: comm.broadcast_send(big),
+        lambda: comm.task_send_many(["small", big]),
+        lambda: comm.rpc_send_many([(ident, "small"), (ident, big)]),
+        lambda: comm.broadcast_send_many([("small",), (big,)]),
+    ]
+    for send in sends:
+        with pytest.raises(kiwipy.MessageTooLarge, match="over the limit of 1000"):
+            await send()
+    with pytest.raises(kiwipy.RemoteException, match="MessageTooLarge|over the limit"):
+        await settle(await comm.rpc_send("big-reply", 1))
+    assert await settle(await comm.task_send("ok")) == "ok"
+    assert await settle(await comm.rpc_send(ident, "ok")) == "ok"
+    assert comm.broker.queue_stats(memory.DEFAULT_TASK_QUEUE) == (0, 0)
+
+
+async def test_bad_names_in_options_are_refused(uri: str) -> None:
+    """As on RabbitMQ, although the exchanges are not used here."""
+    for name in ["", "amq.tasks", "q" * 249]:
+        with pytest.raises(kiwipy.InvalidName, match="task queue name"):
+            await memory.async_connect(uri, task_queue=name)
+    with pytest.raises(kiwipy.InvalidName, match="message_exchange option"):
+        await memory.async_connect(uri, message_exchange="x" * 300)
+
+
 # Pull mode
 
 

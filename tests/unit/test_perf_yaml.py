@@ -5,6 +5,7 @@ the default classes (issue 6)."""
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from typing import Any
 
@@ -113,6 +114,34 @@ def test_the_fast_path_is_taken_for_typical_messages():
         NESTED[8],
     ]:
         assert not _yaml_fast.is_plain(value)
+
+
+def test_top_level_scalars_take_the_fast_path() -> None:
+    for value in ["x" * 1024, "short spaced", 7, 1.5, None, True, "a:b", "123"]:
+        assert _yaml_fast.is_plain_scalar(value)
+    for value in ["a" * 40 + " " + "b" * 40, "caf\u00e9", "multi\nline", b"x", uuid.uuid4()]:
+        assert not _yaml_fast.is_plain_scalar(value)
+
+
+def test_a_large_top_level_string_is_encoded_quickly() -> None:
+    """An RPC request of one 8 MB string: pure-Python PyYAML takes seconds (issue 11)."""
+    value = "x" * (8 * 1024 * 1024)
+    start = time.perf_counter()
+    data = encoders.YAML.encode(value)
+    elapsed = time.perf_counter() - start
+    assert data == value.encode() + b"\n...\n"
+    assert elapsed < 2.0  # libyaml: ~0.1 s; pure Python: ~6 s
+
+
+def test_random_top_level_scalars_are_byte_identical() -> None:
+    rnd = random.Random(11)
+    checked = 0
+    for _ in range(3000):
+        value = _random_plain(rnd, depth=8)  # a scalar
+        expected = yaml.dump(value, encoding="utf-8")
+        assert encoders.YAML.encode(value) == expected, value
+        checked += _yaml_fast.is_plain_scalar(value)
+    assert checked > 2000
 
 
 def _random_plain(rnd: random.Random, depth: int = 1) -> Any:

@@ -144,6 +144,26 @@ def test_rpc_routing_key(recipient: Any, key: str) -> None:
     assert protocol.rpc_routing_key(recipient) == key
 
 
+@pytest.mark.parametrize("recipient", ["#", "*", "a.#", "\u00e9" * 125, ""])
+def test_rpc_routing_key_refuses_bad_identifiers(recipient: Any) -> None:
+    with pytest.raises(kiwipy.InvalidName, match="RPC identifier"):
+        protocol.rpc_routing_key(recipient)
+
+
+def test_rpc_queue_names_always_fit() -> None:
+    assert protocol.rpc_queue_name("kiwipy.messages", "pid") == "kiwipy.messages.rpc.pid"
+    exchange = "e" * 200
+    longest = "\u00e9" * 124 + "x"  # 249 bytes, the longest identifier
+    name = protocol.rpc_queue_name(exchange, longest)
+    assert len(name.encode()) <= 255
+    assert name.startswith("e" * 100) and ".rpc." in name
+    assert name == protocol.rpc_queue_name(exchange, longest)  # deterministic
+    assert name != protocol.rpc_queue_name(exchange, longest[:-1] + "y")
+    assert name != protocol.rpc_queue_name("f" + exchange[1:], longest)
+    unicode = protocol.rpc_queue_name("kiwipy.messages", "caf\u00e9")  # pamqp refuses "é"
+    assert unicode.startswith("kiwipy.messages.rpc.") and unicode.isascii()
+
+
 def test_host_info() -> None:
     assert protocol.get_host_info() == {"hostname": socket.gethostname(), "pid": os.getpid()}
     reply = protocol.result_response(1)

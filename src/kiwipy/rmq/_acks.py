@@ -10,12 +10,17 @@ writer's queue at once, so it keeps its place before anything queued after it (a
 batch yet, join it: they go out with it, in one write, earlier than they would have alone,
 which is always allowed for an ack. The returned future resolves, as ``basic_ack`` returns,
 once the batch was drained to the socket.
+
+The batch still open on each channel is found through a table that holds channels weakly,
+and a batch holds its channel weakly too: a channel whose connection died before its
+writer took the batch is freed with that connection (issue 11).
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
+import weakref
 from typing import Any, Optional
 
 import aiormq.abc
@@ -39,7 +44,8 @@ class _AckBatch:
     should_close = False
 
     def __init__(self, channel: Any) -> None:
-        self.channel = channel
+        self._channel = weakref.ref(channel)
+        self.number: int = channel.number
         self.frames: list[bytes] = []
         self.drain_future: asyncio.Future[None] = channel.create_future()
         self.sealed = False
@@ -47,8 +53,9 @@ class _AckBatch:
     @property
     def payload(self) -> bytes:
         self.sealed = True  # taken by the writer: later acks need a batch of their own
-        if _OPEN.get(id(self.channel)) is self:
-            del _OPEN[id(self.channel)]
+        channel = self._channel()
+        if channel is not None and _OPEN.get(channel) is self:
+            del _OPEN[channel]
         return b"".join(self.frames)
 
     @property
@@ -60,11 +67,11 @@ class _AckBatch:
             self.drain_future.set_result(None)
 
     def __repr__(self) -> str:
-        return f"<acks of channel {self.channel.number}: {len(self.frames)}>"
+        return f"<acks of channel {self.number}: {len(self.frames)}>"
 
 
 #: The batch of each channel still waiting in its writer's queue (loop thread only).
-_OPEN: dict[int, _AckBatch] = {}
+_OPEN: weakref.WeakKeyDictionary[Any, _AckBatch] = weakref.WeakKeyDictionary()
 
 
 def ack(channel: aiormq.abc.AbstractChannel, delivery_tag: int) -> asyncio.Future[None]:
@@ -74,12 +81,12 @@ def ack(channel: aiormq.abc.AbstractChannel, delivery_tag: int) -> asyncio.Futur
         ``basic_ack``'s when the channel or connection closes first).
     """
     ch: Any = channel
-    batch: Optional[_AckBatch] = _OPEN.get(id(ch))
-    if batch is None or batch.sealed or batch.channel is not ch:
+    batch: Optional[_AckBatch] = _OPEN.get(ch)
+    if batch is None or batch.sealed:
         if ch.write_queue.full():  # the writer is far behind: let aiormq wait for room
             waiting: asyncio.Future[None] = asyncio.ensure_future(ch.basic_ack(delivery_tag))
             return waiting
-        batch = _OPEN[id(ch)] = _AckBatch(ch)
+        batch = _OPEN[ch] = _AckBatch(ch)
         ch.write_queue.put_nowait(batch)
     batch.frames.append(ack_frame(ch.number, delivery_tag))
     return batch.drain_future

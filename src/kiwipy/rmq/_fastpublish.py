@@ -18,6 +18,14 @@ of messages:
 It is used only when nothing else is in the middle of a publish on the channel (the channel
 lock is free and the writer's queue has room); otherwise :func:`publish` falls back to
 ``basic_publish``. Both paths put the same bytes on the wire and end the same way.
+
+A message whose frames cannot be built (a routing key, exchange name or property over
+AMQP's 255-byte short strings, text that is not UTF-8) raises :class:`~kiwipy.InvalidName`
+(or :class:`~kiwipy.EncodeError`) *before* anything is numbered or registered: a delivery
+tag taken for a message that is never written would put every later confirm one step off
+the broker's, and every later send on the channel would wait for a confirm that never
+comes (issue 11). aiormq's ``basic_publish`` numbers first, so :func:`publish` builds the
+frames once before falling back to it.
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ import aiormq.abc
 from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 
-from ._frames import publish_frames
+from .. import _limits, exceptions
+from ._frames import SHORT_STRING_PROPERTIES, publish_frames
 
 __all__ = ("Outgoing", "can_start", "publish", "start")
 
@@ -68,40 +77,63 @@ def start(
 
     :returns: their confirm futures (see the module doc), and with *drain* a future the
         writer resolves once the frames are handed to the socket.
-    :raises ValueError: for a routing key over 255 bytes (nothing is published).
+    :raises InvalidName: for a message whose frames cannot be built (nothing is published,
+        nothing registered: see the module doc).
     """
     ch: Any = channel
-    for message in messages:
-        if len(message.routing_key) > 255:
-            raise ValueError("Routing key too long (max 255 bytes)")
     frames: list[bytes] = []
-    futures = [_register(ch, message, frames) for message in messages]
+    for message in messages:  # every frame first: registering cannot be undone
+        _marshal(ch.number, message, ch.max_content_size, frames)
+    futures = [_register(ch, message) for message in messages]
     drained = ch.create_future() if drain else None
     ch.write_queue.put_nowait(ChannelFrame(b"".join(frames), False, drained))
     return futures, drained
 
 
-def _register(ch: Any, message: Outgoing, frames: list[bytes]) -> asyncio.Future[Any]:
+def _marshal(number: int, message: Outgoing, max_content_size: int, frames: list[bytes]) -> None:
+    """Append *message*'s frames to *frames* (giving it a ``message_id`` first, as aiormq
+    does). :raises InvalidName: (or ``EncodeError``) if they cannot be built."""
     props = message.properties
     if not props.message_id:
         props.message_id = UUID(int=getrandbits(128), version=4).hex
-    message_id = props.message_id
+    try:
+        publish_frames(
+            number,
+            message.exchange,
+            message.routing_key,
+            message.mandatory,
+            props,
+            message.body,
+            max_content_size,
+            frames,
+        )
+    except Exception as exc:
+        raise _unmarshallable(message, exc) from exc
+
+
+def _unmarshallable(message: Outgoing, exc: Exception) -> exceptions.KiwiError:
+    """:returns: the error saying which part of *message* is not a valid short string."""
+    props = message.properties
+    parts = [("exchange name", message.exchange), ("routing key", message.routing_key)]
+    parts += [(f"{name} property", getattr(props, name)) for name in SHORT_STRING_PROPERTIES]
+    parts += [("header name", key) for key in props.headers or ()]
+    for field, value in parts:
+        if value is not None:
+            try:
+                _limits.check_short_string(value, field)
+            except exceptions.InvalidName as error:
+                return error
+    return exceptions.EncodeError(f"its AMQP frames cannot be built: {exc!r}", encoder="amqp")
+
+
+def _register(ch: Any, message: Outgoing) -> asyncio.Future[Any]:
+    message_id = message.properties.message_id
     ch.delivery_tag += 1
     tag = ch.delivery_tag
     future: asyncio.Future[Any] = ch.create_future()
     ch.confirmations[tag] = future
     ch.message_id_delivery_tag[message_id] = tag
     future.add_done_callback(lambda _: ch.message_id_delivery_tag.pop(message_id, None))
-    publish_frames(
-        ch.number,
-        message.exchange,
-        message.routing_key,
-        message.mandatory,
-        props,
-        message.body,
-        ch.max_content_size,
-        frames,
-    )
     return future
 
 
@@ -115,12 +147,15 @@ def publish(
     The awaitable returns the confirm frame (``Basic.Ack``) and raises what
     ``basic_publish`` raises (``PublishError``, ``DeliveryError``, channel and connection
     errors, ``asyncio.TimeoutError`` after *timeout* seconds).
+
+    :raises InvalidName: at once, for a message whose frames cannot be built.
     """
     if can_start(channel):
         futures, _ = start(channel, (message,))
         if timeout is None:
             return futures[0]
         return asyncio.wait_for(futures[0], timeout)
+    _marshal(0, message._replace(body=b""), 1, [])  # basic_publish numbers before it marshals
     return channel.basic_publish(
         message.body,
         exchange=message.exchange,

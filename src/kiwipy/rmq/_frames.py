@@ -23,7 +23,7 @@ from typing import Any, Optional
 import pamqp.frame
 from pamqp import commands as spec
 
-__all__ = ("publish_frames", "properties_payload")
+__all__ = ("SHORT_STRING_PROPERTIES", "properties_payload", "publish_frames")
 
 _FRAME_HEADER = struct.Struct(">BHI")
 _HEADER_START = struct.Struct(">HxxQ")
@@ -47,6 +47,9 @@ _FIELDS: tuple[tuple[str, int, bool], ...] = (
     ("app_id", 0x0008, True),
     ("cluster_id", 0x0004, True),
 )
+
+#: The properties that are AMQP short strings.
+SHORT_STRING_PROPERTIES = tuple(name for name, _flag, is_string in _FIELDS if is_string)
 
 
 def properties_payload(props: spec.Basic.Properties) -> bytes:

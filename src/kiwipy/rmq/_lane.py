@@ -133,7 +133,13 @@ class MessageLane:
                 target.replies.forget(correlation_id)
             done(error, None if error is not None else reply)
 
-        return self._publish(target, message, confirmed)
+        started = False
+        try:
+            started = self._publish(target, message, confirmed)
+        finally:
+            if not started:  # raised, or the core sends it: no waiter nor watch is left behind
+                target.replies.forget(correlation_id)
+        return started
 
     def start_broadcast(self, body: bytes, done: Done) -> bool:
         """Send a broadcast (loop thread); ``done(error, ack_frame)`` follows."""

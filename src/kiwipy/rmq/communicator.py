@@ -22,7 +22,7 @@ import aio_pika
 from typing_extensions import Unpack
 from yarl import URL
 
-from .. import exceptions
+from .. import _limits, exceptions
 from ..communications import (
     AsyncCommunicator,
     BroadcastSubscriber,
@@ -78,6 +78,7 @@ class RmqCommunicator(AsyncCommunicator):
 
     def __init__(self, connection: Any, **options: Unpack[RmqOptions]) -> None:
         self._options = resolve_options(options)
+        _limits.check_options(self._options)
         self._connection = connection
         self._session = Session(connection, self._options, owns_connection=True)
         self._replies = ReplyQueue(self._session, self._options["message_exchange"])
@@ -335,8 +336,12 @@ class RmqCommunicator(AsyncCommunicator):
     async def task_queue(
         self, queue_name: str, prefetch_size: int = 0, prefetch_count: int = 0
     ) -> RmqTaskQueue:
-        """:returns: a new handle on the task queue *queue_name* (declared if missing)."""
+        """:returns: a new handle on the task queue *queue_name* (declared if missing).
+
+        :raises InvalidName: if *queue_name* breaks the naming rules (:mod:`kiwipy._limits`).
+        """
         self._ensure_open()
+        _limits.task_queue_name(queue_name)
         queue = await self._make_task_queue(queue_name, prefetch_size, prefetch_count)
         self._task_queues.append(queue)
         return queue
@@ -389,7 +394,7 @@ async def async_connect(
         failed attempt: :class:`~kiwipy.rmq._amqp.RobustConnection`).
     :param options: see :class:`RmqCommunicator`.
     """
-    resolve_options(options)  # fail on a bad option before connecting
+    _limits.check_options(resolve_options(options))  # fail on a bad option before connecting
     if connection_factory is aio_pika.connect_robust:
         connection_params = _paced(connection_params, cast(dict[str, Any], options))
         connection_factory = functools.partial(

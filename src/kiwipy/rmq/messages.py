@@ -39,8 +39,8 @@ import aiormq.abc
 import shortuuid
 from aiormq import exceptions as amqp_errors
 
-from .. import exceptions
-from . import _amqp, _batch, _outgoing, defaults, protocol
+from .. import _limits, exceptions
+from . import _amqp, _batch, _offload, _outgoing, defaults, protocol
 from ._handlers import MessageHandling
 from ._identities import TakenIdentities
 from ._recovery import RestoreLater
@@ -162,8 +162,12 @@ class RmqPublisher(BasePublisherWithReplyQueue):
 
         :returns: once the broker confirmed the request, a future for the reply.
         :raises UnroutableError: if nobody holds *recipient_id*.
+        :raises InvalidName: if *recipient_id* breaks the naming rules (:mod:`kiwipy._limits`).
+        :raises MessageTooLarge: if *msg* encodes to more than ``max_message_size``.
         """
-        body = self._session.encoder.encode(msg)
+        _limits.rpc_identifier(recipient_id)  # before the work of encoding
+        # large messages are encoded off the loop, as tasks are (issue 11)
+        body = await _offload.encode(self._session, msg)
         message, correlation_id, watch = _outgoing.rpc(self.target(), recipient_id, body)
         _LOGGER.debug("Sending RPC %s to %r: %r", correlation_id, message.routing_key, msg)
         future = self._replies.expect(correlation_id, message.routing_key, watch)
@@ -193,7 +197,7 @@ class RmqPublisher(BasePublisherWithReplyQueue):
         """
         message = BroadcastMessage.create(msg, sender, subject, correlation_id)
         _LOGGER.debug("Sending broadcast on %r: %r", self._exchange_name, message)
-        body = self._session.encoder.encode(message)
+        body = await _offload.encode(self._session, message)
         return await self._session.publish(*_outgoing.broadcast(self.target(), body), retry=False)
 
     async def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
@@ -261,8 +265,10 @@ class RmqSubscriber:
 
         :returns: the identifier.
         :raises DuplicateSubscriberIdentifier: if it is taken, here or anywhere on the broker.
+        :raises InvalidName: if it breaks the naming rules (:mod:`kiwipy._limits`).
         """
         identifier = shortuuid.uuid() if identifier is None else identifier
+        _limits.rpc_identifier(identifier)
         if identifier in self._rpc:
             raise exceptions.DuplicateSubscriberIdentifier(f"RPC identifier '{identifier}'")
         queue = rpc_queue_name(self._exchange_name, identifier)

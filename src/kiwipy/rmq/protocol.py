@@ -16,13 +16,14 @@ was raised and where.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import socket
 import traceback
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
-from .. import _broadcasts, exceptions
+from .. import _broadcasts, _limits, exceptions
 
 __all__ = (
     "BROADCAST_TOPIC",
@@ -56,7 +57,7 @@ __all__ = (
 )
 
 BROADCAST_TOPIC = "[broadcast]"
-RPC_TOPIC = "[rpc]"
+RPC_TOPIC = _limits.RPC_TOPIC  # the naming rules depend on it
 
 HOST_KEY = "host"
 HOSTNAME_KEY = "hostname"
@@ -77,13 +78,33 @@ class MalformedMessage(exceptions.DecodeError):
 
 
 def rpc_routing_key(recipient_id: Any) -> str:
-    """:returns: the routing key of RPCs to *recipient_id* (``[rpc].<id>``)."""
-    return f"{RPC_TOPIC}.{recipient_id}"
+    """:returns: the routing key of RPCs to *recipient_id* (``[rpc].<id>``, kiwipy 0.9's).
+
+    :raises InvalidName: if *recipient_id* breaks the naming rules (:mod:`kiwipy._limits`),
+        which also makes sure the key is a short string that matches no other identifier.
+    """
+    return f"{RPC_TOPIC}.{_limits.rpc_identifier(recipient_id)}"
 
 
 def rpc_queue_name(exchange: str, identifier: Any) -> str:
-    """:returns: the exclusive queue that holds the RPC *identifier* on *exchange*."""
-    return f"{exchange}.rpc.{identifier}"
+    """:returns: the exclusive queue that holds the RPC *identifier* on *exchange*:
+    ``<exchange>.rpc.<identifier>``, or, when that is not a valid queue name (longer than an
+    AMQP short string, or with characters AMQP clients refuse in queue names, such as
+    non-ASCII letters), ``<exchange prefix>.rpc.<sha256 of it>``: still one name per
+    exchange and identifier.
+
+    :raises InvalidName: if *identifier* breaks the naming rules (:mod:`kiwipy._limits`).
+    """
+    name = f"{exchange}.rpc.{_limits.rpc_identifier(identifier)}"
+    data = name.encode("utf-8")
+    if len(data) <= _limits.MAX_SHORT_STRING and _limits.is_amqp_queue_name(name):
+        return name
+    prefix = exchange.encode("utf-8")[:_PREFIX_BYTES].decode("utf-8", "ignore")
+    return f"{prefix}.rpc.{hashlib.sha256(data).hexdigest()}"
+
+
+#: Bytes of the exchange name kept in front of a hashed RPC queue name.
+_PREFIX_BYTES = _limits.MAX_SHORT_STRING - len(".rpc.") - 64
 
 
 # Tasks
