@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import inspect
+import re
 import signal
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any, Callable
 from . import exceptions
 from ._cli_common import (
     EXIT_OK,
+    EXIT_USAGE,
     CliError,
     connect_from_args,
     err,
@@ -239,11 +241,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
                 out(f"[{subject}] from {sender}: {format_value(body)}{extra}")
         tally.done(ok=True)
 
-    listener = BroadcastFilter(show)
-    for subject in args.subject or ():
-        listener.add_subject_filter(subject)
-    for sender in args.sender or ():
-        listener.add_sender_filter(sender)
+    listener = _listener(args, show)
     with _stop_on_signals(tally.stop), connect_from_args(args) as communicator:
         identifier = communicator.add_broadcast_subscriber(listener)
         filters = _describe_filters(args)
@@ -255,6 +253,29 @@ def cmd_listen(args: argparse.Namespace) -> int:
         return _finish(
             "kiwipy listen", tally, lambda: communicator.remove_broadcast_subscriber(identifier)
         )
+
+
+def _listener(args: argparse.Namespace, show: Callable[..., None]) -> BroadcastFilter:
+    """:returns: the broadcast filter of ``--subject``/``--sender``.
+
+    :raises CliError: (usage) for a pattern that is not a valid regular expression (kiwipy
+        0.9's patterns are, with ``.`` literal and ``*`` for anything).
+    """
+    listener = BroadcastFilter(show)
+    for option, values, add in (
+        ("--subject", args.subject, listener.add_subject_filter),
+        ("--sender", args.sender, listener.add_sender_filter),
+    ):
+        for value in values or ():
+            try:
+                add(value)
+            except re.error as exc:
+                raise CliError(
+                    f"bad {option} pattern {value!r}: {exc} (a pattern is a regular expression "
+                    "in which '*' matches anything and '.' is a dot)",
+                    EXIT_USAGE,
+                ) from None
+    return listener
 
 
 def _describe_filters(args: argparse.Namespace) -> str:
