@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import kiwipy
-from kiwipy import _cli_common, _cli_serve, cli
+from kiwipy import _cli_common, _cli_running, cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(autouse=True)
 def short_drain(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process replies leave at once: no need for the long-running commands' grace."""
-    monkeypatch.setattr(_cli_serve, "_DRAIN", 0.05)
+    monkeypatch.setattr(_cli_running, "_DRAIN", 0.05)
 
 
 @pytest.fixture
@@ -428,7 +428,7 @@ def test_worker_with_communicator_verbose_and_coroutines(
 def test_worker_shows_progress(
     output: Output, url: str, handlers: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_cli_serve, "_PROGRESS_INTERVAL", 0.05)
+    monkeypatch.setattr(_cli_running, "_PROGRESS_INTERVAL", 0.05)
     worker = Background(["worker", f"{handlers}:slow", "--url", url, "--max-messages", "2"])
     assert cli.main(["send", "--wait", "0.3", "--url", url]) == 0
     assert cli.main(["send", "--wait", "0.3", "--url", url]) == 0
