@@ -238,7 +238,7 @@ async def _list(channel: Any, queue: str, args: argparse.Namespace) -> int:
         out(format_value({"queue": dead.dead, "total": dead.total, "messages": rows}))
         return EXIT_OK
     shown = f" (showing the first {len(rows)})" if len(rows) < dead.total else ""
-    err(f"{dead.dead}: {dead.total} dead-lettered task(s){shown}")
+    out(f"{dead.dead}: {dead.total} dead-lettered task(s){shown}")
     for line in _table(rows):
         out(line)
     return EXIT_OK
@@ -255,8 +255,8 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"{row['position']:>3}  {row['reason']:<{width}}  {age:>8}  {corr:<36}  {row['body']}"
         )
-        if row["detail"]:
-            lines.append(f"{'':>3}  {row['detail']}")
+        if row["detail"]:  # its first line: a YAML error goes on with the position
+            lines.append(f"{'':>3}  {row['detail'].splitlines()[0]}")
     return lines
 
 

@@ -365,15 +365,23 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         _cmd_inspect,
         "show the broker and the task queues",
-        "Show the broker's product and version, whether the exchanges exist, and for each task "
-        "queue (and its .dead dead-letter queue) the messages ready and the consumers. Reads "
-        "only: it uses passive declares, no management plugin needed.",
+        "Show the broker's product and version, whether the exchanges exist, and the queues "
+        "with their messages ready and consumers. Without --queue it lists every queue of the "
+        "vhost through the RabbitMQ management HTTP API when the broker has it enabled, else "
+        "(saying so) only the default task queue: AMQP cannot list queues. Reads only.",
     )
     inspect.add_argument(
         "--queue",
         action="append",
         metavar="NAME",
-        help="a task queue to show (repeatable; default: kiwipy.tasks)",
+        help="a task queue to show, with its .dead queue (repeatable; default: every queue, "
+        "see above)",
+    )
+    inspect.add_argument(
+        "--management-url",
+        metavar="URL",
+        help="the management API's base URL (default: http://<the --url host>:15672/; "
+        "https for amqps), used with the --url user and password",
     )
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     _exchanges(inspect, queue=False)
