@@ -404,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with *argv* (default ``sys.argv[1:]``). :returns: the exit code."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as exc:  # --help, or a usage error argparse already reported
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     label = f"kiwipy {args.command}"
@@ -425,6 +425,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     finally:
         logging.getLogger().removeHandler(quiet)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """:returns: the parsed *argv*, with a body given after options between positionals
+    (``kiwipy rpc NAME --timeout 5 BODY``), which argparse alone refuses."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and len(extra) == 1 and getattr(args, "body", "") is None:
+        if extra[0] == "-" or not extra[0].startswith("-"):
+            args.body = extra[0]
+            return args
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _quiet_library_logs() -> logging.Handler:

@@ -211,6 +211,14 @@ def test_input_is_checked_before_use(argv: list[str], message: str) -> None:
     assert result.stdout == ""
 
 
+def test_body_after_options_between_positionals(output: Output, url: str) -> None:
+    assert cli.main(["rpc", "nobody", "--timeout", "1", '{"x": 1}', "--url", url]) == 1
+    assert "nobody answers RPCs as 'nobody'" in one_error_line(output.read().err, "rpc")
+    output.err = ""
+    assert cli.main(["rpc", "nobody", "--timeout", "1", "1", "2", "--url", url]) == 2
+    assert "unrecognized arguments: 1 2" in output.read().err
+
+
 def test_version() -> None:
     result = run_cli("--version")
     assert (result.returncode, result.stdout) == (0, f"kiwipy {kiwipy.__version__}\n")
