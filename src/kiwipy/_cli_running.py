@@ -190,6 +190,8 @@ class LibraryLog(logging.Handler):
         # The record of kiwipy.rmq._incoming's park(): (queue, queue, reason, error).
         if message.startswith("parking a task") and isinstance(record.args, tuple):
             self.tally.park(str(record.args[2]))
+        elif message.startswith("task raised "):
+            return  # the command logs the failure itself, with its traceback
         err(f"{self.label}: {record.levelname.lower()}: {message.splitlines()[0]}")
 
     @contextlib.contextmanager
