@@ -56,6 +56,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 _SCHEMES = ("amqp://", "amqps://", "memory://")
+#: How text meant as a JSON object, array or string starts (``--as auto``).
+_JSON_STARTS = ("{", "[", '"')
 
 
 T = TypeVar("T")
@@ -127,6 +129,23 @@ def check_url(url: str) -> None:
             raise CliError(f"bad URL {mask_url(url)!r}: {exc}", EXIT_USAGE) from None
         if not parts.hostname:
             raise CliError(f"bad URL {mask_url(url)!r}: it names no host", EXIT_USAGE)
+    try:
+        _check_query(url)
+    except ValueError as exc:
+        raise CliError(f"bad URL {mask_url(url)!r}: {exc}", EXIT_USAGE) from None
+
+
+def _check_query(url: str) -> None:
+    """:raises ValueError: for a query parameter the URL's transport does not read or
+    cannot use (checked by the transport's own rules)."""
+    if _is_amqp(url):
+        from .rmq._options import check_url_query
+
+        check_url_query(url)
+    else:
+        from .memory import broker_name
+
+        broker_name(url)
 
 
 def connect_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,8 +211,10 @@ def read_body(args: argparse.Namespace, required: bool = True) -> Any:
 
     It comes from the ``body`` argument, from ``--file PATH``, or from stdin when the
     argument is ``-``. With ``--as auto`` (the default) text that parses as JSON is sent as
-    the value it denotes (``42``, ``"text"``, ``{"a": 1}``) and anything else as a string;
-    ``--as json`` insists on JSON and ``--as string`` always sends the text as a string.
+    the value it denotes (``42``, ``"text"``, ``{"a": 1}``) and anything else as a string,
+    except text that starts like JSON (``{``, ``[`` or ``"``) but does not parse: that is
+    refused, since it is almost always a typo; ``--as json`` insists on JSON and
+    ``--as string`` always sends the text as a string.
 
     :raises CliError: (usage) for a missing, unreadable or invalid body.
     """
@@ -212,6 +233,12 @@ def read_body(args: argparse.Namespace, required: bool = True) -> Any:
     except json.JSONDecodeError as exc:
         if mode == "json":
             raise CliError(f"the body is not valid JSON: {exc}", EXIT_USAGE) from None
+        if text.lstrip()[:1] in _JSON_STARTS:
+            raise CliError(
+                f"the body looks like JSON but is not valid JSON ({exc}); to send this text "
+                "as a plain string, add --as string",
+                EXIT_USAGE,
+            ) from None
         return text
 
 

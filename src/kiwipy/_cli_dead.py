@@ -39,6 +39,7 @@ from ._cli_common import (
     open_broker,
     out,
 )
+from ._cli_input import whole
 
 __all__ = ("cmd_dead", "configure_parser", "dead_reason", "parked_headers", "requeued_headers")
 
@@ -114,11 +115,11 @@ def _text(value: Any) -> str:
 def _age(seconds: Optional[float]) -> str:
     if seconds is None:
         return "?"
-    whole = max(int(seconds), 0)
+    total = max(int(seconds), 0)
     for unit, size, above in (("d", 86400, 172800), ("h", 3600, 7200), ("m", 60, 120)):
-        if whole >= above:
-            return f"{whole // size}{unit}"
-    return f"{whole}s"
+        if total >= above:
+            return f"{total // size}{unit}"
+    return f"{total}s"
 
 
 # Reading the queue
@@ -199,8 +200,6 @@ def cmd_dead(args: argparse.Namespace) -> int:
     check_url(args.url)
     if args.url.startswith("memory://"):
         raise CliError("dead-letter queues are kept by RabbitMQ; give an amqp:// URL", EXIT_USAGE)
-    if getattr(args, "count", None) is not None and args.count < 1:
-        raise CliError("--count must be at least 1", EXIT_USAGE)
     queue = _task_queue(args.queue)
     run = {"list": _list, "requeue": _requeue, "park": _park}[args.dead_command]
     return asyncio.run(_connected(args, lambda channel: run(channel, queue, args)))
@@ -239,7 +238,7 @@ async def _list(channel: Any, queue: str, args: argparse.Namespace) -> int:
         out(format_value({"queue": dead.dead, "total": dead.total, "messages": rows}))
         return EXIT_OK
     shown = f" (showing the first {len(rows)})" if len(rows) < dead.total else ""
-    err(f"{dead.dead}: {dead.total} dead-lettered task(s){shown}")
+    out(f"{dead.dead}: {dead.total} dead-lettered task(s){shown}")
     for line in _table(rows):
         out(line)
     return EXIT_OK
@@ -256,8 +255,8 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"{row['position']:>3}  {row['reason']:<{width}}  {age:>8}  {corr:<36}  {row['body']}"
         )
-        if row["detail"]:
-            lines.append(f"{'':>3}  {row['detail']}")
+        if row["detail"]:  # its first line: a YAML error goes on with the position
+            lines.append(f"{'':>3}  {row['detail'].splitlines()[0]}")
     return lines
 
 
@@ -349,7 +348,11 @@ def configure_parser(
     _queue(listing)
     listing.add_argument("--json", action="store_true", help="one JSON object on stdout")
     listing.add_argument(
-        "--limit", type=int, default=100, metavar="N", help="show at most N (default: %(default)s)"
+        "--limit",
+        type=whole(1),
+        default=100,
+        metavar="N",
+        help="show at most N (default: %(default)s)",
     )
     common(listing)
     requeue = commands.add_parser(
@@ -376,7 +379,7 @@ def configure_parser(
 def _which(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every task there")
-    which.add_argument("--count", type=int, metavar="N", help="the first N (the oldest)")
+    which.add_argument("--count", type=whole(1), metavar="N", help="the first N (the oldest)")
     which.add_argument("--correlation-id", metavar="ID", help="those with this correlation id")
 
 

@@ -5,6 +5,10 @@ exchanges and queues) but opens a plain aio-pika connection with a short timeout
 *passive* declares, which report a queue's ready messages and consumers, or that it does not
 exist, through AMQP itself, so the management plugin is not needed. A passive declare of a
 missing entity closes its channel, so each check gets a channel of its own.
+
+AMQP cannot list queues, so without ``--queue`` the queues come from the management HTTP
+API when the broker has it (:mod:`kiwipy._cli_management`); when it does not, the report
+says so and shows the default task queue, which it can name.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from ._cli_common import (
     CONNECT_TIMEOUT,
     DEFAULT_QUEUE,
     EXIT_OK,
+    EXIT_USAGE,
     CliError,
     check_url,
+    err,
     format_value,
     mask_url,
     open_broker,
     out,
 )
+from ._cli_management import ManagementUnavailable, list_queues, management_url
 
 __all__ = ("cmd_inspect",)
 
@@ -46,15 +53,19 @@ def queues_to_inspect(args: argparse.Namespace) -> list[str]:
 def cmd_inspect(args: argparse.Namespace) -> int:
     url: str = args.url
     check_url(url)
+    if args.management_url and not args.management_url.startswith(("http://", "https://")):
+        raise CliError("--management-url must start with http:// or https://", EXIT_USAGE)
     if url.startswith("memory://"):
         report = _inspect_memory(args)
     else:
         report = asyncio.run(_inspect_amqp(args))
     if args.json:
         out(format_value(report))
-    else:
-        for line in _render(report):
-            out(line)
+        return EXIT_OK
+    if "note" in report.get("listing", {}):
+        err(f"kiwipy inspect: note: {report['listing']['note']}")
+    for line in _render(report):
+        out(line)
     return EXIT_OK
 
 
@@ -74,16 +85,39 @@ async def _inspect_amqp(args: argparse.Namespace) -> dict[str, Any]:
                 args.task_exchange or "kiwipy.tasks",
             )
         ]
-        queues = [await _queue(connection, name) for name in queues_to_inspect(args)]
+        if args.queue:
+            queues = [await _queue(connection, name) for name in queues_to_inspect(args)]
+            listing = None
+        else:
+            queues, listing = await _every_queue(connection, args)
     finally:
         await connection.close()
-    return {
+    report = {
         "url": mask_url(args.url),
         "transport": "amqp",
         "broker": {key: _text(properties.get(key)) for key in _BROKER_KEYS},
         "exchanges": exchanges,
         "queues": queues,
     }
+    if listing is not None:
+        report["listing"] = listing
+    return report
+
+
+async def _every_queue(
+    connection: Any, args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """No ``--queue``: every queue of the vhost, from the management API; without it, the
+    default task queue, and a note saying why (``listing``)."""
+    base = args.management_url or management_url(args.url)
+    try:
+        queues = await asyncio.to_thread(list_queues, args.url, base)
+    except ManagementUnavailable as exc:
+        queues = [await _queue(connection, name) for name in queues_to_inspect(args)]
+        note = f"{exc}. AMQP cannot list queues, so only the default task queue is shown "
+        note += "(name others with --queue)"
+        return queues, {"source": "default queue only", "note": note}
+    return queues, {"source": f"management API at {base}"}
 
 
 _BROKER_KEYS = ("product", "version", "platform", "cluster_name")
@@ -171,14 +205,24 @@ def _render(report: dict[str, Any]) -> list[str]:
             f"{queue['dead']} dead-lettered"
         )
     queues = report.get("queues", [])
+    if "listing" in report:
+        lines.append(f"queues: {len(queues)} listed ({report['listing']['source']})")
     if queues:
-        width = max(len("queue"), *(len(q["name"]) for q in queues))
-        lines.append(f"{'queue':<{width}}  {'ready':>7}  {'consumers':>9}")
-        for queue in queues:
-            if queue.get("exists", True):
-                lines.append(
-                    f"{queue['name']:<{width}}  {queue['messages']:>7}  {queue['consumers']:>9}"
-                )
-            else:
-                lines.append(f"{queue['name']:<{width}}  (does not exist)")
+        lines.extend(_queue_table(queues))
+    return lines
+
+
+def _queue_table(queues: list[dict[str, Any]]) -> list[str]:
+    width = max(len("queue"), *(len(q["name"]) for q in queues))
+    unacked = any("unacked" in q for q in queues)  # only the management API tells
+    middle = f"  {'unacked':>7}" if unacked else ""
+    lines = [f"{'queue':<{width}}  {'ready':>7}{middle}  {'consumers':>9}"]
+    for queue in queues:
+        if not queue.get("exists", True):
+            lines.append(f"{queue['name']:<{width}}  (does not exist)")
+            continue
+        middle = f"  {queue.get('unacked', ''):>7}" if unacked else ""
+        lines.append(
+            f"{queue['name']:<{width}}  {queue['messages']:>7}{middle}  {queue['consumers']:>9}"
+        )
     return lines

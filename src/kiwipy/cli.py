@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Callable
 
-from . import exceptions
+from . import __version__, exceptions
 from ._cli_common import (
     DEFAULT_URL,
     EXIT_FAILURE,
@@ -36,6 +36,14 @@ from ._cli_common import (
     queue_name,
     read_body,
     wait_result,
+)
+from ._cli_input import (
+    DEFAULT_GRACE,
+    OneLineParser,
+    default_concurrency,
+    max_concurrency,
+    seconds,
+    whole,
 )
 
 __all__ = ("build_parser", "main")
@@ -181,7 +189,7 @@ def _body(parser: argparse.ArgumentParser) -> None:
 def _timeout(parser: argparse.ArgumentParser, default: float) -> None:
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds(allow_zero=False),
         default=default,
         metavar="SECONDS",
         help="how long to wait for the result (default: %(default)s)",
@@ -191,9 +199,41 @@ def _timeout(parser: argparse.ArgumentParser, default: float) -> None:
 def _long_running(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-messages",
-        type=int,
+        type=whole(1),
         metavar="N",
         help="stop by itself after handling N messages (default: run until Ctrl-C/SIGTERM)",
+    )
+
+
+def _worker_options(parser: argparse.ArgumentParser) -> None:
+    cpus, most = default_concurrency(), max_concurrency()
+    parser.add_argument(
+        "--concurrency",
+        type=whole(1, most),
+        default=cpus,
+        metavar="N",
+        help=f"how many tasks run at once (default: %(default)s, the CPU count; at most {most}, "
+        "the communicator's subscriber threads)",
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=whole(0, 65535),
+        metavar="N",
+        help="at most N tasks in hand at once, running or waiting; the broker sends the rest "
+        "to other workers (default: the concurrency; 0: no limit)",
+    )
+    _grace(parser, "task")
+
+
+def _grace(parser: argparse.ArgumentParser, noun: str) -> None:
+    back = "handed back to the queue" if noun == "task" else "abandoned"
+    parser.add_argument(
+        "--grace",
+        type=seconds(allow_zero=True),
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help=f"on Ctrl-C/SIGTERM, how long a running {noun} may take to finish before it is "
+        f"{back} (default: %(default)g)",
     )
 
 
@@ -204,17 +244,23 @@ def _handler_options(parser: argparse.ArgumentParser) -> None:
         help="call it as a kiwipy subscriber, function(communicator, message), instead of "
         "function(message)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="print every message")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print every message (a preview of its body, and its size)",
+    )
     _long_running(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="kiwipy",
         description="Send and receive kiwipy tasks, RPCs and broadcasts, and look at the broker.",
         epilog="Exit codes: 0 ok, 1 failure, 2 bad input, 130 interrupted. "
         "Set KIWIPY_DEBUG=1 to see tracebacks.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Command, summary: str, description: str) -> argparse.ArgumentParser:
@@ -273,14 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_worker,
         "run tasks with a Python function",
         "Take tasks from a queue and run each with a Python callable; its return value (or "
-        "exception) goes back to the sender. Ctrl-C or SIGTERM stops it.",
+        "exception, with its traceback) goes back to the sender. Ctrl-C or SIGTERM drains it: "
+        "no new tasks, the running ones get --grace seconds to finish, the rest go back to "
+        "the queue; a second signal stops it at once.",
     )
     worker.add_argument(
         "callable", help="module:function, package.module:Class.method or file.py:function"
     )
-    worker.add_argument(
-        "--prefetch", type=int, metavar="N", help="at most N tasks in hand at once (0: no limit)"
-    )
+    _worker_options(worker)
     _handler_options(worker)
     _exchanges(worker)
     _common(worker)
@@ -289,10 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         _cmd_serve,
         "answer RPCs with a Python function",
-        "Answer RPCs sent to IDENTIFIER with a Python callable. Ctrl-C or SIGTERM stops it.",
+        "Answer RPCs sent to IDENTIFIER with a Python callable. Ctrl-C or SIGTERM drains it: "
+        "no new calls, the running one gets --grace seconds to finish and reply; a second "
+        "signal stops it at once.",
     )
     serve.add_argument("identifier", help="the identifier to answer RPCs as")
     serve.add_argument("callable", help="module:function, or file.py:function")
+    _grace(serve, "call")
     _handler_options(serve)
     _exchanges(serve, queue=False)
     _common(serve)
@@ -316,15 +365,23 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         _cmd_inspect,
         "show the broker and the task queues",
-        "Show the broker's product and version, whether the exchanges exist, and for each task "
-        "queue (and its .dead dead-letter queue) the messages ready and the consumers. Reads "
-        "only: it uses passive declares, no management plugin needed.",
+        "Show the broker's product and version, whether the exchanges exist, and the queues "
+        "with their messages ready and consumers. Without --queue it lists every queue of the "
+        "vhost through the RabbitMQ management HTTP API when the broker has it enabled, else "
+        "(saying so) only the default task queue: AMQP cannot list queues. Reads only.",
     )
     inspect.add_argument(
         "--queue",
         action="append",
         metavar="NAME",
-        help="a task queue to show (repeatable; default: kiwipy.tasks)",
+        help="a task queue to show, with its .dead queue (repeatable; default: every queue, "
+        "see above)",
+    )
+    inspect.add_argument(
+        "--management-url",
+        metavar="URL",
+        help="the management API's base URL (default: http://<the --url host>:15672/; "
+        "https for amqps), used with the --url user and password",
     )
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     _exchanges(inspect, queue=False)
@@ -347,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with *argv* (default ``sys.argv[1:]``). :returns: the exit code."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as exc:  # --help, or a usage error argparse already reported
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     label = f"kiwipy {args.command}"
@@ -368,6 +425,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     finally:
         logging.getLogger().removeHandler(quiet)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """:returns: the parsed *argv*, with a body given after options between positionals
+    (``kiwipy rpc NAME --timeout 5 BODY``), which argparse alone refuses."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and len(extra) == 1 and getattr(args, "body", "") is None:
+        if extra[0] == "-" or not extra[0].startswith("-"):
+            args.body = extra[0]
+            return args
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _quiet_library_logs() -> logging.Handler:

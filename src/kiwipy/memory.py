@@ -76,11 +76,19 @@ def drop_broker(name: str) -> None:
 def broker_name(uri: str) -> str:
     """:returns: the broker name in a ``memory://[NAME]`` *uri*.
 
-    :raises ValueError: if *uri* is not a ``memory://`` uri.
+    :raises ValueError: if *uri* is not a ``memory://`` uri, or has query parameters (this
+        transport reads none, so one is a mistake, not a setting to ignore).
     """
     if not uri.startswith(SCHEME):
         raise ValueError(f"not a memory uri: '{uri}' (expected memory://[name])")
-    return uri[len(SCHEME) :].strip("/")
+    name, _, query = uri[len(SCHEME) :].partition("?")
+    if query:
+        names = [repr(part.partition("=")[0]) for part in query.split("&")]
+        plural = "s" if len(names) > 1 else ""
+        raise ValueError(
+            f"unknown URL parameter{plural} {', '.join(names)}: memory:// URLs take no parameters"
+        )
+    return name.strip("/")
 
 
 async def async_connect(

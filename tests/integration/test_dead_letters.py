@@ -193,7 +193,8 @@ async def test_list_keeps_order_and_requeue_count_takes_the_oldest(
 
         text = await dead(rmq_uri, names.task_queue, "list")
         assert text.returncode == 0
-        assert "2 dead-lettered task(s)" in text.stderr
+        assert text.stdout.startswith(f"{names.task_queue}.dead: 2 dead-lettered task(s)\n")
+        assert text.stderr == ""
         assert "malformed" in text.stdout and "c1" in text.stdout
     finally:
         await communicator.disconnect()
@@ -209,4 +210,5 @@ async def test_clear_errors(rmq_uri: str, names: Names) -> None:
     unreachable = await dead("amqp://guest:guest@127.0.0.1:1/", names.task_queue, "list")
     assert unreachable.returncode == 1 and "cannot connect" in unreachable.stderr
     none = await dead(rmq_uri, names.task_queue, "requeue", "--count", "0")
-    assert none.returncode == 2 and "--count must be at least 1" in none.stderr
+    assert none.returncode == 2
+    assert "argument --count: 0 is not a whole number, 1 or more" in none.stderr

@@ -370,3 +370,18 @@ async def test_unacked_task_of_a_closed_worker_goes_to_another(communicator, rmq
 
 def test_aiormq_is_the_transport() -> None:
     assert aiormq.__name__ == "aiormq"
+
+
+async def test_failed_task_is_logged_with_its_traceback(
+    communicator, caplog: pytest.LogCaptureFixture
+) -> None:
+    def failing_subscriber(_c, task):
+        raise ValueError(f"cannot do {task}")
+
+    await communicator.add_task_subscriber(failing_subscriber)
+    with caplog.at_level("WARNING", logger="kiwipy.rmq.tasks"):
+        with pytest.raises(kiwipy.RemoteException, match="cannot do 3"):
+            await asyncio.wait_for(await communicator.task_send(3), WAIT)
+    record = next(r for r in caplog.records if r.getMessage().startswith("task raised"))
+    assert record.exc_info is not None
+    assert "in failing_subscriber" in caplog.text  # the traceback, not only ValueError(...)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from kiwipy import _cli_common, _cli_serve, cli
+import kiwipy
+from kiwipy import _cli_common, _cli_running, cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(autouse=True)
 def short_drain(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process replies leave at once: no need for the long-running commands' grace."""
-    monkeypatch.setattr(_cli_serve, "_DRAIN", 0.05)
+    monkeypatch.setattr(_cli_running, "_DRAIN", 0.05)
 
 
 @pytest.fixture
@@ -135,12 +136,97 @@ def test_help_lists_every_command(output: Output) -> None:
 
 def test_no_command_is_a_usage_error(output: Output) -> None:
     assert cli.main([]) == 2
-    assert "required: COMMAND" in output.read().err
+    err = output.read().err
+    assert err.startswith("kiwipy: error: the following arguments are required: COMMAND")
+    assert err.endswith("(see: kiwipy --help)\n") and err.count("\n") == 1
+
+
+def run_cli(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``python -m kiwipy *argv`` in a subprocess, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, "-m", "kiwipy", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["worker", "json:dumps", "--prefetch", "-3"],
+            "argument --prefetch: -3 is not a whole number from 0 to 65535",
+        ),
+        (
+            ["worker", "json:dumps", "--max-messages", "0"],
+            "argument --max-messages: 0 is not a whole number, 1 or more",
+        ),
+        (
+            ["worker", "json:dumps", "--concurrency", "0"],
+            "argument --concurrency: 0 is not a whole number from 1 to",
+        ),
+        (["send", "--wait", "1", "--timeout", "-1"], "argument --timeout: -1 is not a number"),
+        (["rpc", "x", "1", "--timeout", "nan"], "argument --timeout: nan is not a number"),
+        (["serve", "x", "json:dumps", "--grace", "-1"], "argument --grace: -1 is not a number"),
+        (["dead", "list", "--limit", "0"], "argument --limit: 0 is not a whole number"),
+        (["send", "1", "--encoder", "pickle"], "argument --encoder: invalid choice: 'pickle'"),
+        (
+            ["listen", "--subject", "["],
+            "bad --subject pattern '[': unterminated character set at position 0",
+        ),
+        (
+            ["send", '{"a": 1,'],
+            "the body looks like JSON but is not valid JSON (Expecting property name",
+        ),
+        (["send", "[1, 2"], "to send this text as a plain string, add --as string"),
+        (
+            ["send", "1", "--url", "amqp://guest:secret@127.0.0.1:1/?heartbeat=abc"],
+            "bad URL 'amqp://guest:***@127.0.0.1:1/?heartbeat=abc': URL parameter "
+            "heartbeat='abc' is invalid: it must be a whole number of seconds",
+        ),
+        (
+            ["inspect", "--url", "amqp://127.0.0.1:1/?hearbeat=30"],
+            "unknown URL parameter 'hearbeat' (known: auth, ",
+        ),
+        (
+            ["listen", "--url", "memory://x?heartbeat=30"],
+            "unknown URL parameter 'heartbeat': memory:// URLs take no parameters",
+        ),
+    ],
+)
+def test_input_is_checked_before_use(argv: list[str], message: str) -> None:
+    # The listen and inspect URLs point at port 1 or at memory: a check that came after
+    # connecting would fail differently (or, for listen, wait for broadcasts forever).
+    if "--url" not in argv:
+        argv = [*argv, "--url", "memory://checks"]
+    result = run_cli(*argv, timeout=20)
+    assert result.returncode == 2, result.stderr
+    label = " ".join(argv[:2]) if argv[0] == "dead" else argv[0]
+    line = one_error_line(result.stderr, label)
+    assert message in line
+    assert "secret" not in line
+    assert result.stdout == ""
+
+
+def test_body_after_options_between_positionals(output: Output, url: str) -> None:
+    assert cli.main(["rpc", "nobody", "--timeout", "1", '{"x": 1}', "--url", url]) == 1
+    assert "nobody answers RPCs as 'nobody'" in one_error_line(output.read().err, "rpc")
+    output.err = ""
+    assert cli.main(["rpc", "nobody", "--timeout", "1", "1", "2", "--url", url]) == 2
+    assert "unrecognized arguments: 1 2" in output.read().err
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert (result.returncode, result.stdout) == (0, f"kiwipy {kiwipy.__version__}\n")
 
 
 def test_unknown_encoder_is_a_usage_error(output: Output, url: str) -> None:
     assert cli.main(["send", "1", "--url", url, "--encoder", "pickle"]) == 2
-    assert "invalid choice: 'pickle'" in output.read().err
+    assert "invalid choice: 'pickle'" in one_error_line(output.read().err, "send")
 
 
 def test_url_defaults_to_env_then_local_rabbitmq(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -350,7 +436,7 @@ def test_worker_with_communicator_verbose_and_coroutines(
 def test_worker_shows_progress(
     output: Output, url: str, handlers: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_cli_serve, "_PROGRESS_INTERVAL", 0.05)
+    monkeypatch.setattr(_cli_running, "_PROGRESS_INTERVAL", 0.05)
     worker = Background(["worker", f"{handlers}:slow", "--url", url, "--max-messages", "2"])
     assert cli.main(["send", "--wait", "0.3", "--url", url]) == 0
     assert cli.main(["send", "--wait", "0.3", "--url", url]) == 0

@@ -45,3 +45,27 @@ def test_unknown_scheme(uri: str) -> None:
         kiwipy.connect(uri)
     for scheme in ("amqp://", "amqps://", "memory://"):
         assert scheme in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("amqp://guest:guest@127.0.0.1:1/?heartbeat=abc", "heartbeat='abc' is invalid"),
+        ("amqp://guest:guest@127.0.0.1:1/?heartbeat=70000", "heartbeat='70000' is invalid"),
+        ("amqp://guest:guest@127.0.0.1:1/?hearbeat=30", "unknown URL parameter 'hearbeat'"),
+        ("amqps://127.0.0.1:1/?no_verify_ssl=false", "no_verify_ssl='false' is invalid"),
+        ("memory://x?heartbeat=30", "unknown URL parameter 'heartbeat'"),
+    ],
+)
+def test_bad_url_parameters_are_refused_before_connecting(url: str, message: str) -> None:
+    # Port 1 has no broker: the check must come first, or this would be a connection error.
+    with pytest.raises(ValueError, match=message):
+        kiwipy.connect(url)
+
+
+def test_good_url_parameters_pass_the_check() -> None:
+    from kiwipy.rmq._options import check_url_query
+
+    check_url_query("amqp://h/?heartbeat=0&timeout=5&name=w1&reconnect_interval=0.5&fail_fast=no")
+    check_url_query({"url": "amqps://h/?cafile=/ca.pem&no_verify_ssl=1&auth=external"})
+    check_url_query(None)

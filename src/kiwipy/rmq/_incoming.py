@@ -366,7 +366,10 @@ class RmqIncomingTask(AsyncIncomingTask):
             return
         self._state = TASK_FINISHED
         if outcome.kind == _outcome.EXCEPTION:
-            _LOGGER.warning("task raised %r", outcome.value)
+            error = outcome.value  # with its traceback: the repr alone rarely says where
+            _LOGGER.warning(
+                "task raised %r", error, exc_info=(type(error), error, error.__traceback__)
+            )
         answered = self.no_reply or await self._responder.reply(
             self._message, _outcome.to_response(outcome)
         )

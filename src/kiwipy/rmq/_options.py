@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
 from typing import Any, Callable, Optional, Union
+from urllib.parse import parse_qsl, urlsplit
 
 from typing_extensions import TypedDict
 
@@ -22,7 +23,9 @@ __all__ = (
     "QUEUE_TYPES",
     "ConnectionFactory",
     "ConnectionParams",
+    "URL_PARAMETERS",
     "RmqOptions",
+    "check_url_query",
     "resolve_options",
 )
 
@@ -187,3 +190,63 @@ def resolve_encoder(options: RmqOptions) -> encoders.Encoder:
     if decoder is defaults.DECODER:
         decoder = None
     return encoders.resolve(encoder, decoder)
+
+
+# URL query parameters
+#
+# aiormq and aio-pika read these from the URL and quietly replace a value they cannot parse
+# (``heartbeat=abc`` becomes 0: no heartbeat; ``no_verify_ssl=false`` turns verification
+# *off*, since only ``0`` keeps it) and ignore a name they do not know (a misspelt
+# ``hearbeat``). Checking them here turns each into an error that names it.
+
+
+def _whole(low: int, high: int) -> Callable[[str], bool]:
+    return lambda text: text.isdigit() and low <= int(text) <= high
+
+
+def _seconds(text: str) -> bool:
+    try:
+        return float(text) >= 0
+    except ValueError:
+        return False
+
+
+_BOOLEAN_WORDS = ("1", "0", "true", "false", "yes", "no", "on", "off")
+
+#: Every URL query parameter the RabbitMQ transport reads: name -> (check, what it must be).
+URL_PARAMETERS: dict[str, tuple[Callable[[str], bool], str]] = {
+    "heartbeat": (_whole(0, 65535), "a whole number of seconds from 0 (off) to 65535"),
+    "timeout": (_whole(0, 2**31), "a whole number of seconds"),
+    "name": (lambda text: True, "a connection name"),
+    "auth": (lambda text: text.upper() in ("PLAIN", "EXTERNAL"), "plain or external"),
+    "cafile": (bool, "a file name"),
+    "capath": (bool, "a directory name"),
+    "cadata": (bool, "certificate data"),
+    "keyfile": (bool, "a file name"),
+    "certfile": (bool, "a file name"),
+    "no_verify_ssl": (lambda text: text in ("0", "1"), "0 (verify, the default) or 1"),
+    "reconnect_interval": (_seconds, "a number of seconds, 0 or more"),
+    "fail_fast": (lambda text: text.lower() in _BOOLEAN_WORDS, "true or false"),
+    "interleave": (_whole(0, 2**31), "a whole number"),
+    "happy_eyeballs_delay": (_seconds, "a number of seconds, 0 or more"),
+}
+
+
+def check_url_query(params: ConnectionParams) -> None:
+    """Check the query parameters of a connection URL (``params`` itself, or its ``url``).
+
+    :raises ValueError: naming the first parameter that is unknown or has a value the
+        transport cannot use (which aiormq would otherwise replace or ignore silently).
+    """
+    url = params.get("url") if isinstance(params, Mapping) else params
+    if not isinstance(url, str):
+        return
+    for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        known = URL_PARAMETERS.get(name)
+        if known is None:
+            raise ValueError(
+                f"unknown URL parameter {name!r} (known: {', '.join(sorted(URL_PARAMETERS))})"
+            )
+        check, expected = known
+        if not check(value):
+            raise ValueError(f"URL parameter {name}={value!r} is invalid: it must be {expected}")

@@ -32,7 +32,13 @@ from ..communications import (
 from . import _amqp
 from ._batch import MessageTarget, TaskTarget
 from ._lane import MessageLane, TaskLane
-from ._options import ConnectionFactory, ConnectionParams, RmqOptions, resolve_options
+from ._options import (
+    ConnectionFactory,
+    ConnectionParams,
+    RmqOptions,
+    check_url_query,
+    resolve_options,
+)
 from ._recovery import ReconnectPacing
 from ._replies import ReplyQueue
 from ._session import Session
@@ -393,9 +399,12 @@ async def async_connect(
         bounded by :data:`~kiwipy.rmq._amqp.CONNECT_TIMEOUT`, and no socket leaked by a
         failed attempt: :class:`~kiwipy.rmq._amqp.RobustConnection`).
     :param options: see :class:`RmqCommunicator`.
+    :raises ValueError: for a bad option, or (with the default factory) a URL query
+        parameter that is unknown or malformed (``?heartbeat=abc``).
     """
     _limits.check_options(resolve_options(options))  # fail on a bad option before connecting
     if connection_factory is aio_pika.connect_robust:
+        check_url_query(connection_params)  # aiormq would ignore a bad one silently
         connection_params = _paced(connection_params, cast(dict[str, Any], options))
         connection_factory = functools.partial(
             aio_pika.connect_robust,
