@@ -29,7 +29,7 @@ from ..communications import (
     RpcSubscriber,
     TaskSubscriber,
 )
-from . import _amqp
+from . import _amqp, _connecting
 from ._batch import MessageTarget, TaskTarget
 from ._lane import MessageLane, TaskLane
 from ._options import ConnectionFactory, ConnectionParams, RmqOptions, resolve_options
@@ -378,8 +378,11 @@ async def async_connect(
         bounded by :data:`~kiwipy.rmq._amqp.CONNECT_TIMEOUT`, and no socket leaked by a
         failed attempt: :class:`~kiwipy.rmq._amqp.RobustConnection`).
     :param options: see :class:`RmqCommunicator`.
+    :raises ConnectFailed: if the connection cannot be opened (:class:`~kiwipy.AccessRefused`
+        when the broker refused the user or the virtual host); the message says why.
     """
     resolve_options(options)  # fail on a bad option before connecting
+    asked = connection_params  # for error messages: before the pacing below adds to it
     if connection_factory is aio_pika.connect_robust:
         connection_params = _paced(connection_params, cast(dict[str, Any], options))
         connection_factory = functools.partial(
@@ -387,7 +390,9 @@ async def async_connect(
             connection_class=_amqp.RobustConnection,
             timeout=_amqp.CONNECT_TIMEOUT,
         )
-    connection = await _open_connection(connection_params, connection_factory)
+    connection = await _connecting.opening(
+        asked, _open_connection(connection_params, connection_factory)
+    )
     communicator = RmqCommunicator(connection, **options)
     await communicator.connect()
     return communicator
