@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import shortuuid
 
-from . import exceptions, futures
+from . import _unroutable, exceptions, futures
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -260,7 +260,7 @@ class CommunicatorHelper(Communicator):
         try:
             subscriber = self._rpc_subscribers[recipient_id]
         except KeyError:
-            raise exceptions.UnroutableError(f"Unknown rpc recipient '{recipient_id}'") from None
+            raise exceptions.UnroutableError(_unroutable.no_rpc_subscriber(recipient_id)) from None
         future: futures.Future[Any] = futures.Future()
         try:
             future.set_result(subscriber(self, msg))
