@@ -399,6 +399,11 @@ class AsyncCommunicator(abc.ABC):
     async def disconnect(self) -> None:
         """Close everything; later operations raise :class:`~kiwipy.CommunicatorClosed`."""
 
+    async def close(self) -> None:
+        """The same as :meth:`disconnect`, under the name the thread communicators use
+        (:meth:`Communicator.close`), so code moving between the two keeps working."""
+        await self.disconnect()
+
     @abc.abstractmethod
     def connected(self) -> bool:
         """:returns: whether the communicator is connected."""
