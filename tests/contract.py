@@ -105,7 +105,8 @@ is removed from the class when it is defined (it is neither run nor reported as 
 ``LocalCommunicator`` has none of them. Every await on an outcome is bounded by
 :data:`TIMEOUT` seconds, so a broken transport fails fast instead of hanging.
 
-The errors expected are kiwipy's own: ``UnroutableError`` raised by ``rpc_send`` itself,
+The errors expected are kiwipy's own: ``UnroutableError`` raised by ``rpc_send`` itself
+(its text the same on every transport: :func:`unroutable_rpc`),
 ``RemoteException`` (with ``remote_type``) for a subscriber's exception,
 ``DuplicateSubscriberIdentifier``, ``ValueError`` for unknown subscriber ids, ``QueueEmpty``,
 ``kiwipy.InvalidStateError`` (not asyncio's) for a pull-mode task in the wrong state,
@@ -162,6 +163,12 @@ CONTROL_TIMEOUT = 3.0
 
 
 # -- helpers for tests ----------------------------------------------------------------------
+
+
+def unroutable_rpc(identifier: str) -> str:
+    """The text of the :class:`~kiwipy.UnroutableError` of an RPC nobody holds, the same on
+    every transport (issue 19)."""
+    return f"no subscriber with RPC identifier {identifier!r}"
 
 
 async def settle(future: Awaitable[Any], timeout: float = TIMEOUT) -> Any:
@@ -777,16 +784,19 @@ class CommunicatorContract:
         assert str(info.value.remote_type).endswith("ValueError")
 
     async def test_rpc_to_unknown_recipient(self, comm: Any, transport: ContractTransport) -> None:
-        with pytest.raises(kiwipy.UnroutableError):
-            await comm.rpc_send(transport.name("nobody"), "hello")
+        nobody = transport.name("nobody")
+        with pytest.raises(kiwipy.UnroutableError) as info:
+            await comm.rpc_send(nobody, "hello")
+        assert str(info.value) == unroutable_rpc(nobody)  # one wording on every transport
 
     async def test_rpc_removed_subscriber_is_unroutable(
         self, comm: Any, transport: ContractTransport
     ) -> None:
         ident = await comm.add_rpc_subscriber(lambda _c, msg: msg, transport.name("gone"))
         await comm.remove_rpc_subscriber(ident)
-        with pytest.raises(kiwipy.UnroutableError):
+        with pytest.raises(kiwipy.UnroutableError) as info:
             await comm.rpc_send(ident, "hello")
+        assert str(info.value) == unroutable_rpc(ident)
 
     async def test_rpc_nested_futures(self, comm: Any, transport: ContractTransport) -> None:
         first, second = transport.make_future(), transport.make_future()
@@ -848,6 +858,7 @@ class CommunicatorContract:
         error = info.value
         assert list(error.errors) == [1]
         assert isinstance(error.errors[1], kiwipy.UnroutableError)
+        assert str(error.errors[1]) == unroutable_rpc(transport.name("gone"))
         assert error.futures[1] is None
         answers = [await settle(error.futures[i]) for i in (0, 2)]
         assert answers == [{"by": ident, "msg": "pause"} for ident in known]

@@ -18,8 +18,10 @@ from .communications import (
     connect,
 )
 from .exceptions import (
+    AccessRefused,
     BatchSendError,
     CommunicatorClosed,
+    ConnectFailed,
     ConnectionLost,
     DecodeError,
     DeliveryFailed,
@@ -54,6 +56,7 @@ from .utils import EventHelper
 __version__ = "1.0.0.dev0"
 
 __all__ = (
+    "AccessRefused",
     "AsyncCommunicator",
     "BatchSendError",
     "BroadcastFilter",
@@ -62,6 +65,7 @@ __all__ = (
     "Communicator",
     "CommunicatorClosed",
     "CommunicatorHelper",
+    "ConnectFailed",
     "ConnectionLost",
     "DecodeError",
     "DeliveryFailed",

@@ -182,6 +182,8 @@ def connect_from_args(args: argparse.Namespace, **extra: Any) -> Communicator:
         ) from None
     except ValueError as exc:
         raise CliError(f"bad URL {mask_url(url)!r}: {describe(exc)}", EXIT_USAGE) from None
+    except exceptions.ConnectFailed as exc:  # says why, with the password masked
+        raise CliError(str(exc)) from None
     except Exception as exc:
         raise CliError(f"cannot connect to {mask_url(url)}: {describe(exc)}") from None
 
@@ -196,12 +198,16 @@ async def open_broker(url: str, opening: Awaitable[T]) -> T:
 
     :raises CliError: saying why the connection failed (the URL's password masked).
     """
+    from .rmq import _connecting  # only broker commands get here: the rmq extra is there
+
     try:
-        return await asyncio.wait_for(opening, CONNECT_TIMEOUT)
+        return await asyncio.wait_for(_connecting.opening(url, opening), CONNECT_TIMEOUT)
     except asyncio.TimeoutError:
         raise CliError(
             f"cannot connect to {mask_url(url)}: no answer within {CONNECT_TIMEOUT:g} s"
         ) from None
+    except exceptions.ConnectFailed as exc:
+        raise CliError(str(exc)) from None
     except Exception as exc:
         raise CliError(f"cannot connect to {mask_url(url)}: {describe(exc)}") from None
 

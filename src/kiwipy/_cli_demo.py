@@ -265,6 +265,8 @@ def run_demo(args: argparse.Namespace) -> int:
         try:
             try:
                 demo.connect_all()
+            except exceptions.ConnectFailed as exc:  # its message names the URL
+                raise CliError(str(exc)) from None
             except Exception as exc:
                 raise CliError(f"cannot connect to {mask_url(url)}: {exc}") from None
             demo.tasks()

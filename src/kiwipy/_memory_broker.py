@@ -26,7 +26,7 @@ import itertools
 import threading
 from typing import Any, Callable, NamedTuple, Optional
 
-from . import exceptions
+from . import _unroutable, exceptions
 from .encoders import Encoder
 
 __all__ = ("Connection", "Consumer", "Delivery", "MemoryBroker", "Message", "Payload")
@@ -289,10 +289,10 @@ class MemoryBroker:
         with self._lock:
             holder = self._rpc.get(key)
             if holder is None:
-                raise exceptions.UnroutableError(f"no RPC subscriber '{key}'")
+                raise exceptions.UnroutableError(_unroutable.no_rpc_subscriber(key))
             callback = holder.rpc[key]
         if not self._flush([(holder, callback, (key, message))]):
-            raise exceptions.UnroutableError(f"the RPC subscriber '{key}' is gone")
+            raise exceptions.UnroutableError(_unroutable.no_rpc_subscriber(key))  # just removed
 
     def send_reply(self, connection: Connection, correlation_id: str, payload: Payload) -> None:
         """Deliver a reply; dropped if *connection* has closed (like a deleted reply queue)."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import shortuuid
 
-from . import exceptions, futures
+from . import _unroutable, exceptions, futures
 
 # kiwipy 0.9's ``communications`` did ``from .exceptions import *``, and its clients import the
 # exceptions from here (aiida-core: ``from kiwipy.communications import UnroutableError``;
@@ -284,7 +284,7 @@ class CommunicatorHelper(Communicator):
         try:
             subscriber = self._rpc_subscribers[recipient_id]
         except KeyError:
-            raise exceptions.UnroutableError(f"Unknown rpc recipient '{recipient_id}'") from None
+            raise exceptions.UnroutableError(_unroutable.no_rpc_subscriber(recipient_id)) from None
         future: futures.Future[Any] = futures.Future()
         try:
             future.set_result(subscriber(self, msg))
@@ -422,6 +422,11 @@ class AsyncCommunicator(abc.ABC):
     @abc.abstractmethod
     async def disconnect(self) -> None:
         """Close everything; later operations raise :class:`~kiwipy.CommunicatorClosed`."""
+
+    async def close(self) -> None:
+        """The same as :meth:`disconnect`, under the name the thread communicators use
+        (:meth:`Communicator.close`), so code moving between the two keeps working."""
+        await self.disconnect()
 
     @abc.abstractmethod
     def connected(self) -> bool:

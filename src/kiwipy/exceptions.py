@@ -13,8 +13,10 @@ import concurrent.futures
 from typing import Any
 
 __all__ = (
+    "AccessRefused",
     "BatchSendError",
     "CommunicatorClosed",
+    "ConnectFailed",
     "ConnectionLost",
     "DecodeError",
     "DeliveryFailed",
@@ -115,6 +117,31 @@ class BatchSendError(DeliveryFailed):
         super().__init__(f"{len(errors)} of {len(futures)} messages of the batch failed{reason}")
         self.futures = futures
         self.errors = errors
+
+
+# Connecting
+
+
+class ConnectFailed(KiwiError, ConnectionError):
+    """A connection to the broker could not be opened (``kiwipy.connect``,
+    :func:`kiwipy.rmq.async_connect`): nothing listens at the address, the host name is not
+    known, the port does not speak AMQP (or TLS, for ``amqps://``), or no answer came in time.
+    The message says which, and names the URL with its password masked.
+
+    It is also a :class:`ConnectionError`, as the aiormq errors it replaces were.
+
+    :ivar url: the broker's URL, its password replaced by ``***``.
+    """
+
+    def __init__(self, message: str, *, url: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class AccessRefused(ConnectFailed):
+    """The broker answered but refused the connection: wrong user name or password, a user
+    not allowed to log in from this host, a virtual host that does not exist or that the user
+    has no permission on."""
 
 
 # Subscribers and lifecycle

@@ -52,7 +52,7 @@ async def test_rpc_remote_exception(communicator: rmq.RmqCommunicator) -> None:
 async def test_rpc_unroutable(communicator: rmq.RmqCommunicator) -> None:
     with pytest.raises(kiwipy.UnroutableError) as info:
         await communicator.rpc_send("nobody-here", "hello")
-    assert str(info.value) == "('NO_ROUTE', '[rpc].nobody-here')"
+    assert str(info.value) == "no subscriber with RPC identifier 'nobody-here'"
     assert communicator.pending_replies == 0
 
 

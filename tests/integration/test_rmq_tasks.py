@@ -267,6 +267,8 @@ async def test_standalone_publisher_raises_delivery_error(rmq_uri, names) -> Non
         with pytest.raises(aio_pika.exceptions.DeliveryError) as info:
             await publisher.task_send("The meaning?")
         assert isinstance(info.value, kiwipy.UnroutableError)
+        queue, exchange = names.task_queue, names.task_exchange
+        assert str(info.value) == f"no task queue bound for {queue!r} on exchange {exchange!r}"
     finally:
         await publisher.disconnect()
         await connection.close()

@@ -34,7 +34,7 @@ from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
 from yarl import URL
 
-from .. import exceptions
+from .. import _unroutable, exceptions
 
 __all__ = (
     "BROKEN",
@@ -95,8 +95,11 @@ class ConnectionGone(exceptions.ConnectionLost, amqp_errors.ChannelInvalidStateE
 def translate(exc: BaseException, what: str) -> exceptions.KiwiError:
     """:returns: the kiwipy error for the aiormq error *exc* raised while doing *what*."""
     if isinstance(exc, amqp_errors.PublishError):
-        # kiwipy 0.9's text: "('NO_ROUTE', '[rpc].nobody')"
-        return UnroutableDelivery(str(exc.args), exc.message)
+        # one wording on every transport (kiwipy 0.9 said "('NO_ROUTE', '[rpc].nobody')")
+        returned = getattr(exc.message, "delivery", None)
+        exchange = str(getattr(returned, "exchange", "?"))
+        text = _unroutable.for_routing_key(str(exc.args[1]), exchange)  # (reply, routing key)
+        return UnroutableDelivery(text, exc.message)
     if isinstance(exc, amqp_errors.DeliveryError):
         return exceptions.PublishNacked(f"the broker refused {what} (basic.nack)")
     if isinstance(exc, amqp_errors.ChannelNotFoundEntity):

@@ -41,7 +41,7 @@ from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
 
 from .. import encoders, exceptions
-from . import _amqp, _events, _fastpublish, _publishing
+from . import _amqp, _connecting, _events, _fastpublish, _publishing
 from ._options import RmqOptions, resolve_encoder, resolve_options
 from ._publishing import PublishAttempt
 from ._recovery import Recovery, Restorer
@@ -132,11 +132,15 @@ class Session:
 
     async def start(self) -> None:
         """Connect the connection if needed, report ``'connected'`` and start the stall
-        watchdog of a connection this session owns."""
+        watchdog of a connection this session owns.
+
+        :raises ConnectFailed: if the connection cannot be opened.
+        """
         if self._closed:
             raise exceptions.CommunicatorClosed
         if self.connection.transport is None and not self.connection.is_closed:
-            await self.connection.connect()
+            url = str(getattr(self.connection, "url", "")) or None
+            await _connecting.opening(url, self.connection.connect())
         self.report(_events.CONNECTED)
         if self._owns_connection:
             self._watchdog.start()

@@ -29,7 +29,7 @@ from ..communications import (
     RpcSubscriber,
     TaskSubscriber,
 )
-from . import _amqp
+from . import _amqp, _connecting
 from ._batch import MessageTarget, TaskTarget
 from ._lane import MessageLane, TaskLane
 from ._options import (
@@ -401,8 +401,11 @@ async def async_connect(
     :param options: see :class:`RmqCommunicator`.
     :raises ValueError: for a bad option, or (with the default factory) a URL query
         parameter that is unknown or malformed (``?heartbeat=abc``).
+    :raises ConnectFailed: if the connection cannot be opened (:class:`~kiwipy.AccessRefused`
+        when the broker refused the user or the virtual host); the message says why.
     """
     _limits.check_options(resolve_options(options))  # fail on a bad option before connecting
+    asked = connection_params  # for error messages: before the pacing below adds to it
     if connection_factory is aio_pika.connect_robust:
         check_url_query(connection_params)  # aiormq would ignore a bad one silently
         connection_params = _paced(connection_params, cast(dict[str, Any], options))
@@ -411,7 +414,9 @@ async def async_connect(
             connection_class=_amqp.RobustConnection,
             timeout=_amqp.CONNECT_TIMEOUT,
         )
-    connection = await _open_connection(connection_params, connection_factory)
+    connection = await _connecting.opening(
+        asked, _open_connection(connection_params, connection_factory)
+    )
     communicator = RmqCommunicator(connection, **options)
     await communicator.connect()
     return communicator
