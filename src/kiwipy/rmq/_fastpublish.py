@@ -29,14 +29,12 @@ from typing import Any, NamedTuple, Optional
 from uuid import UUID
 
 import aiormq.abc
-from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 
+from . import _aiormq_boundary as internals
 from ._frames import publish_frames
 
 __all__ = ("Outgoing", "can_start", "publish", "start")
-
-_REQUIRED = ("confirmations", "message_id_delivery_tag", "delivery_tag", "write_queue", "lock")
 
 
 class Outgoing(NamedTuple):
@@ -51,12 +49,7 @@ class Outgoing(NamedTuple):
 
 def can_start(channel: aiormq.abc.AbstractChannel) -> bool:
     """:returns: whether :func:`start` may publish on *channel* now."""
-    if channel.is_closed or not getattr(channel, "publisher_confirms", False):
-        return False
-    if not all(hasattr(channel, name) for name in _REQUIRED):
-        return False  # another aiormq: use its basic_publish
-    ch: Any = channel
-    return not ch.lock.locked() and not ch.write_queue.full()
+    return internals.can_write_directly(channel)
 
 
 def start(
@@ -77,7 +70,7 @@ def start(
     frames: list[bytes] = []
     futures = [_register(ch, message, frames) for message in messages]
     drained = ch.create_future() if drain else None
-    ch.write_queue.put_nowait(ChannelFrame(b"".join(frames), False, drained))
+    internals.write(ch, b"".join(frames), drained)
     return futures, drained
 
 
@@ -85,13 +78,7 @@ def _register(ch: Any, message: Outgoing, frames: list[bytes]) -> asyncio.Future
     props = message.properties
     if not props.message_id:
         props.message_id = UUID(int=getrandbits(128), version=4).hex
-    message_id = props.message_id
-    ch.delivery_tag += 1
-    tag = ch.delivery_tag
-    future: asyncio.Future[Any] = ch.create_future()
-    ch.confirmations[tag] = future
-    ch.message_id_delivery_tag[message_id] = tag
-    future.add_done_callback(lambda _: ch.message_id_delivery_tag.pop(message_id, None))
+    future = internals.register_confirm(ch, props.message_id)
     publish_frames(
         ch.number,
         message.exchange,
@@ -99,7 +86,7 @@ def _register(ch: Any, message: Outgoing, frames: list[bytes]) -> asyncio.Future
         message.mandatory,
         props,
         message.body,
-        ch.max_content_size,
+        internals.max_content_size(ch),
         frames,
     )
     return future
