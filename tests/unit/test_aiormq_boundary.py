@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
+import tokenize
 from collections.abc import AsyncIterator
 from importlib import metadata
 from pathlib import Path
@@ -336,3 +337,49 @@ async def test_abort_sockets_resets_the_live_socket() -> None:
         await connection.close()
         server.close()
         await server.wait_closed()
+
+
+# -- nothing else reaches in ---------------------------------------------------------------
+
+#: What only the boundary may touch (in code, not in docstrings or comments).
+_INTERNALS = re.compile(
+    r"(?<!internals)(?<!_aiormq_boundary)\.(consumers|confirmations|write_queue"
+    r"|message_id_delivery_tag|max_content_size|reconnect_interval|publisher_confirms"
+    r"|_writer_task|_reader_task|_transport_factory|_on_connection_close|f_locals|cr_frame)\b"
+    r"|\bdelivery_tag\s*\+=|\baiormq\.connection\b|\b_Connection__"
+)
+
+
+#: The same, reached by name.
+_BY_NAME = re.compile(
+    r"\b(getattr|hasattr|setattr)\([^,()]+,\s*[\"'](consumers|confirmations|write_queue"
+    r"|message_id_delivery_tag|max_content_size|reconnect_interval|publisher_confirms|_(?!_)\w+)[\"']"
+)
+
+
+def _code_of(path: Path) -> str:
+    """The source of *path* without its strings and comments."""
+    with path.open("rb") as source:
+        tokens = [
+            token
+            for token in tokenize.tokenize(source.readline)
+            if token.type not in (tokenize.STRING, tokenize.COMMENT)
+        ]
+    return tokenize.untokenize(tokens).decode()
+
+
+def test_no_module_but_the_boundary_touches_aiormq_internals() -> None:
+    package = Path(internals.__file__).parents[1]
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "_aiormq_boundary.py" or path.name.startswith("_memory"):
+            continue  # the memory transport has consumers of its own
+        offenders += [
+            f"{path.relative_to(package)}: {match.group(0)}"
+            for match in _INTERNALS.finditer(_code_of(path))
+        ]
+        offenders += [
+            f"{path.relative_to(package)}: {match.group(0)}"
+            for match in _BY_NAME.finditer(path.read_text())
+        ]
+    assert offenders == [], "use kiwipy/rmq/_aiormq_boundary.py for these: " + str(offenders)
