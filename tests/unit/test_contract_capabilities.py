@@ -4,11 +4,15 @@ reason, instead of dropping it silently (issue 11 item 8)."""
 from __future__ import annotations
 
 import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from tests.contract import ALL, QUEUES, CommunicatorContract
-from tests.unit.test_contract_memory import TestAsyncMemoryYaml, TestLocalCommunicator
+from tests.unit import test_contract_memory as memory_contract  # not its classes: no re-collection
 
 
 def _contract_tests(cls: type) -> dict[str, object]:
@@ -24,7 +28,7 @@ def _skip_reason(test: object) -> str | None:
 
 def test_every_contract_test_is_collected_for_a_transport_without_capabilities() -> None:
     full = _contract_tests(CommunicatorContract)
-    local = _contract_tests(TestLocalCommunicator)
+    local = _contract_tests(memory_contract.TestLocalCommunicator)
     assert set(local) == set(full)
     assert all(callable(test) for test in local.values())
 
@@ -37,7 +41,7 @@ def test_a_test_needing_a_missing_capability_is_skipped_naming_it() -> None:
     }
     assert any(QUEUES in needed for needed in needing.values())
     for name, needed in needing.items():
-        reason = _skip_reason(getattr(TestLocalCommunicator, name))
+        reason = _skip_reason(getattr(memory_contract.TestLocalCommunicator, name))
         assert reason is not None, name
         for capability in needed:
             assert capability in reason, (name, reason)
@@ -50,12 +54,36 @@ def test_a_skip_stand_in_requests_no_fixture() -> None:
         for n, t in _contract_tests(CommunicatorContract).items()
         if QUEUES in getattr(t, "contract_needs", ())
     )
-    assert list(inspect.signature(getattr(TestLocalCommunicator, name)).parameters) == ["self"]
+    assert list(
+        inspect.signature(getattr(memory_contract.TestLocalCommunicator, name)).parameters
+    ) == ["self"]
 
 
-@pytest.mark.parametrize("cls", [CommunicatorContract, TestAsyncMemoryYaml])
+@pytest.mark.parametrize("cls", [CommunicatorContract, memory_contract.TestAsyncMemoryYaml])
 def test_transports_with_every_capability_run_every_test_unmarked(
     cls: type[CommunicatorContract],
 ) -> None:
     assert cls.capabilities == ALL
     assert all(_skip_reason(test) is None for test in _contract_tests(cls).values())
+
+
+def test_capability_skips_stay_skips_under_ci() -> None:
+    """Under ``CI=true`` a missing prerequisite fails (``tests._ci.require``), but a test a
+    transport has no capability for is still a skip: the two rules do not mix."""
+    local = "tests/unit/test_contract_memory.py::TestLocalCommunicator"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", local, "-q", "-p", "no:cacheprovider", "-rs"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CI": "true"},
+        cwd=Path(__file__).parents[2],
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stdout[-2000:]
+    skipped = sum(
+        1
+        for test in _contract_tests(CommunicatorContract).values()
+        if getattr(test, "contract_needs", frozenset())
+    )
+    assert f" {skipped} skipped" in run.stdout, run.stdout[-2000:]
+    assert "transport lacks capability: queues" in run.stdout
