@@ -7,6 +7,7 @@ silent skip would hide the missing coverage, so it fails instead.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from collections.abc import Iterator
@@ -23,10 +24,30 @@ from .proxy import TcpProxy
 _HERE = Path(__file__).parent
 
 
+#: aiormq 6.9 leaves the StreamWriter of a connection the broker dropped (a broker stopped,
+#: killed or restarted here on purpose) unclosed; its ResourceWarning surfaces at a garbage
+#: collection. A socket leak in the dependency, not ours, and only where brokers die: the
+#: rest of the suite runs without this filter.
+DROPPED_CONNECTION_LEAK = (
+    "ignore:Exception ignored in. <function StreamWriter.__del__"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in item.path.parents:
             item.add_marker(pytest.mark.faults)
+            item.add_marker(pytest.mark.filterwarnings(DROPPED_CONNECTION_LEAK))
+
+
+@pytest.fixture(autouse=True)
+def _collect_leaks_here() -> Iterator[None]:
+    """Collect garbage at the end of each fault test (the last fixture torn down, after its
+    event loop is closed), so a leak of a broker killed here warns under this test's filter,
+    not later in a test without it."""
+    yield
+    gc.collect()
 
 
 def shared_broker_address() -> tuple[str, int]:

@@ -34,7 +34,10 @@ async def test_broker_restart_with_tasks_queued(private_broker: PrivateBroker, h
     requester.add_connection_callback(events)
     gate = asyncio.Event()
 
+    taken: list[str] = []
+
     async def work(_c, task):
+        taken.append(task)
         await gate.wait()
         done.add(task)
         return task
@@ -46,7 +49,7 @@ async def test_broker_restart_with_tasks_queued(private_broker: PrivateBroker, h
         await worker.add_broadcast_subscriber(lambda _c, body, *_: heard.add(body))
         ids = [f"r{n}" for n in range(TASKS)]
         futures = [await requester.task_send(i) for i in ids]
-        await asyncio.sleep(0.3)  # the worker takes its prefetch
+        await wait_until(lambda: len(taken) >= PREFETCH, WAIT, "the worker takes its prefetch")
         down_at = time.monotonic()
         await loop.run_in_executor(None, getattr(private_broker, how))
         await loop.run_in_executor(None, private_broker.start)

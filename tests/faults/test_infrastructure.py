@@ -153,9 +153,7 @@ async def test_stall_is_detected_by_heartbeats(proxy: TcpProxy) -> None:
     watch = CloseWatch(connection)
     began = time.monotonic()
     proxy.stall()
-    await asyncio.sleep(0.5)
-    assert not watch.closed
-    await watch.wait(timeout=15)
+    await watch.wait(timeout=15)  # the lower bound below says it did not close at once
     # aiormq's grace period is (heartbeat + 1) * 3 = 6 s for heartbeat=1
     assert 1.0 <= watch.at - began <= 8.0
     assert (proxy.accepted, proxy.open_connections) == (1, 1)  # a black hole keeps sockets open

@@ -6,6 +6,7 @@ not a worker of this library) to put each case in place at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from typing import Any
@@ -68,9 +69,12 @@ async def test_two_checkers_race_for_one_lease(timeout_broker: PrivateBroker) ->
             await worker.disconnect()
 
 
-async def test_released_lease_is_taken_over_at_once(timeout_broker: PrivateBroker) -> None:
+async def test_released_lease_is_taken_over_at_once(
+    timeout_broker: PrivateBroker, caplog: pytest.LogCaptureFixture
+) -> None:
     """A pull-mode user requeues a task it leased: the next check runs it elsewhere without
     waiting for strikes."""
+    caplog.set_level(logging.INFO, "kiwipy")
     names = Names()
     owner = await connect(timeout_broker, names, **FAST)
     other = await connect(timeout_broker, names, **FAST)
@@ -80,7 +84,11 @@ async def test_released_lease_is_taken_over_at_once(timeout_broker: PrivateBroke
         async with queue.next_task(timeout=5) as task:
             assert task is not None
             result = task.process()
-            await asyncio.sleep(FAST["task_lease_after"] + 0.5)  # leased by now
+            await wait_for(
+                lambda: any("converted into lease" in r.getMessage() for r in caplog.records),
+                10,
+                "the task becomes a lease",
+            )
             await task.requeue()
             del result
         runs = Runs()

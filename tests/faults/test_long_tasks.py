@@ -135,7 +135,10 @@ async def test_killed_worker_is_taken_over(timeout_broker: PrivateBroker, tmp_pa
             await survivor.disconnect()
 
 
-async def test_broker_restart_mid_lease_loses_nothing(timeout_broker: PrivateBroker) -> None:
+async def test_broker_restart_mid_lease_loses_nothing(
+    timeout_broker: PrivateBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "kiwipy")
     names = Names()
     worker, sender = await connect(timeout_broker, names), await connect(timeout_broker, names)
     try:
@@ -143,7 +146,7 @@ async def test_broker_restart_mid_lease_loses_nothing(timeout_broker: PrivateBro
         await worker.add_task_subscriber(runs)
         future = await sender.task_send({"id": 5, "seconds": 12.0})
         await wait_for(lambda: bool(runs.started), 10, "the task starts")
-        await asyncio.sleep(2.0)  # leased by now (after 1 s)
+        await wait_for(lambda: bool(leases_logged(caplog)), 10, "the task becomes a lease")
         await asyncio.to_thread(timeout_broker.restart)
         assert await outcome(future, 60) == {"id": 5, "by": "worker"}
         assert [task for task, _ in runs.started] == [5]

@@ -168,7 +168,10 @@ async def test_sends_during_an_outage_wait_for_the_reconnection(proxy: TcpProxy)
         began = time.monotonic()
         sends = [asyncio.ensure_future(sender.task_send(f"w{n}")) for n in range(20)]
         rpc = asyncio.ensure_future(sender.rpc_send("peer", "during"))
-        await asyncio.sleep(1.5)
+        # The sends wait through several reconnection attempts (one per 0.3 s at most,
+        # reconnect_max_interval), each refused by the proxy.
+        refused = proxy.refused
+        await wait_until(lambda: proxy.refused >= refused + 3, WAIT, "3 reconnection attempts")
         assert not any(send.done() for send in sends)
         proxy.refuse(False)
         futures = await asyncio.wait_for(asyncio.gather(*sends), WAIT)

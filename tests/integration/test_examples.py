@@ -39,6 +39,27 @@ async def _delete(url: str, prefix: str) -> None:
             await channel.exchange_delete(exchange)
 
 
+async def _wait_queued(url: str, queue: str, timeout: float = 30.0) -> None:
+    """Wait until *queue* exists and holds a message (a new interpreter imports kiwipy first:
+    seconds on a busy machine)."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        deadline = time.monotonic() + timeout
+        while True:
+            channel = await connection.channel()  # a passive declare of no queue closes it
+            try:
+                queued = await channel.declare_queue(queue, passive=True)
+                if queued.declaration_result.message_count:
+                    return
+            except aio_pika.exceptions.ChannelClosed:
+                pass
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+            assert time.monotonic() < deadline, f"nothing was queued in {queue}"
+            await asyncio.sleep(0.05)
+
+
 _STARTED: list[subprocess.Popen[str]] = []
 
 
@@ -121,7 +142,7 @@ def test_new_task_and_worker(env: dict[str, str]) -> None:
     ]
 
 
-def test_tasks_wait_for_a_worker(env: dict[str, str]) -> None:
+def test_tasks_wait_for_a_worker(env: dict[str, str], rmq_uri: str, unique_name: str) -> None:
     """A task sent before any worker runs waits in the queue for one."""
     sender = subprocess.Popen(
         [sys.executable, str(EXAMPLES / "new_task.py"), "queued"],
@@ -130,7 +151,7 @@ def test_tasks_wait_for_a_worker(env: dict[str, str]) -> None:
         env=env,
     )
     _STARTED.append(sender)
-    time.sleep(1.0)
+    asyncio.run(_wait_queued(rmq_uri, f"{unique_name}.tasks"))
     worker = start(env, "worker.py", "--count", "1")
     assert finish(sender) == [" [x] Sending 'queued'", " [x] Result 'queued'"]
     assert finish(worker) == [" [x] Received 'queued'", " [x] Done"]

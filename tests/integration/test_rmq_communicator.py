@@ -161,10 +161,14 @@ async def test_broadcast_subscriber_errors_are_contained(communicator: rmq.RmqCo
 
 async def test_remove_broadcast_subscriber(communicator: rmq.RmqCommunicator) -> None:
     got: list = []
+    heard = asyncio.Event()
     await communicator.add_broadcast_subscriber(lambda *a: got.append(a[1]), "b")
     await communicator.remove_broadcast_subscriber("b")
+    # every subscriber of a communicator is handed the same delivery: once the control
+    # subscriber heard the broadcast, a removed one that still listened would have too
+    await communicator.add_broadcast_subscriber(lambda *_a: heard.set(), "control")
     await communicator.broadcast_send("after removal")
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(heard.wait(), WAIT)
     assert got == []
     with pytest.raises(ValueError, match="Broadcast subscriber 'b' unknown"):
         await communicator.remove_broadcast_subscriber("b")
@@ -221,9 +225,9 @@ async def test_task_exception_and_nested(communicator: rmq.RmqCommunicator) -> N
     assert await asyncio.wait_for(nested, WAIT) == 3
 
 
-async def test_tasks_wait_for_a_worker(communicator: rmq.RmqCommunicator) -> None:
+async def test_tasks_wait_for_a_worker(communicator: rmq.RmqCommunicator, raw_channel, names):
     future = await communicator.task_send("queued")
-    await asyncio.sleep(0.2)
+    await _wait_ready(raw_channel, names.task_queue, 1)  # in the queue, nobody took it
     assert not future.done()
     await communicator.add_task_subscriber(lambda _c, t: f"done {t}")
     assert await asyncio.wait_for(future, WAIT) == "done queued"
@@ -238,11 +242,14 @@ async def test_custom_task_queue(communicator: rmq.RmqCommunicator, names) -> No
         await queue.remove_task_subscriber(identifier)
 
 
-async def test_remove_task_subscriber_stops_consuming(communicator: rmq.RmqCommunicator) -> None:
+async def test_remove_task_subscriber_stops_consuming(
+    communicator: rmq.RmqCommunicator, raw_channel, names
+) -> None:
     identifier = await communicator.add_task_subscriber(lambda _c, t: t)
     await communicator.remove_task_subscriber(identifier)
     future = await communicator.task_send(1)
-    await asyncio.sleep(0.3)
+    # ready in the queue: no consumer holds it (a delivered message is no longer counted)
+    await _wait_ready(raw_channel, names.task_queue, 1)
     assert not future.done()
     with pytest.raises(kiwipy.DuplicateSubscriberIdentifier):
         await communicator.add_task_subscriber(lambda _c, t: t, "same")
@@ -331,3 +338,12 @@ async def test_heartbeat_from_the_url(rmq_uri, names) -> None:
         assert comm._connection.transport.connection.connection_tune.heartbeat == 7
     finally:
         await comm.disconnect()
+
+
+async def _wait_ready(channel, queue: str, count: int) -> None:
+    """Wait until *queue* holds *count* messages ready for delivery (none taken by a consumer)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while (await channel.queue_declare(queue, passive=True)).message_count != count:
+        assert loop.time() < deadline, f"{queue} never held {count} ready messages"
+        await asyncio.sleep(0.02)

@@ -38,10 +38,22 @@ def report(step: str, **fields: Any) -> None:
     print(json.dumps({"step": step, **fields}), flush=True)
 
 
+async def answering(controller: Any, pid: Any, timeout: float = 10.0) -> Any:
+    """:returns: the status of the process *pid*, asked until its RPC subscriber answers
+    (instead of a fixed pause for it to be registered)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await controller.get_status(pid)
+        except kiwipy.UnroutableError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 async def control(controller: Any, comm: Any) -> None:
     proc = Waits(communicator=comm)
-    await asyncio.sleep(0.2)
-    await controller.get_status(proc.pid)
+    await answering(controller, proc.pid)
     await controller.pause_process(proc.pid)
     report("pause", paused=proc.paused)
     await controller.play_process(proc.pid)

@@ -94,15 +94,32 @@ async def test_serial_calls_keep_their_order_and_never_overlap() -> None:
 
 
 async def test_a_cancelled_call_is_dropped_quietly() -> None:
-    dispatcher = _dispatch.Dispatcher(asyncio.get_running_loop(), "test-dispatch")
+    """A call whose future was cancelled still runs; its outcome, arriving later, is dropped
+    without an error on the loop, and the calls after it are served."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    # one worker: calls run, and their outcomes reach the loop, in the order they were queued
+    dispatcher = _dispatch.Dispatcher(loop, "test-dispatch", max_workers=1)
+    release, ran = threading.Event(), threading.Event()
+
+    def cancelled_call() -> str:
+        release.wait(5)
+        ran.set()
+        return "too late"
+
     try:
-        future = dispatcher.run(lambda: time.sleep(0.05))
+        future = dispatcher.run(cancelled_call)
         future.cancel()
-        assert await dispatcher.run(lambda: "next") == "next"
-        await asyncio.sleep(0.1)
+        release.set()
+        # "next" is served after the cancelled call's outcome was handled on the loop
+        assert await asyncio.wait_for(dispatcher.run(lambda: "next"), 5) == "next"
+        assert ran.is_set()
         assert future.cancelled()
+        assert reported == []
     finally:
         dispatcher.close()
+        loop.set_exception_handler(None)
 
 
 @pytest.fixture

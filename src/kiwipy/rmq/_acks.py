@@ -25,6 +25,8 @@ from typing import Any, Optional
 
 import aiormq.abc
 
+from . import _aiormq_boundary as internals
+
 __all__ = ("ack", "ack_frame")
 
 #: method frame header (type 1, channel, size 13), Basic.Ack (60, 80), tag, bits, frame end
@@ -83,10 +85,10 @@ def ack(channel: aiormq.abc.AbstractChannel, delivery_tag: int) -> asyncio.Futur
     ch: Any = channel
     batch: Optional[_AckBatch] = _OPEN.get(ch)
     if batch is None or batch.sealed:
-        if ch.write_queue.full():  # the writer is far behind: let aiormq wait for room
+        if internals.write_queue_full(ch):  # the writer is far behind: let aiormq wait
             waiting: asyncio.Future[None] = asyncio.ensure_future(ch.basic_ack(delivery_tag))
             return waiting
         batch = _OPEN[ch] = _AckBatch(ch)
-        ch.write_queue.put_nowait(batch)
+        internals.enqueue(ch, batch)
     batch.frames.append(ack_frame(ch.number, delivery_tag))
     return batch.drain_future

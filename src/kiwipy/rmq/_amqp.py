@@ -11,11 +11,12 @@ that kiwipy 0.9 let through, so code written against it still catches them:
   :class:`aio_pika.exceptions.ChannelInvalidStateError` (plumpy catches that one around
   ``broadcast_send``).
 
-The few places that reach into aiormq's internals live here too, each with the reason and a
+The behaviours built on aiormq's internals are here too, each with the reason and a
 fallback: :func:`watch_consumers` (aiormq drops the broker's ``basic.cancel`` silently),
 :func:`abort_connection` (aiormq cannot reset a link that stopped carrying traffic) and
 :class:`RobustConnection` (aiormq leaks the socket of a handshake the broker hung up on, as a
-starting or stopping broker does).
+starting or stopping broker does). The internals themselves are touched only in
+:mod:`kiwipy.rmq._aiormq_boundary`.
 """
 
 from __future__ import annotations
@@ -26,15 +27,14 @@ import uuid
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
-import aio_pika
-import aiormq
 import aiormq.abc
-import aiormq.connection
 from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
-from yarl import URL
 
 from .. import _unroutable, exceptions
+from ._aiormq_boundary import RobustConnection, abort_sockets, closed_by_broker
+from ._aiormq_boundary import consumer_table as _consumer_table
+from ._aiormq_boundary import replace_consumer_table as _replace_consumer_table
 
 __all__ = (
     "BROKEN",
@@ -150,9 +150,7 @@ def properties(
 def is_channel_error(exc: Optional[BaseException]) -> bool:
     """:returns: whether *exc* closed only a channel (the broker's ``channel.close``), so the
     connection is still usable."""
-    return (
-        isinstance(exc, amqp_errors.ChannelClosed) and getattr(exc, "args", (None,))[0] is not None
-    )
+    return closed_by_broker(exc)
 
 
 # How a publish failed (see :func:`publish_failure`)
@@ -204,9 +202,9 @@ class _ConsumerTable(dict):  # type: ignore[type-arg]
 def watch_consumers(channel: aiormq.abc.AbstractChannel, on_removed: Callable[[str], None]) -> None:
     """Call ``on_removed(consumer_tag)`` whenever a consumer of *channel* goes away, whoever
     cancelled it (the caller tells its own cancellations apart)."""
-    consumers = getattr(channel, "consumers", None)
-    if isinstance(consumers, dict):
-        channel.consumers = _ConsumerTable(consumers, on_removed)  # type: ignore[attr-defined]
+    consumers = _consumer_table(channel)
+    if consumers is not None:
+        _replace_consumer_table(channel, _ConsumerTable(consumers, on_removed))
     else:  # pragma: no cover - another aiormq layout: cancellations go unnoticed
         _LOGGER.warning("cannot watch the consumers of %r for broker cancellations", channel)
 
@@ -221,96 +219,25 @@ def connection_ended(channel: Any) -> asyncio.Future[Any]:
     return asyncio.get_running_loop().create_future()
 
 
-def abort_connection(connection: aiormq.abc.AbstractConnection, reason: str) -> None:
+def abort_connection(owner: Any, connection: aiormq.abc.AbstractConnection, reason: str) -> None:
     """Reset *connection*'s socket now, so aiormq fails it and aio-pika reconnects.
 
     A graceful ``close()`` would send ``connection.close`` into a link that carries nothing
     and could wait for the socket to flush forever; aiormq itself never closes the socket of
-    a connection it finds stuck (it leaks it). aiormq keeps the stream writer only in its
-    writer task, so it is taken from there; without it, the connection is closed normally.
+    a connection it finds stuck (it leaks it). The socket is the one :class:`RobustConnection`
+    recorded when it opened it for *owner* (the aio-pika connection whose live aiormq
+    connection is *connection*); with another connection class it is unknown, so the
+    connection is closed normally.
     """
-    writer = _stream_writer(connection)
-    if writer is not None:
-        writer.transport.abort()
+    if abort_sockets(owner):
         return
-    _LOGGER.debug("no stream writer found for %s; closing it instead", connection)
+    _LOGGER.debug("no socket of %s known; closing it instead", connection)
     task = asyncio.ensure_future(connection.close(ConnectionResetError(reason)))
     _ABORTING.add(task)
     task.add_done_callback(_ABORTING.discard)
 
 
 _ABORTING: set[asyncio.Future[Any]] = set()
-
-
-def _stream_writer(connection: aiormq.abc.AbstractConnection) -> Optional[asyncio.StreamWriter]:
-    task = getattr(connection, "_writer_task", None)
-    try:
-        frame = task.get_coro().cr_frame if task is not None else None
-    except AttributeError:
-        return None
-    writer = frame.f_locals.get("writer") if frame is not None else None
-    return writer if isinstance(writer, asyncio.StreamWriter) else None
-
-
-class _Transports(aiormq.connection.TransportFactory):
-    """Opens aiormq's sockets as aiormq would, and remembers them to close those it leaks.
-
-    When the broker closes the socket during the AMQP handshake (it accepts connections while
-    it starts or stops), or an attempt is cancelled or times out, aiormq raises without
-    closing its end; and when the broker drops an open connection, aiormq's own close can
-    skip closing the socket (its ``write_eof`` fails first). Such a socket stays open until
-    the garbage collector finds it. :meth:`sweep` closes every socket whose peer has hung up
-    and that nobody closed, or with ``everything``, every socket still open.
-    """
-
-    def __init__(self) -> None:
-        # Strong references: a leaked socket must still be here when we sweep, not collected
-        # first (its collection is what warns). Sweeps drop the closed ones.
-        self._opened: dict[asyncio.StreamWriter, asyncio.StreamReader] = {}
-
-    async def create(
-        self, url: URL, **kwargs: Any
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        self.sweep()
-        inner: aiormq.connection.TransportFactory
-        if url.scheme == "amqps":
-            inner = aiormq.connection.TLSTransportFactory()
-        else:
-            inner = aiormq.connection.TCPTransportFactory()
-        reader, writer = await inner.create(url, **kwargs)
-        self._opened[writer] = reader
-        return reader, writer
-
-    def sweep(self, everything: bool = False) -> None:
-        for writer, reader in list(self._opened.items()):
-            if writer.transport.is_closing():
-                del self._opened[writer]
-            elif everything or reader.at_eof():
-                writer.transport.abort()
-                del self._opened[writer]
-
-
-class RobustConnection(aio_pika.RobustConnection):
-    """aio-pika's reconnecting connection whose failed connection attempts leak no socket
-    (see :class:`_Transports`). What :func:`kiwipy.rmq.async_connect` uses by default, with
-    a bound on each attempt (:data:`CONNECT_TIMEOUT`)."""
-
-    def __init__(self, url: URL, loop: Optional[asyncio.AbstractEventLoop] = None, **kwargs: Any):
-        super().__init__(url, loop=loop, **kwargs)
-        self._transports = _Transports()
-        self.kwargs["transport_factory"] = self._transports
-
-    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
-        # The connection, or an attempt to make one, failed: no socket of ours is in use
-        # until the next attempt, which comes after this.
-        self._transports.sweep(everything=True)
-        await super()._on_connection_close(closing)
-
-    async def close(self, exc: Any = asyncio.CancelledError) -> None:
-        try:
-            await super().close(exc)
-        finally:  # closing cancels an attempt under way, whose socket aiormq leaves open
-            self._transports.sweep(everything=True)
 
 
 async def guarded(

@@ -37,15 +37,13 @@ from typing import Any, NamedTuple, Optional
 from uuid import UUID
 
 import aiormq.abc
-from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 
 from .. import _limits, exceptions
+from . import _aiormq_boundary as internals
 from ._frames import SHORT_STRING_PROPERTIES, publish_frames
 
 __all__ = ("Outgoing", "can_start", "publish", "start")
-
-_REQUIRED = ("confirmations", "message_id_delivery_tag", "delivery_tag", "write_queue", "lock")
 
 
 class Outgoing(NamedTuple):
@@ -60,12 +58,7 @@ class Outgoing(NamedTuple):
 
 def can_start(channel: aiormq.abc.AbstractChannel) -> bool:
     """:returns: whether :func:`start` may publish on *channel* now."""
-    if channel.is_closed or not getattr(channel, "publisher_confirms", False):
-        return False
-    if not all(hasattr(channel, name) for name in _REQUIRED):
-        return False  # another aiormq: use its basic_publish
-    ch: Any = channel
-    return not ch.lock.locked() and not ch.write_queue.full()
+    return internals.can_write_directly(channel)
 
 
 def start(
@@ -83,10 +76,10 @@ def start(
     ch: Any = channel
     frames: list[bytes] = []
     for message in messages:  # every frame first: registering cannot be undone
-        _marshal(ch.number, message, ch.max_content_size, frames)
+        _marshal(ch.number, message, internals.max_content_size(ch), frames)
     futures = [_register(ch, message) for message in messages]
     drained = ch.create_future() if drain else None
-    ch.write_queue.put_nowait(ChannelFrame(b"".join(frames), False, drained))
+    internals.write(ch, b"".join(frames), drained)
     return futures, drained
 
 
@@ -128,13 +121,8 @@ def _unmarshallable(message: Outgoing, exc: Exception) -> exceptions.KiwiError:
 
 def _register(ch: Any, message: Outgoing) -> asyncio.Future[Any]:
     message_id = message.properties.message_id
-    ch.delivery_tag += 1
-    tag = ch.delivery_tag
-    future: asyncio.Future[Any] = ch.create_future()
-    ch.confirmations[tag] = future
-    ch.message_id_delivery_tag[message_id] = tag
-    future.add_done_callback(lambda _: ch.message_id_delivery_tag.pop(message_id, None))
-    return future
+    assert message_id is not None  # given by _marshal
+    return internals.register_confirm(ch, message_id)
 
 
 def publish(

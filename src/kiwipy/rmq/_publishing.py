@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import aiormq.abc
 
 from .. import exceptions
-from . import _amqp
+from . import _aiormq_boundary, _amqp
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -104,8 +104,7 @@ async def close_when_drained(channel: aiormq.abc.AbstractChannel) -> None:
     """Close *channel* once the confirms of what was sent on it arrived (or after
     :data:`_DRAIN_TIMEOUT` seconds): a nacked publish moves to a fresh channel, the others
     in flight on the old one still get their answers."""
-    confirms = getattr(channel, "confirmations", {}).values()
-    waiting = [each for each in confirms if asyncio.isfuture(each) and not each.done()]
+    waiting = _aiormq_boundary.pending_confirms(channel)
     if waiting:
         await asyncio.wait(waiting, timeout=_DRAIN_TIMEOUT)
     await _amqp.bounded(channel.close())

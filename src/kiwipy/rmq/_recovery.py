@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import aiormq.abc
 
 from .. import exceptions
-from . import _amqp, _events
+from . import _aiormq_boundary, _amqp, _events
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -177,7 +177,7 @@ class ReconnectPacing:
 
     def __init__(self, connection: Any, ceiling: Optional[float] = None) -> None:
         self._connection = connection
-        configured = getattr(connection, "reconnect_interval", None)
+        configured = _aiormq_boundary.reconnect_interval(connection)
         if configured is None:
             ceiling = 0.0  # it does not reconnect: nothing to pace
         self._ceiling = float(ceiling or configured or 0)
@@ -204,7 +204,7 @@ class ReconnectPacing:
 
     def _set(self, interval: float) -> None:
         if self._ceiling > 0:
-            self._connection.reconnect_interval = min(interval, self._ceiling)
+            _aiormq_boundary.set_reconnect_interval(self._connection, min(interval, self._ceiling))
 
     async def _grow(self) -> None:
         interval = self.FIRST

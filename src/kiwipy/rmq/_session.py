@@ -41,7 +41,7 @@ from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
 
 from .. import encoders, exceptions
-from . import _amqp, _connecting, _events, _fastpublish, _publishing
+from . import _aiormq_boundary, _amqp, _connecting, _events, _fastpublish, _publishing
 from ._options import RmqOptions, resolve_encoder, resolve_options
 from ._publishing import PublishAttempt
 from ._recovery import Recovery, Restorer
@@ -98,8 +98,7 @@ class Session:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        loop: asyncio.AbstractEventLoop = self.connection.loop
-        return loop
+        return _aiormq_boundary.event_loop(self.connection)
 
     @property
     def testing_mode(self) -> bool:
@@ -286,7 +285,7 @@ class Session:
         channel = self._channels.get(purpose)
         if not consumer_tag or channel is None or channel.is_closed:
             return False
-        return consumer_tag in getattr(channel, "consumers", ())
+        return consumer_tag in (_aiormq_boundary.consumer_table(channel) or ())
 
     async def cancel(self, purpose: str, consumer_tag: str) -> None:
         """Stop the consumer *consumer_tag* (nothing to do if its channel is gone)."""

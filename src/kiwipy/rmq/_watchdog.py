@@ -85,7 +85,7 @@ class Watchdog:
             if self._session.live_connection() is connection:
                 detail = f"no answer from the broker within {limit:g} s; resetting the connection"
                 self._session.report(_events.STALLED, detail)
-                _amqp.abort_connection(connection, "stalled: " + detail)
+                _amqp.abort_connection(self._session.connection, connection, "stalled: " + detail)
         except Exception as exc:  # the link failed under the probe: recovery is on its way
             _LOGGER.debug("watchdog probe failed: %r", exc)
 

@@ -29,7 +29,7 @@ from ..communications import (
     RpcSubscriber,
     TaskSubscriber,
 )
-from . import _amqp, _connecting
+from . import _aiormq_boundary, _amqp, _connecting
 from ._batch import MessageTarget, TaskTarget
 from ._lane import MessageLane, TaskLane
 from ._options import (
@@ -107,8 +107,7 @@ class RmqCommunicator(AsyncCommunicator):
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The event loop driving the connection."""
-        loop: asyncio.AbstractEventLoop = self._connection.loop
-        return loop
+        return _aiormq_boundary.event_loop(self._connection)
 
     def add_close_callback(self, callback: Callable[..., Any], weak: bool = False) -> None:
         """Call ``callback(connection, exc)`` every time the connection closes.
