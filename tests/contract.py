@@ -510,6 +510,29 @@ def _work(inbox: Inbox, worker: int, _comm: Any, task: Any) -> Any:
     return task * 10
 
 
+#: What subscribers may raise: every one must reach the sender as a ``RemoteException``.
+_RAISED: list[type[BaseException]] = [
+    RuntimeError,
+    StopIteration,
+    StopAsyncIteration,
+    GeneratorExit,
+    KeyboardInterrupt,
+    SystemExit,
+    asyncio.CancelledError,
+]
+
+
+async def _subscribe(
+    comm: Any, transport: ContractTransport, kind: str, subscriber: Callable[..., Any]
+) -> Callable[[Any], Awaitable[Any]]:
+    """Add *subscriber* as a task or RPC subscriber (*kind*). :returns: its send."""
+    if kind == "task":
+        await comm.add_task_subscriber(subscriber)
+        return comm.task_send  # type: ignore[no-any-return]
+    ident = await comm.add_rpc_subscriber(subscriber, transport.name(f"raising{id(subscriber)}"))
+    return functools.partial(comm.rpc_send, ident)
+
+
 class CommunicatorContract:
     """The contract suite; see the module docstring for how to run it against a transport."""
 
@@ -718,6 +741,46 @@ class CommunicatorContract:
             assert task.body == "r"
             task.process().set_result(1)
         assert await settle(future) == 1
+
+    @needs(QUEUES)
+    async def test_cancelling_a_pulled_task_outcome_cancels_the_sender_future(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        """Issue 11 item 7: a cancelled outcome is final, as a subscriber raising
+        ``kiwipy.CancelledError`` (``requeue()`` is how a task is given back)."""
+        queue = await comm.task_queue(transport.name("cancel"))
+        future = await queue.task_send("c")
+        async with queue.next_task(timeout=TIMEOUT) as task:
+            task.process().cancel()
+            await asyncio.wait([future], timeout=TIMEOUT)
+            assert future.cancelled()
+            assert task.state == "finished"
+        with pytest.raises(kiwipy.QueueEmpty):
+            async with queue.next_task(timeout=0.05):
+                pytest.fail("a cancelled task is not delivered again")
+
+    @needs(QUEUES)
+    async def test_wrong_state_calls_raise_one_error_type(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        """Issue 11 item 7: ``kiwipy.InvalidStateError``, which is also the
+        ``asyncio.InvalidStateError`` kiwipy 0.9 raised, on every transport."""
+        queue = await comm.task_queue(transport.name("states"))
+        future = await queue.task_send("s")
+        async with queue.next_task(timeout=TIMEOUT) as task:
+            outcome = task.process()
+            with pytest.raises(kiwipy.InvalidStateError) as twice:
+                task.process()
+            outcome.set_result(1)
+            assert await settle(future) == 1
+            with pytest.raises(kiwipy.InvalidStateError) as finished:
+                await task.requeue()
+            with pytest.raises(kiwipy.InvalidStateError) as again:
+                async with task.processing():
+                    pytest.fail("a finished task cannot be processed")
+        for info in (twice, finished, again):
+            assert isinstance(info.value, asyncio.InvalidStateError)
+            assert isinstance(info.value, kiwipy.KiwiError)
 
     @needs(QUEUES)
     async def test_processing(self, comm: Any, transport: ContractTransport) -> None:
@@ -1081,6 +1144,81 @@ class CommunicatorContract:
         with pytest.raises(kiwipy.RemoteException):
             await settle(await comm.rpc_send(ident, "exit"))
         assert await settle(await comm.rpc_send(ident, "still here")) == "still here"
+
+    @needs(ISOLATES)
+    @pytest.mark.parametrize("error", _RAISED, ids=lambda error: error.__name__)
+    @pytest.mark.parametrize("kind", ["task", "rpc"])
+    async def test_any_exception_a_subscriber_raises_reaches_the_sender(
+        self, comm: Any, transport: ContractTransport, kind: str, error: type[BaseException]
+    ) -> None:
+        """Issue 11 items 2 and 6a: ``StopIteration`` (which an asyncio future refuses),
+        ``GeneratorExit`` and every other ``BaseException`` is a ``RemoteException`` naming
+        it, and the subscriber keeps serving."""
+
+        def subscriber(_c: Any, msg: Any) -> Any:
+            if msg == "explode":
+                raise error("boom")
+            return f"{msg} ok"
+
+        send = await _subscribe(comm, transport, kind, subscriber)
+        with pytest.raises(kiwipy.RemoteException) as info:
+            await settle(await send("explode"))
+        assert str(info.value.remote_type).endswith(f".{error.__name__}")
+        assert await settle(await send("next")) == "next ok"
+
+    @needs(ISOLATES, AWAITS)
+    @pytest.mark.parametrize("error", _RAISED, ids=lambda error: error.__name__)
+    async def test_any_exception_a_coroutine_subscriber_raises_reaches_the_sender(
+        self, comm: Any, transport: ContractTransport, error: type[BaseException]
+    ) -> None:
+        async def subscriber(_c: Any, msg: Any) -> Any:
+            await asyncio.sleep(0)
+            if msg == "explode":
+                raise error("boom")
+            return f"{msg} ok"
+
+        for kind in ("task", "rpc"):
+            send = await _subscribe(comm, transport, kind, subscriber)
+            with pytest.raises(kiwipy.RemoteException):  # StopIteration: RuntimeError (PEP 479)
+                await settle(await send("explode"))
+            assert await settle(await send("next")) == "next ok"
+
+    @needs(ISOLATES)
+    @pytest.mark.parametrize("error", _RAISED, ids=lambda error: error.__name__)
+    async def test_any_exception_of_a_returned_future_reaches_the_sender(
+        self, comm: Any, transport: ContractTransport, error: type[BaseException]
+    ) -> None:
+        for kind in ("task", "rpc"):
+            inner = transport.make_future()
+            if error is StopIteration and asyncio.isfuture(inner):
+                continue  # an asyncio future refuses it: nobody can make one fail with it
+            send = await _subscribe(comm, transport, kind, lambda _c, msg, inner=inner: inner)
+            level = await settle(await send("later"))
+            inner.set_exception(error("boom"))
+            with pytest.raises(kiwipy.RemoteException) as info:
+                await settle(level)
+            assert str(info.value.remote_type).endswith(f".{error.__name__}")
+
+    @pytest.mark.parametrize("kind", ["task", "rpc"])
+    async def test_subscriber_raising_kiwipy_cancelled_error_cancels_the_sender_future(
+        self, comm: Any, transport: ContractTransport, kind: str
+    ) -> None:
+        """Issue 11 item 7: kiwipy 0.9's way for a subscriber to cancel (its ``cancelled``
+        reply); a cancelled task is final (acknowledged), not delivered again."""
+        seen = Inbox()
+
+        def subscriber(_c: Any, msg: Any) -> Any:
+            seen.put(msg)
+            if msg == "cancel":
+                raise kiwipy.CancelledError("not today")
+            return f"{msg} ok"
+
+        send = await _subscribe(comm, transport, kind, subscriber)
+        future = await send("cancel")
+        await asyncio.wait([future], timeout=TIMEOUT)
+        assert future.cancelled()
+        assert await settle(await send("next")) == "next ok"
+        assert seen.items == ["cancel", "next"]
 
     @needs(ENCODES)
     async def test_unencodable_messages(self, comm: Any, transport: ContractTransport) -> None:

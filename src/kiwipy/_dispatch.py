@@ -14,7 +14,7 @@ concurrently, each resolves an asyncio future on the loop) with less per call:
   empty, so a burst costs one hand-over, not one round trip through the loop per call.
 
 Everything a call raises (``BaseException`` included) is set on its future, as an executor
-does. Workers are daemon threads: like the communicator's own loop thread, they do not keep
+does (``StopIteration``, which asyncio refuses, carried by :func:`kiwipy._raised.set_exception`). Workers are daemon threads: like the communicator's own loop thread, they do not keep
 the interpreter alive.
 """
 
@@ -27,6 +27,8 @@ import os
 import queue
 import threading
 from typing import Any, Callable, Optional
+
+from ._raised import set_exception
 
 __all__ = ("OFFLOADED", "Dispatcher", "default_workers")
 
@@ -160,7 +162,7 @@ class Dispatcher:
             if ok:
                 future.set_result(value)
             else:
-                future.set_exception(value)
+                set_exception(future, value)
 
 
 def _call(

@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from . import _memory_outcome as outcome
 from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
 from ._memory_options import MemoryOptions, check_options
 from ._memory_tasks import MemoryIncomingTask, MemoryTaskQueue
+from ._outcome import EXCEPTION, Outcome, invoke
 from .communications import (
     AsyncCommunicator,
     BroadcastSubscriber,
@@ -307,28 +309,8 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         if not job.cancelled() and job.exception() is not None:
             _LOGGER.error("kiwipy memory communicator job failed", exc_info=job.exception())
 
-    async def _call(self, subscriber: Any, *args: Any) -> Any:
-        return await outcome.call_subscriber(subscriber, self, *args)
-
-    def _closing(self) -> bool:
-        return self._closed
-
-    def _own_cancellation(self, exc: BaseException) -> bool:
-        return outcome.own_cancellation(exc, self._closing)
-
-    async def _final_reply(
-        self, message: Message, send_pending: bool, ok: bool, value: Any
-    ) -> dict[str, Any]:
-        """:returns: the final reply for a subscriber's outcome (*value*, or the exception
-        it raised if not *ok*), sending ``pending`` replies on the way if asked."""
-        if not ok:
-            return outcome.exception_reply(value)
-
-        def on_pending() -> None:
-            if send_pending:
-                self._reply(message, outcome.PENDING)
-
-        return await outcome.final_reply(value, self.loop, on_pending, self._closing)
+    async def _reply_pending(self, message: Message) -> None:
+        self._reply(message, outcome.PENDING)
 
     def _reply(self, message: Message, response: dict[str, Any]) -> bool:
         """Send *response* to the requester of *message*; an unencodable one is replaced by
@@ -342,14 +324,11 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         self._broker.send_reply(message.reply_to, message.correlation_id, payload)
         return sent
 
-    async def _conclude_task(
-        self, delivery: Delivery, no_reply: bool, ok: bool, value: Any
-    ) -> None:
+    def _conclude_task(self, delivery: Delivery, no_reply: bool, result: Outcome) -> None:
         """Reply with a task's final outcome, then ack it (the order RabbitMQ tasks use)."""
-        response = await self._final_reply(delivery.message, not no_reply, ok, value)
         if self._closed:  # the task went back to its queue when the connection closed
             return
-        if no_reply or self._reply(delivery.message, response):
+        if no_reply or self._reply(delivery.message, outcome.outcome_reply(result)):
             self._broker.ack(delivery)
         else:
             self._broker.dead_letter(delivery, "its reply cannot be encoded")
@@ -378,12 +357,13 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
     async def _serve_rpc(self, subscriber: RpcSubscriber, message: Message) -> None:
         try:
             try:
-                value, ok = await self._call(subscriber, self._decode(message.payload)), True
-            except BaseException as exc:  # SystemExit & co. are outcomes too, never fatal
-                if self._own_cancellation(exc):
-                    raise
-                value, ok = exc, False
-            self._reply(message, await self._final_reply(message, True, ok, value))
+                msg = self._decode(message.payload)
+            except exceptions.DecodeError as exc:
+                self._reply(message, outcome.exception_reply(exc))
+                return
+            pending = functools.partial(self._reply_pending, message)
+            result = await invoke(subscriber, (self, msg), pending)
+            self._reply(message, outcome.outcome_reply(result))
         except asyncio.CancelledError:
             if self._closed:
                 self._reply(message, outcome.lost_reply("the RPC subscriber was closed"))
@@ -402,9 +382,12 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             self._spawn(self._call_broadcast(subscriber, args))
 
     async def _call_broadcast(self, subscriber: BroadcastSubscriber, args: tuple[Any, ...]) -> None:
-        try:
-            await self._call(subscriber, *args)
-        except BaseException as exc:
-            if self._own_cancellation(exc):
-                raise
-            _LOGGER.exception("Exception in broadcast receiver")
+        result = await invoke(subscriber, (self, *args))
+        if result.kind == EXCEPTION:
+            error = result.value
+            _LOGGER.error(
+                "Exception in broadcast receiver %r: %r",
+                subscriber,
+                error,
+                exc_info=(type(error), error, error.__traceback__),
+            )

@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, TypeVar
 from . import _broadcasts, _quick, exceptions
 from ._dispatch import OFFLOADED, Dispatcher
 from ._portal import LoopThread, thread_world, to_asyncio
+from ._raised import set_exception
 from .communications import (
     AsyncCommunicator,
     AsyncIncomingTask,
@@ -369,8 +370,8 @@ class ThreadIncomingTask:
 
         outcome: asyncio.Future[Any] = self._bridge.portal.call(start, timeout=self._bridge.timeout)
         loop = outcome.get_loop()
+        # Left pending (not running), so that cancelling it cancels the task's outcome.
         result: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        result.set_running_or_notify_cancel()
 
         def forward(done: concurrent.futures.Future[Any]) -> None:
             loop.call_soon_threadsafe(_settle, outcome, done, loop)
@@ -407,7 +408,7 @@ def _settle(outcome: asyncio.Future[Any], done: concurrent.futures.Future[Any], 
     if done.cancelled():
         outcome.cancel()
     elif done.exception() is not None:
-        outcome.set_exception(done.exception())  # type: ignore[arg-type]
+        set_exception(outcome, done.exception())  # type: ignore[arg-type]
     else:
         result = done.result()
         if isinstance(result, concurrent.futures.Future):

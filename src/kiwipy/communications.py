@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import shortuuid
 
 from . import exceptions, futures
+from ._outcome import CANCELLED, from_exception
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -244,7 +245,7 @@ class CommunicatorHelper(Communicator):
             except exceptions.TaskRejected:
                 continue
             except Exception as exc:
-                future.set_exception(_remote_exception(exc))
+                _fail(future, exc)
                 break
         else:
             if not future.done():
@@ -265,7 +266,7 @@ class CommunicatorHelper(Communicator):
         try:
             future.set_result(subscriber(self, msg))
         except Exception as exc:
-            future.set_exception(_remote_exception(exc))
+            _fail(future, exc)
         return future
 
     def fire_broadcast(
@@ -297,6 +298,15 @@ class CommunicatorHelper(Communicator):
             del registry[identifier]
         except KeyError:
             raise ValueError(message) from None
+
+
+def _fail(future: futures.Future[Any], exc: BaseException) -> None:
+    """End *future* as the subscriber that raised *exc* decided (:mod:`kiwipy._outcome`):
+    cancelled for ``kiwipy.CancelledError``, else with the :class:`RemoteException`."""
+    if from_exception(exc).kind == CANCELLED:
+        future.cancel()
+    else:
+        future.set_exception(_remote_exception(exc))
 
 
 def _remote_exception(exc: BaseException) -> exceptions.RemoteException:

@@ -41,6 +41,14 @@ import aiormq.abc
 from pamqp import commands as spec
 
 from .. import exceptions
+from .._raised import set_exception
+from .._task_state import (
+    TASK_FINISHED,
+    TASK_PENDING,
+    TASK_PROCESSING,
+    TASK_REQUEUED,
+    expect_state,
+)
 from ..communications import AsyncIncomingTask
 from . import _acks, _amqp, _outcome, protocol
 from ._lease_tasks import RunningTask, TaskLeases
@@ -60,22 +68,12 @@ __all__ = (
 
 _LOGGER = logging.getLogger("kiwipy.rmq.tasks")
 
-TASK_PENDING = "pending"
-TASK_FINISHED = "finished"
-TASK_PROCESSING = "processing"
-TASK_REQUEUED = "requeued"
-
 #: kiwipy 0.9's name for the decoded ``(task, no_reply)`` pair.
 TaskInfo = protocol.TaskBody
 
 REASON_HEADER = "x-kiwipy-reason"
 #: When a task was parked (seconds since the epoch), for ``kiwipy dead list``.
 PARKED_AT_HEADER = "x-kiwipy-parked-at"
-
-
-class TaskStateError(exceptions.InvalidStateError, asyncio.InvalidStateError):
-    """The task is not in a state that allows this (kiwipy 0.9 raised
-    :class:`asyncio.InvalidStateError`, which this also is)."""
 
 
 class RejectBackoff:
@@ -281,8 +279,7 @@ class RmqIncomingTask(AsyncIncomingTask):
         return self._state
 
     def _start(self) -> None:
-        if self._state != TASK_PENDING:
-            raise TaskStateError(f"The task is {self._state}")
+        expect_state(self._state, "process", TASK_PENDING)
         self._state = TASK_PROCESSING
         self.begin()
 
@@ -316,7 +313,7 @@ class RmqIncomingTask(AsyncIncomingTask):
 
     def _on_outcome(self, outcome: asyncio.Future[Any]) -> None:
         self._outcome_ref = None
-        task = self._loop.create_task(self.finish(outcome_of(outcome)))
+        task = self._loop.create_task(self.finish(_outcome.outcome_of(outcome)))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
@@ -327,8 +324,7 @@ class RmqIncomingTask(AsyncIncomingTask):
             asyncio.run_coroutine_threadsafe(self.requeue(), self._loop)
 
     async def requeue(self) -> None:
-        if self._state not in (TASK_PENDING, TASK_PROCESSING):
-            raise TaskStateError(f"The task is {self._state}")
+        expect_state(self._state, "requeue", TASK_PENDING, TASK_PROCESSING)
         self._state = TASK_REQUEUED
         self._outcome_ref = None
         if await self._end_run(answered=False):
@@ -352,11 +348,11 @@ class RmqIncomingTask(AsyncIncomingTask):
             yield outcome
         except Exception as exc:
             if not outcome.done():
-                outcome.set_exception(exc)
+                set_exception(outcome, exc)
             raise
         finally:
             if outcome.done():
-                await self.finish(outcome_of(outcome))
+                await self.finish(_outcome.outcome_of(outcome))
             else:
                 await self.requeue()
 
@@ -377,13 +373,3 @@ class RmqIncomingTask(AsyncIncomingTask):
             await self._responder.settle(self._message, requeue=True)
         elif not self._no_ack:
             await self._responder.settle(self._message, requeue=None)
-
-
-def outcome_of(future: asyncio.Future[Any]) -> _outcome.Outcome:
-    """:returns: the :class:`~kiwipy.rmq._outcome.Outcome` of a finished future."""
-    if future.cancelled():
-        return _outcome.Outcome(_outcome.CANCELLED, "the task's outcome was cancelled")
-    exc = future.exception()
-    if exc is not None:
-        return _outcome.Outcome(_outcome.EXCEPTION, exc)
-    return _outcome.Outcome(_outcome.RESULT, future.result())

@@ -1,0 +1,44 @@
+"""Whatever user code raises, set on an asyncio future.
+
+Two exceptions cannot travel on an asyncio future:
+
+* ``Future.set_exception`` refuses :class:`StopIteration` (``TypeError`` on Python 3.11, a
+  ``RuntimeError`` in its place from 3.12): it would end the generator awaiting it;
+* :class:`GeneratorExit` is accepted, but a task that was suspended on the future gets it
+  *thrown* into its coroutine, which closes every coroutine it awaits instead of raising
+  where they wait (PEP 380), so nothing on the way can catch it.
+
+An exception a subscriber raised that does not reach its future as itself is an outcome lost:
+the sender waits forever (issue 11). So every place that moves an exception from user code
+onto an asyncio future calls :func:`set_exception`, which wraps those two in a
+:class:`Carried`, and the place that turns it into an outcome calls :func:`original` to
+report what the user raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+__all__ = ("Carried", "original", "set_exception")
+
+
+_REFUSED = (StopIteration, GeneratorExit)
+
+
+class Carried(Exception):
+    """Carries an exception an asyncio future cannot hold (:attr:`exc`)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(repr(exc))
+        self.exc = exc
+
+
+def set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    """Set *exc* on *future*, carried in a :class:`Carried` if asyncio refuses it."""
+    future.set_exception(Carried(exc) if isinstance(exc, _REFUSED) else exc)
+
+
+def original(exc: BaseException) -> BaseException:
+    """:returns: the exception *exc* carries, or *exc* itself."""
+    return exc.exc if isinstance(exc, Carried) else exc
