@@ -522,6 +522,24 @@ _RAISED: list[type[BaseException]] = [
 ]
 
 
+class _Unprintable(Exception):
+    """An exception whose text cannot be had."""
+
+    def __str__(self) -> str:
+        raise ValueError("no text for you")
+
+
+class _Explosive(dict):  # type: ignore[type-arg]
+    """A result whose encoding raises a ``BaseException`` in any encoder (JSON asks a dict
+    subclass for its items, YAML and pickle for its reduction)."""
+
+    def items(self) -> Any:
+        raise KeyboardInterrupt("encoding exploded")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise KeyboardInterrupt("encoding exploded")
+
+
 async def _subscribe(
     comm: Any, transport: ContractTransport, kind: str, subscriber: Callable[..., Any]
 ) -> Callable[[Any], Awaitable[Any]]:
@@ -1219,6 +1237,41 @@ class CommunicatorContract:
         assert future.cancelled()
         assert await settle(await send("next")) == "next ok"
         assert seen.items == ["cancel", "next"]
+
+    @needs(ISOLATES)
+    @pytest.mark.parametrize("kind", ["task", "rpc"])
+    async def test_an_unprintable_exception_reaches_the_sender(
+        self, comm: Any, transport: ContractTransport, kind: str
+    ) -> None:
+        """Issue 11 item 5: building the reply must not fail (``str()`` raising) and leave
+        the sender waiting."""
+
+        def subscriber(_c: Any, msg: Any) -> Any:
+            if msg == "explode":
+                raise _Unprintable
+            return f"{msg} ok"
+
+        send = await _subscribe(comm, transport, kind, subscriber)
+        with pytest.raises(kiwipy.RemoteException) as info:
+            await settle(await send("explode"))
+        assert str(info.value.remote_type).endswith("._Unprintable")
+        assert await settle(await send("next")) == "next ok"
+
+    @needs(ENCODES)
+    @pytest.mark.parametrize("kind", ["task", "rpc"])
+    async def test_a_result_whose_encoding_raises_any_exception_reaches_the_sender(
+        self, comm: Any, transport: ContractTransport, kind: str
+    ) -> None:
+        """Issue 11 item 5: a reply that cannot be encoded, whatever the encoder raises, is
+        replaced by an error reply."""
+
+        def subscriber(_c: Any, msg: Any) -> Any:
+            return _Explosive(a=1) if msg == "explode" else f"{msg} ok"
+
+        send = await _subscribe(comm, transport, kind, subscriber)
+        with pytest.raises(kiwipy.RemoteException):
+            await settle(await send("explode"))
+        assert await settle(await send("next")) == "next ok"
 
     @needs(ENCODES)
     async def test_unencodable_messages(self, comm: Any, transport: ContractTransport) -> None:

@@ -28,7 +28,7 @@ from . import _memory_outcome as outcome
 from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
 from ._memory_options import MemoryOptions, check_options
 from ._memory_tasks import MemoryIncomingTask, MemoryTaskQueue
-from ._outcome import EXCEPTION, Outcome, invoke
+from ._outcome import EXCEPTION, Outcome, encode_reply, invoke
 from .communications import (
     AsyncCommunicator,
     BroadcastSubscriber,
@@ -317,10 +317,8 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         the encoding error. :returns: whether *response* itself could be sent."""
         if message.reply_to is None:
             return True
-        try:
-            payload, sent = self._encode(response), True
-        except exceptions.EncodeError as exc:
-            payload, sent = self._encode(outcome.exception_reply(exc)), False
+        name = "memory" if self._encoder is None else self._encoder.name
+        payload, sent = encode_reply(self._encode, response, outcome.exception_reply, name)
         self._broker.send_reply(message.reply_to, message.correlation_id, payload)
         return sent
 

@@ -33,7 +33,7 @@ def exception_reply(exc: BaseException) -> dict[str, Any]:
     """:returns: the reply reporting *exc* (any ``BaseException``) to the requester."""
     remote = _remote_exception(exc)
     return {
-        "exception": str(exc),
+        "exception": remote.args[0],
         "exception_type": remote.remote_type,
         "traceback": remote.remote_traceback,
     }

@@ -26,14 +26,15 @@ import inspect
 import logging
 import sys
 from collections.abc import Awaitable, Sequence
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 from . import exceptions
 from ._dispatch import OFFLOADED
-from ._raised import original
+from ._raised import exception_text, original
 
 __all__ = (
     "CANCELLED",
+    "encode_reply",
     "EXCEPTION",
     "REJECTED",
     "RESULT",
@@ -193,3 +194,29 @@ def outcome_of(future: asyncio.Future[Any]) -> Outcome:
     if exc is not None:
         return from_exception(exc)
     return Outcome(RESULT, future.result())
+
+
+T = TypeVar("T")
+
+
+def encode_reply(
+    encode: Callable[[Any], T],
+    reply: Any,
+    error_reply: Callable[[BaseException], Any],
+    encoder: str,
+) -> tuple[T, bool]:
+    """:returns: ``(encode(reply), True)``, or, when *reply* cannot be encoded, the encoded
+    ``error_reply(EncodeError)`` and ``False``. Whatever the encoder raises counts
+    (``BaseException`` included: encoding a result runs the user's code), so the requester
+    always gets an answer.
+
+    :param encoder: the encoder's name, for the error.
+    """
+    try:
+        return encode(reply), True
+    except BaseException as exc:  # any failure here must become a reply
+        error = exc
+        if not isinstance(exc, exceptions.EncodeError):
+            text = f"cannot encode the reply: {type(exc).__qualname__}: {exception_text(exc)}"
+            error = exceptions.EncodeError(text, encoder=encoder)
+        return encode(error_reply(error)), False

@@ -17,10 +17,12 @@ report what the user raised.
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ("Carried", "original", "set_exception")
+if TYPE_CHECKING:  # kept out at run time: the pure protocol module uses exception_text
+    import asyncio
+
+__all__ = ("Carried", "exception_text", "original", "set_exception")
 
 
 _REFUSED = (StopIteration, GeneratorExit)
@@ -42,3 +44,12 @@ def set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
 def original(exc: BaseException) -> BaseException:
     """:returns: the exception *exc* carries, or *exc* itself."""
     return exc.exc if isinstance(exc, Carried) else exc
+
+
+def exception_text(exc: BaseException) -> str:
+    """:returns: ``str(exc)``, or a description when that raises: building a reply must
+    not fail on an exception's text, or the requester gets no reply at all."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__qualname__}: its text cannot be had>"

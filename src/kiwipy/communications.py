@@ -25,6 +25,7 @@ import shortuuid
 
 from . import exceptions, futures
 from ._outcome import CANCELLED, from_exception
+from ._raised import exception_text
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -315,7 +316,7 @@ def _remote_exception(exc: BaseException) -> exceptions.RemoteException:
     import traceback
 
     return exceptions.RemoteException(
-        str(exc),
+        exception_text(exc),
         remote_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
         remote_traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
     )

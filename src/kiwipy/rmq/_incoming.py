@@ -41,6 +41,7 @@ import aiormq.abc
 from pamqp import commands as spec
 
 from .. import exceptions
+from .._outcome import encode_reply
 from .._raised import set_exception
 from .._task_state import (
     TASK_FINISHED,
@@ -131,12 +132,8 @@ class TaskResponder:
         if not props.reply_to:
             return True
         protocol.add_host_info(response)
-        try:
-            body = self.session.encoder.encode(response)
-        except exceptions.EncodeError as exc:
-            fallback = protocol.exception_response(exc)
-            protocol.add_host_info(fallback)
-            body = self.session.encoder.encode(fallback)
+        encoder = self.session.encoder
+        body, _sent = encode_reply(encoder.encode, response, _exception_with_host, encoder.name)
         reply = _amqp.properties(
             correlation_id=props.correlation_id, content_type=self._content_type
         )
@@ -236,6 +233,12 @@ class TaskResponder:
         except exceptions.DecodeError as exc:
             await self.park(message, "undecodable", exc)
         return None
+
+
+def _exception_with_host(exc: BaseException) -> dict[str, Any]:
+    response = protocol.exception_response(exc)
+    protocol.add_host_info(response)
+    return response
 
 
 class RmqIncomingTask(AsyncIncomingTask):
