@@ -1273,6 +1273,36 @@ class CommunicatorContract:
             await settle(await send("explode"))
         assert await settle(await send("next")) == "next ok"
 
+    @needs(SHARED, AWAITS)
+    async def test_closing_inside_an_rpc_subscriber_still_ends_the_call(
+        self, transport: ContractTransport
+    ) -> None:
+        """Issue 11 item 6a: the call being handled gets its reply, or its caller a
+        ``ReplyLost`` at once, not after its own timeout."""
+        caller, responder = await transport.connect(), await transport.connect()
+        native = responder.native
+        if isinstance(responder, _BlockingView):
+
+            def subscriber(_c: Any, msg: Any) -> Any:
+                native.close()
+                return f"{msg}: bye"
+
+        else:
+
+            async def subscriber(_c: Any, msg: Any) -> Any:
+                await native.disconnect()
+                return f"{msg}: bye"
+
+        ident = await responder.add_rpc_subscriber(subscriber, transport.name("closer"))
+        future = await caller.rpc_send(ident, "close")
+        await asyncio.wait([future], timeout=TIMEOUT)
+        assert future.done(), "the caller's future did not end"
+        if future.exception() is None:
+            assert future.result() == "close: bye"
+        else:
+            assert isinstance(future.exception(), kiwipy.ReplyLost)
+        assert responder.is_closed()
+
     @needs(ENCODES)
     async def test_unencodable_messages(self, comm: Any, transport: ContractTransport) -> None:
         done = Inbox()

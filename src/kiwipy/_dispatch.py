@@ -70,6 +70,7 @@ class Dispatcher:
         self._closed = False
         self._serial: dict[Any, collections.deque[_Call]] = {}
         self._draining: set[Any] = set()
+        self._workers: set[int] = set()  # thread idents
 
     def run(self, call: Callable[[], Any]) -> asyncio.Future[Any]:
         """:returns: a future (of the loop) for ``call()`` run on a worker thread. Call it
@@ -116,6 +117,11 @@ class Dispatcher:
                 future, call = queue.popleft()
             self._finished(_call(future, call))
 
+    def in_worker(self) -> bool:
+        """:returns: whether the caller runs on one of this dispatcher's workers (a
+        subscriber's call)."""
+        return threading.get_ident() in self._workers
+
     def close(self) -> None:
         """Let the workers finish their current call and exit (without waiting for them)."""
         with self._lock:
@@ -125,6 +131,13 @@ class Dispatcher:
             self._jobs.put(None)
 
     def _work(self) -> None:
+        self._workers.add(threading.get_ident())
+        try:
+            self._serve()
+        finally:
+            self._workers.discard(threading.get_ident())
+
+    def _serve(self) -> None:
         reserved = True  # started for a job that is already queued
         while True:
             if not reserved:

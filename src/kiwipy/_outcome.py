@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import inspect
 import logging
 import sys
@@ -40,6 +41,7 @@ __all__ = (
     "RESULT",
     "Outcome",
     "from_exception",
+    "in_subscriber_call",
     "invoke",
     "outcome_of",
 )
@@ -66,9 +68,33 @@ async def invoke(
     on_pending: Optional[Callable[[], Awaitable[Any]]] = None,
 ) -> Outcome:
     """Call ``subscriber(*args)`` and follow its return value to a final :class:`Outcome`.
+    While it runs, :func:`in_subscriber_call` is true (in the tasks it starts too).
 
     :param on_pending: awaited once per level of returned future.
     """
+    token = _IN_CALL.set(True)
+    try:
+        return await _follow(subscriber, args, on_pending)
+    finally:
+        _IN_CALL.reset(token)
+
+
+#: Set while a subscriber call runs, so a communicator closed by its own subscriber can tell.
+_IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("kiwipy_in_call", default=False)
+
+
+def in_subscriber_call() -> bool:
+    """:returns: whether the running code was called by :func:`invoke` (a subscriber, or a
+    task it started): a communicator closed from there must let that call be answered first
+    (issue 11 item 6a)."""
+    return _IN_CALL.get()
+
+
+async def _follow(
+    subscriber: Callable[..., Any],
+    args: Sequence[Any],
+    on_pending: Optional[Callable[[], Awaitable[Any]]],
+) -> Outcome:
     try:
         value = subscriber(*args)
     except BaseException as exc:

@@ -22,6 +22,7 @@ import concurrent.futures
 import contextlib
 import functools
 import sys
+import threading
 from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, Callable, Optional, TypeVar
 
@@ -132,6 +133,16 @@ class _Bridge:
         if self.closed:
             return
         self.closed = True
+        if self.dispatch.in_worker():
+            # Called by a subscriber: the close waits for the calls being handled, this one
+            # included, so it would wait for itself and its reply would be lost. It goes on in
+            # the background, after this call's reply (issue 11 item 6a).
+            name = f"{threading.current_thread().name} closing"
+            threading.Thread(target=self._close, args=(disconnect,), name=name, daemon=True).start()
+            return
+        self._close(disconnect)
+
+    def _close(self, disconnect: Callable[[], Awaitable[Any]]) -> None:
         try:
             self.portal.call(disconnect, timeout=self.timeout)
         except Exception:  # the communicator is going away whatever happened

@@ -23,6 +23,7 @@ from typing_extensions import Unpack
 from yarl import URL
 
 from .. import exceptions
+from .._outcome import in_subscriber_call
 from ..communications import (
     AsyncCommunicator,
     BroadcastSubscriber,
@@ -74,6 +75,7 @@ class RmqCommunicator(AsyncCommunicator):
         self._lazy: dict[str, asyncio.Future[Any]] = {}
         self._task_queues: list[RmqTaskQueue] = []
         self._closed = False
+        self._closing: Optional[asyncio.Future[None]] = None  # a close a subscriber started
 
     def __str__(self) -> str:
         return f"RmqCommunicator({self._connection})"
@@ -132,11 +134,21 @@ class RmqCommunicator(AsyncCommunicator):
     async def disconnect(self) -> None:
         """Stop consuming, fail waiting replies with :class:`~kiwipy.CommunicatorClosed`,
         delete this communicator's own queues and close the connection. Idempotent, and
-        bounded in time even when the broker is gone."""
+        bounded in time even when the broker is gone. Called by one of this communicator's
+        subscribers, it returns at once and the close completes after that call's reply."""
         if self._closed:
             return
         self._closed = True
         self._replies.fail_all(exceptions.CommunicatorClosed())
+        if in_subscriber_call():
+            # Called by one of our subscribers: waiting here for the close, which waits for
+            # the calls being handled, would hold back that call's reply until the drain
+            # gives up. Return at once; the close completes once it is answered.
+            self._closing = asyncio.ensure_future(self._close())
+            return
+        await self._close()
+
+    async def _close(self) -> None:
         await asyncio.sleep(0)  # let the failed futures' callbacks run
         self._session.begin_close()
         with contextlib.suppress(asyncio.TimeoutError):
