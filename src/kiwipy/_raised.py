@@ -17,10 +17,7 @@ report what the user raised.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # kept out at run time: the pure protocol module uses exception_text
-    import asyncio
+from typing import Any
 
 __all__ = ("Carried", "exception_text", "original", "set_exception")
 
@@ -28,17 +25,22 @@ __all__ = ("Carried", "exception_text", "original", "set_exception")
 _REFUSED = (StopIteration, GeneratorExit)
 
 
-class Carried(Exception):
-    """Carries an exception an asyncio future cannot hold (:attr:`exc`)."""
+class Carried(RuntimeError):
+    """Carries an exception an asyncio future cannot hold (:attr:`exc`, also the
+    ``__cause__``), as Python 3.12's own ``set_exception`` does for ``StopIteration``."""
 
     def __init__(self, exc: BaseException) -> None:
-        super().__init__(repr(exc))
+        super().__init__(f"{type(exc).__qualname__} cannot be raised into a future")
         self.exc = exc
+        self.__cause__ = exc
 
 
-def set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
-    """Set *exc* on *future*, carried in a :class:`Carried` if asyncio refuses it."""
-    future.set_exception(Carried(exc) if isinstance(exc, _REFUSED) else exc)
+def set_exception(future: Any, exc: BaseException) -> None:
+    """Set *exc* on *future*, carried in a :class:`Carried` if it is an asyncio future
+    that would refuse it (any other future takes it as it is)."""
+    if isinstance(exc, _REFUSED) and hasattr(type(future), "_asyncio_future_blocking"):
+        exc = Carried(exc)  # the attribute asyncio.isfuture tests, without importing asyncio
+    future.set_exception(exc)
 
 
 def original(exc: BaseException) -> BaseException:
