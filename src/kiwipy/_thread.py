@@ -373,8 +373,9 @@ class ThreadIncomingTask:
         return self._core.state
 
     def process(self) -> concurrent.futures.Future[Any]:
-        """Start processing; resolve the returned future with the task's outcome. Dropping it
-        unresolved (garbage collection) requeues the task."""
+        """Start processing; resolve the returned future with the task's outcome (cancelling
+        it cancels the sender's future and finishes the task). Dropping it unresolved
+        (garbage collection) requeues the task."""
 
         async def start() -> asyncio.Future[Any]:
             return self._core.process()

@@ -345,7 +345,8 @@ class AsyncIncomingTask(abc.ABC):
 
     @abc.abstractmethod
     def process(self) -> asyncio.Future[Any]:
-        """Start processing: resolve the returned future with the outcome. If the future is
+        """Start processing: resolve the returned future with the outcome (cancelling it
+        cancels the sender's future and finishes the task). If the future is
         garbage-collected unresolved, the task is requeued.
 
         :raises InvalidStateError: unless the task is pending.
@@ -353,7 +354,10 @@ class AsyncIncomingTask(abc.ABC):
 
     @abc.abstractmethod
     async def requeue(self) -> None:
-        """Give the task back to the queue for someone else."""
+        """Give the task back to the queue for someone else.
+
+        :raises InvalidStateError: unless the task is pending or processing.
+        """
 
     @abc.abstractmethod
     def processing(self) -> AbstractAsyncContextManager[asyncio.Future[Any]]:

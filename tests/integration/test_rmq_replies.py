@@ -11,6 +11,7 @@ import pytest
 import kiwipy
 from kiwipy import rmq
 from kiwipy.rmq import _handlers
+from kiwipy.rmq._replies import send_reply
 
 WAIT = 5.0
 
@@ -22,14 +23,13 @@ async def test_a_refused_rpc_reply_is_replaced_by_an_error_reply(
 ) -> None:
     """The broker refusing the reply (a ``basic.nack``, simulated here for the first reply
     only) ends the caller's future with the error, and the subscriber keeps serving."""
-    real_send = _handlers.send_reply
     refused: list[bytes] = []
 
     async def refuse_first(*args: Any) -> Any:
         if not refused:
             refused.append(args[3])
             raise kiwipy.PublishNacked("the broker refused the reply")
-        return await real_send(*args)
+        return await send_reply(*args)
 
     monkeypatch.setattr(_handlers, "send_reply", refuse_first)
     ident = await communicator.add_rpc_subscriber(lambda _c, msg: f"{msg} done", "refused")

@@ -7,7 +7,8 @@ Rules (the at-least-once contract):
    task unacknowledged, so the broker gives it to another worker. If the reply cannot be
    confirmed because the connection failed, the task is requeued, not acknowledged.
 2. A cancelled outcome is final: the sender gets kiwipy 0.9's ``cancelled`` reply and the task
-   is acknowledged (kiwipy 0.9 left it unacknowledged until the channel closed: bug B5).
+   is acknowledged (kiwipy 0.9 left it unacknowledged until the channel closed: bug B5), as on
+   every transport (:mod:`kiwipy._outcome`).
 3. A task that can never be processed (too large, undecodable, the wrong shape) is *parked*:
    copied, with a confirm, to the durable queue ``<queue>.dead`` with the header
    ``x-kiwipy-reason`` (``too-large``, ``undecodable``, ``malformed``), the error text, the
