@@ -72,22 +72,26 @@ async def invoke(
 
     :param on_pending: awaited once per level of returned future.
     """
-    token = _IN_CALL.set(True)
+    token = _HANDLER.set(asyncio.current_task())
     try:
         return await _follow(subscriber, args, on_pending)
     finally:
-        _IN_CALL.reset(token)
+        _HANDLER.reset(token)
 
 
-#: Set while a subscriber call runs, so a communicator closed by its own subscriber can tell.
-_IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("kiwipy_in_call", default=False)
+#: The task handling a subscriber call, in the context of the call (and of the tasks the
+#: subscriber starts), so a communicator closed by its own subscriber can tell.
+_HANDLER: contextvars.ContextVar[Optional[asyncio.Task[Any]]] = contextvars.ContextVar(
+    "kiwipy_subscriber_handler", default=None
+)
 
 
 def in_subscriber_call() -> bool:
-    """:returns: whether the running code was called by :func:`invoke` (a subscriber, or a
-    task it started): a communicator closed from there must let that call be answered first
-    (issue 11 item 6a)."""
-    return _IN_CALL.get()
+    """:returns: whether the running code was called, directly or through a task it started,
+    by a subscriber whose call is still being handled: a communicator closed from there must
+    let that call be answered first (issue 11 item 6a)."""
+    handler = _HANDLER.get()
+    return handler is not None and not handler.done()
 
 
 async def _follow(

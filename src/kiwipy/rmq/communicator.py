@@ -145,6 +145,7 @@ class RmqCommunicator(AsyncCommunicator):
             # the calls being handled, would hold back that call's reply until the drain
             # gives up. Return at once; the close completes once it is answered.
             self._closing = asyncio.ensure_future(self._close())
+            self._closing.add_done_callback(_log_close_failure)
             return
         await self._close()
 
@@ -403,3 +404,8 @@ async def async_connect(
     communicator = RmqCommunicator(connection, **options)
     await communicator.connect()
     return communicator
+
+
+def _log_close_failure(closing: asyncio.Future[None]) -> None:
+    if not closing.cancelled() and closing.exception() is not None:
+        _LOGGER.warning("closing the communicator failed: %r", closing.exception())
