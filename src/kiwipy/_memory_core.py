@@ -7,8 +7,9 @@ Invariants:
 * Every message body goes through :meth:`AsyncMemoryCommunicator._encode` when sent and
   :meth:`~AsyncMemoryCommunicator._decode` when received, so with an encoder nothing crosses
   the broker that could not cross RabbitMQ.
-* Closing cancels the running jobs; the broker has already put their tasks back in the queues,
-  so a closed communicator never replies or acks afterwards.
+* Closing lets RPC calls being handled answer (for up to a second), then cancels the running
+  jobs; the broker has already put their tasks back in the queues, so a closed communicator
+  never replies to or acks a task afterwards.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from . import _memory_outcome as outcome
 from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
 from ._memory_options import MemoryOptions, check_options
 from ._memory_tasks import MemoryIncomingTask, MemoryTaskQueue
-from ._outcome import EXCEPTION, Outcome, encode_reply, invoke
+from ._outcome import EXCEPTION, Outcome, encode_reply, in_subscriber_call, invoke
 from .communications import (
     AsyncCommunicator,
     BroadcastSubscriber,
@@ -42,6 +43,7 @@ _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_TASK_QUEUE = "kiwipy.tasks"
 _CLOSE_TIMEOUT = 5.0  # seconds disconnect() waits for cancelled subscriber calls to unwind
+_DRAIN_GRACE = 1.0  # seconds RPC calls being handled get to answer on close (as on RabbitMQ)
 
 
 class AsyncMemoryCommunicator(AsyncCommunicator):
@@ -71,6 +73,8 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         self._broadcast: dict[Any, BroadcastSubscriber] = {}
         self._queues: dict[str, MemoryTaskQueue] = {}
         self._jobs: set[asyncio.Task[None]] = set()
+        self._rpc_jobs: set[asyncio.Task[None]] = set()  # RPC calls being handled
+        self._closing: Optional[asyncio.Task[None]] = None  # a close a subscriber started
         self._held: set[MemoryIncomingTask] = set()  # pull-mode tasks being processed
 
     @property
@@ -105,24 +109,36 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
 
     async def disconnect(self) -> None:
         """Close: tasks in progress go back to their queues for other workers, RPC identities
-        are released, and futures still waiting for a reply fail with
-        :class:`~kiwipy.CommunicatorClosed`. Calling it again does nothing."""
+        are released, RPC calls already being handled get up to a second to answer (as on
+        RabbitMQ), and futures still waiting for a reply fail with
+        :class:`~kiwipy.CommunicatorClosed`. Called by one of this communicator's
+        subscribers, it returns at once and completes after that call's reply. Calling it
+        again does nothing."""
         if self._closed:
             return
         self._closed = True
         if self._connection is not None:
             self._broker.close(self._connection)
-        current = asyncio.current_task()
-        jobs = [job for job in self._jobs if job is not current]
-        for job in jobs:
-            job.cancel()
-        if jobs:
-            await asyncio.wait(jobs, timeout=_CLOSE_TIMEOUT)
         replies, self._replies = self._replies, {}
         for future in replies.values():
             if not future.done():
                 future.set_exception(exceptions.CommunicatorClosed())
                 future.exception()  # retrieved: nobody waiting for it is not worth a log line
+        if in_subscriber_call():  # waiting here would hold back that call's reply
+            self._closing = self.loop.create_task(self._stop_jobs())
+            return
+        await self._stop_jobs()
+
+    async def _stop_jobs(self) -> None:
+        current = asyncio.current_task()
+        answering = [job for job in self._rpc_jobs if job is not current]
+        if answering:
+            await asyncio.wait(answering, timeout=_DRAIN_GRACE)
+        jobs = [job for job in self._jobs if job is not current and not job.done()]
+        for job in jobs:
+            job.cancel()
+        if jobs:
+            await asyncio.wait(jobs, timeout=_CLOSE_TIMEOUT)
         self._held.clear()
 
     # Subscribers
@@ -299,10 +315,11 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         future = self._replies[correlation_id] = self.loop.create_future()
         return future
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         job = self.loop.create_task(coro)
         self._jobs.add(job)
         job.add_done_callback(self._job_done)
+        return job
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
         self._jobs.discard(job)
@@ -350,7 +367,9 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         if self._closed or subscriber is None:
             self._reply(message, outcome.lost_reply(f"the RPC subscriber '{key}' is gone"))
         else:
-            self._spawn(self._serve_rpc(subscriber, message))
+            job = self._spawn(self._serve_rpc(subscriber, message))
+            self._rpc_jobs.add(job)
+            job.add_done_callback(self._rpc_jobs.discard)
 
     async def _serve_rpc(self, subscriber: RpcSubscriber, message: Message) -> None:
         try:
