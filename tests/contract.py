@@ -805,6 +805,19 @@ class CommunicatorContract:
             assert isinstance(info.value, kiwipy.KiwiError)
 
     @needs(QUEUES)
+    async def test_processing_a_pulled_task_after_close(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        """Issue 11 item 7: ``CommunicatorClosed``, as every call after close, on every
+        transport (RabbitMQ handed out an outcome future nobody would ever act on)."""
+        queue = await comm.task_queue(transport.name("closed"))
+        await queue.task_send("late")
+        async with queue.next_task(timeout=TIMEOUT) as task:
+            await comm.close()
+            with pytest.raises(kiwipy.CommunicatorClosed):
+                task.process()
+
+    @needs(QUEUES)
     async def test_processing(self, comm: Any, transport: ContractTransport) -> None:
         queue = await comm.task_queue(transport.name("processing"))
         good, bad = await queue.task_send("good"), await queue.task_send("bad")

@@ -347,10 +347,11 @@ class ThreadTaskQueue:
         try:
             yield None if task is None else ThreadIncomingTask(task, bridge)
         except BaseException:
-            if not bridge.call(manager.__aexit__, *sys.exc_info()):
+            if bridge.closed or not bridge.call(manager.__aexit__, *sys.exc_info()):
                 raise
         else:
-            bridge.call(manager.__aexit__, None, None, None)
+            if not bridge.closed:  # closed in the block: the task went back with the connection
+                bridge.call(manager.__aexit__, None, None, None)
 
 
 class ThreadIncomingTask:
@@ -380,6 +381,8 @@ class ThreadIncomingTask:
         async def start() -> asyncio.Future[Any]:
             return self._core.process()
 
+        if self._bridge.closed:
+            raise exceptions.CommunicatorClosed
         outcome: asyncio.Future[Any] = self._bridge.portal.call(start, timeout=self._bridge.timeout)
         loop = outcome.get_loop()
         # Left pending (not running), so that cancelling it cancels the task's outcome.

@@ -283,6 +283,8 @@ class RmqIncomingTask(AsyncIncomingTask):
         return self._state
 
     def _start(self) -> None:
+        if self._responder.session.closed:
+            raise exceptions.CommunicatorClosed
         expect_state(self._state, "process", TASK_PENDING)
         self._state = TASK_PROCESSING
         self.begin()
