@@ -782,6 +782,24 @@ class CommunicatorContract:
                 pytest.fail("a cancelled task is not delivered again")
 
     @needs(QUEUES)
+    @pytest.mark.parametrize("error", _RAISED, ids=lambda error: error.__name__)
+    async def test_any_exception_of_a_pulled_task_outcome_reaches_the_sender(
+        self, comm: Any, transport: ContractTransport, error: type[BaseException]
+    ) -> None:
+        queue = await comm.task_queue(transport.name("pulled"))
+        future = await queue.task_send("p")
+        async with queue.next_task(timeout=TIMEOUT) as task:
+            outcome = task.process()
+            if error is StopIteration and asyncio.isfuture(outcome):
+                outcome.set_exception(RuntimeError("an asyncio future refuses StopIteration"))
+                error = RuntimeError
+            else:
+                outcome.set_exception(error("boom"))
+        with pytest.raises(kiwipy.RemoteException) as info:
+            await settle(future)
+        assert str(info.value.remote_type).endswith(f".{error.__name__}")
+
+    @needs(QUEUES)
     async def test_wrong_state_calls_raise_one_error_type(
         self, comm: Any, transport: ContractTransport
     ) -> None:
@@ -1203,6 +1221,18 @@ class CommunicatorContract:
             with pytest.raises(kiwipy.RemoteException) as info:
                 await settle(level)
             assert str(info.value.remote_type).endswith(f".{error.__name__}")
+
+    async def test_a_returned_future_that_is_cancelled_cancels_the_sender_future(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        """kiwipy 0.9's ``cancelled`` reply (its bug B4 left the sender waiting)."""
+        for kind in ("task", "rpc"):
+            inner = transport.make_future()
+            send = await _subscribe(comm, transport, kind, lambda _c, msg, inner=inner: inner)
+            level = await settle(await send("x"))
+            inner.cancel()
+            await asyncio.wait([level], timeout=TIMEOUT)
+            assert level.cancelled()
 
     @pytest.mark.parametrize("kind", ["task", "rpc"])
     async def test_subscriber_raising_kiwipy_cancelled_error_cancels_the_sender_future(
