@@ -1313,6 +1313,36 @@ class CommunicatorContract:
         assert await settle(future) == "close: bye"
         assert responder.is_closed()
 
+    @needs(SHARED, AWAITS)
+    async def test_a_call_left_unanswered_by_a_closing_subscriber_ends_with_reply_lost(
+        self, transport: ContractTransport
+    ) -> None:
+        """Issue 11 item 6a: a closing communicator stops the calls it is handling after a
+        grace; their callers get ``ReplyLost`` at once (also over RabbitMQ: its ``lost``
+        reply), not after their liveness check."""
+        caller, responder = await transport.connect(), await transport.connect()
+        started, release = Inbox(), threading.Event()
+
+        def hang_blocking(_c: Any, msg: Any) -> Any:
+            started.put(msg)
+            release.wait(TIMEOUT)
+            return "too late"
+
+        async def hang_async(_c: Any, msg: Any) -> Any:
+            started.put(msg)
+            await asyncio.Event().wait()
+
+        hang = hang_blocking if isinstance(responder, _BlockingView) else hang_async
+        ident = await responder.add_rpc_subscriber(hang, transport.name("hang"))
+        future = await caller.rpc_send(ident, "hang")
+        await started.wait_for(1)
+        try:
+            await responder.close()
+            with pytest.raises(kiwipy.ReplyLost, match="closed before it answered"):
+                await settle(future)
+        finally:
+            release.set()
+
     @needs(ENCODES)
     async def test_unencodable_messages(self, comm: Any, transport: ContractTransport) -> None:
         done = Inbox()

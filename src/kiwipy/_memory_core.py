@@ -383,7 +383,8 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             self._reply(message, outcome.outcome_reply(result))
         except asyncio.CancelledError:
             if self._closed:
-                self._reply(message, outcome.lost_reply("the RPC subscriber was closed"))
+                closed = "the RPC subscriber was closed before it answered"
+                self._reply(message, outcome.lost_reply(closed))
             raise
 
     def _on_broadcast(self, payload: Payload) -> None:

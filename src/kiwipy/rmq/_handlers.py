@@ -74,14 +74,21 @@ class MessageHandling:
             await self.reply(message, protocol.exception_response(exc))
             return
         if subscriber is None:
-            gone = exceptions.ReplyLost(f"RPC subscriber '{identifier}' was removed")
-            await self.reply(message, protocol.exception_response(gone))
+            gone = f"RPC subscriber '{identifier}' was removed"
+            await self.reply(message, protocol.lost_response(gone))
             return
 
         async def pending() -> None:
             await self.reply(message, protocol.pending_response())
 
-        outcome = await _outcome.invoke(subscriber, (self._owner, msg), pending)
+        try:
+            outcome = await _outcome.invoke(subscriber, (self._owner, msg), pending)
+        except asyncio.CancelledError:
+            # Only closing cancels a handler (drain): the caller learns it now, not from its
+            # liveness check seconds later.
+            closed = "the RPC subscriber was closed before it answered"
+            await self.reply(message, protocol.lost_response(closed))
+            raise
         await self.reply(message, _outcome.to_response(outcome))
 
     async def broadcast(
@@ -127,9 +134,9 @@ class MessageHandling:
             _LOGGER.warning(
                 "reply to RPC %s refused (%s); sending the error", props.correlation_id, exc
             )
-            lost = exceptions.ReplyLost(f"the reply could not be sent: {exc}")
+            lost = protocol.lost_response(f"the reply could not be sent: {exc}")
             try:
-                await self._send(message, self._encode(protocol.exception_response(lost)))
+                await self._send(message, self._encode(lost))
             except exceptions.KiwiError as again:
                 _LOGGER.error("no reply at all to RPC %s: %s", props.correlation_id, again)
 

@@ -10,7 +10,10 @@ What goes on the wire is byte-compatible with kiwipy 0.9 (api doc sections 7 and
 
 Replies from this library add two keys kiwipy 0.9 ignores: ``'exception_type'`` and
 ``'traceback'`` next to ``'exception'``, so a :class:`~kiwipy.RemoteException` can say what
-was raised and where.
+was raised and where. A reply telling the requester no answer will come (the subscriber was
+removed or closed before it answered, the answer was refused) also carries ``'lost'``: this
+library's requesters raise :class:`~kiwipy.ReplyLost` for it, kiwipy 0.9's read its
+``'exception'``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = (
     "EXCEPTION_TYPE_KEY",
     "HOSTNAME_KEY",
     "HOST_KEY",
+    "LOST_KEY",
     "PENDING_KEY",
     "PID_KEY",
     "RESULT_KEY",
@@ -50,6 +54,7 @@ __all__ = (
     "encode_task",
     "exception_response",
     "get_host_info",
+    "lost_response",
     "pending_response",
     "result_response",
     "rpc_queue_name",
@@ -66,6 +71,7 @@ RESULT_KEY = "result"
 EXCEPTION_KEY = "exception"
 CANCELLED_KEY = "cancelled"
 PENDING_KEY = "pending"
+LOST_KEY = "lost"
 EXCEPTION_TYPE_KEY = "exception_type"
 TRACEBACK_KEY = "traceback"
 
@@ -184,6 +190,13 @@ def exception_response(exception: BaseException, trace: Any = None) -> dict[str,
     }
 
 
+def lost_response(reason: str) -> dict[str, Any]:
+    """:returns: the reply telling the requester that no answer will come (module doc)."""
+    response = exception_response(exceptions.ReplyLost(reason))
+    response[LOST_KEY] = reason
+    return response
+
+
 def cancelled_response(msg: Optional[str] = None) -> dict[str, Any]:
     return {CANCELLED_KEY: msg}
 
@@ -203,7 +216,7 @@ class Reply:
 
 def decode_reply(response: Any) -> Reply:
     """Classify a decoded reply body, checking keys in kiwipy 0.9's order (cancelled,
-    exception, result, pending).
+    exception, result, pending; this library's ``lost`` before ``exception``).
 
     :raises MalformedMessage: if it is not a mapping or has none of the keys.
     """
@@ -211,6 +224,8 @@ def decode_reply(response: Any) -> Reply:
         raise MalformedMessage(f"a reply is a mapping, got {_describe(response)}")
     if CANCELLED_KEY in response:
         return Reply("cancelled", response[CANCELLED_KEY])
+    if LOST_KEY in response:
+        return Reply("exception", exceptions.ReplyLost(response[LOST_KEY]))
     if EXCEPTION_KEY in response:
         remote = exceptions.RemoteException(
             response[EXCEPTION_KEY],
