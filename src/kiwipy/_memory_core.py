@@ -29,7 +29,7 @@ from . import _memory_outcome as outcome
 from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
 from ._memory_options import MemoryOptions, check_options
 from ._memory_tasks import MemoryIncomingTask, MemoryTaskQueue
-from ._outcome import EXCEPTION, Outcome, encode_reply, in_subscriber_call, invoke
+from ._outcome import EXCEPTION, DeferredClose, Outcome, encode_reply, invoke
 from .communications import (
     AsyncCommunicator,
     BroadcastSubscriber,
@@ -74,7 +74,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         self._queues: dict[str, MemoryTaskQueue] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._rpc_jobs: set[asyncio.Task[None]] = set()  # RPC calls being handled
-        self._closing: Optional[asyncio.Task[None]] = None  # a close a subscriber started
+        self._deferred_close = DeferredClose()
         self._held: set[MemoryIncomingTask] = set()  # pull-mode tasks being processed
 
     @property
@@ -115,6 +115,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         subscribers, it returns at once and completes after that call's reply. Calling it
         again does nothing."""
         if self._closed:
+            await self._deferred_close.wait()
             return
         self._closed = True
         if self._connection is not None:
@@ -124,10 +125,8 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             if not future.done():
                 future.set_exception(exceptions.CommunicatorClosed())
                 future.exception()  # retrieved: nobody waiting for it is not worth a log line
-        if in_subscriber_call():  # waiting here would hold back that call's reply
-            self._closing = self.loop.create_task(self._stop_jobs())
-            return
-        await self._stop_jobs()
+        if not self._deferred_close.start(self._stop_jobs):
+            await self._stop_jobs()
 
     async def _stop_jobs(self) -> None:
         current = asyncio.current_task()

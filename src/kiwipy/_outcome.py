@@ -39,6 +39,7 @@ __all__ = (
     "EXCEPTION",
     "REJECTED",
     "RESULT",
+    "DeferredClose",
     "Outcome",
     "encode_reply",
     "from_exception",
@@ -93,6 +94,36 @@ def in_subscriber_call() -> bool:
     let that call be answered first (issue 11 item 6a)."""
     handler = _HANDLER.get()
     return handler is not None and not handler.done()
+
+
+class DeferredClose:
+    """A communicator's close, run in the background when one of its own subscribers asks
+    for it: the close waits for the calls being handled, so waiting for it there would hold
+    back (or lose) that call's reply (issue 11 item 6a)."""
+
+    def __init__(self) -> None:
+        self._closing: Optional[asyncio.Future[Any]] = None
+
+    def start(self, close: Callable[[], Awaitable[Any]]) -> bool:
+        """Run ``close()`` in the background if called from a subscriber's call.
+
+        :returns: whether it did (otherwise the caller runs the close itself).
+        """
+        if not in_subscriber_call():
+            return False
+        self._closing = asyncio.ensure_future(close())
+        self._closing.add_done_callback(_log_close_failure)
+        return True
+
+    async def wait(self) -> None:
+        """Wait for a close started in the background (except from a subscriber's call)."""
+        if self._closing is not None and not in_subscriber_call():
+            await asyncio.shield(self._closing)
+
+
+def _log_close_failure(closing: asyncio.Future[Any]) -> None:
+    if not closing.cancelled() and closing.exception() is not None:
+        _LOGGER.warning("closing the communicator failed: %r", closing.exception())
 
 
 async def _follow(

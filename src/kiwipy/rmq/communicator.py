@@ -23,7 +23,7 @@ from typing_extensions import Unpack
 from yarl import URL
 
 from .. import exceptions
-from .._outcome import in_subscriber_call
+from .._outcome import DeferredClose
 from ..communications import (
     AsyncCommunicator,
     BroadcastSubscriber,
@@ -75,7 +75,7 @@ class RmqCommunicator(AsyncCommunicator):
         self._lazy: dict[str, asyncio.Future[Any]] = {}
         self._task_queues: list[RmqTaskQueue] = []
         self._closed = False
-        self._closing: Optional[asyncio.Future[None]] = None  # a close a subscriber started
+        self._deferred_close = DeferredClose()
 
     def __str__(self) -> str:
         return f"RmqCommunicator({self._connection})"
@@ -137,17 +137,12 @@ class RmqCommunicator(AsyncCommunicator):
         bounded in time even when the broker is gone. Called by one of this communicator's
         subscribers, it returns at once and the close completes after that call's reply."""
         if self._closed:
+            await self._deferred_close.wait()
             return
         self._closed = True
         self._replies.fail_all(exceptions.CommunicatorClosed())
-        if in_subscriber_call():
-            # Called by one of our subscribers: waiting here for the close, which waits for
-            # the calls being handled, would hold back that call's reply until the drain
-            # gives up. Return at once; the close completes once it is answered.
-            self._closing = asyncio.ensure_future(self._close())
-            self._closing.add_done_callback(_log_close_failure)
-            return
-        await self._close()
+        if not self._deferred_close.start(self._close):
+            await self._close()
 
     async def _close(self) -> None:
         await asyncio.sleep(0)  # let the failed futures' callbacks run
@@ -404,8 +399,3 @@ async def async_connect(
     communicator = RmqCommunicator(connection, **options)
     await communicator.connect()
     return communicator
-
-
-def _log_close_failure(closing: asyncio.Future[None]) -> None:
-    if not closing.cancelled() and closing.exception() is not None:
-        _LOGGER.warning("closing the communicator failed: %r", closing.exception())
