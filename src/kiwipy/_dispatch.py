@@ -14,8 +14,9 @@ concurrently, each resolves an asyncio future on the loop) with less per call:
   empty, so a burst costs one hand-over, not one round trip through the loop per call.
 
 Everything a call raises (``BaseException`` included) is set on its future, as an executor
-does (``StopIteration``, which asyncio refuses, carried by :func:`kiwipy._raised.set_exception`). Workers are daemon threads: like the communicator's own loop thread, they do not keep
-the interpreter alive.
+does (what an asyncio future cannot carry is wrapped by :func:`kiwipy._raised.set_exception`).
+Workers are daemon threads: like the communicator's own loop thread, they do not keep the
+interpreter alive.
 """
 
 from __future__ import annotations
