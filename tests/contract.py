@@ -86,9 +86,11 @@ prerequisite: it is a skip under ``CI=true`` too (unlike :func:`tests._ci.requir
   communicator.
 * :data:`AWAITS` - coroutine functions and objects with ``async def __call__`` are valid
   subscribers and are awaited.
-* :data:`ISOLATES` - a subscriber raising ``SystemExit``, ``KeyboardInterrupt`` or
-  ``asyncio.CancelledError`` is reported to the sender as ``RemoteException`` and the next
-  message is still processed; a raising broadcast subscriber does not stop the others.
+* :data:`ISOLATES` - a subscriber raising any ``BaseException`` (``SystemExit``,
+  ``KeyboardInterrupt``, ``asyncio.CancelledError``, ``StopIteration``, ``GeneratorExit``,
+  one whose ``str()`` fails), or returning a future that fails with one, is reported to the
+  sender as ``RemoteException`` naming it, and the next message is still processed; a raising
+  broadcast subscriber does not stop the others.
 * :data:`ENCODES` - every message goes through an encoder: an unencodable task, RPC message or
   broadcast raises ``EncodeError`` from the send (and nothing else is lost), an unencodable
   result reaches the requester as ``RemoteException``.
@@ -111,7 +113,9 @@ The errors expected are kiwipy's own: ``UnroutableError`` raised by ``rpc_send``
 (its text the same on every transport: :func:`unroutable_rpc`),
 ``RemoteException`` (with ``remote_type``) for a subscriber's exception,
 ``DuplicateSubscriberIdentifier``, ``ValueError`` for unknown subscriber ids, ``QueueEmpty``,
-``kiwipy.InvalidStateError`` (not asyncio's) for a pull-mode task in the wrong state,
+``kiwipy.InvalidStateError`` (which is also ``asyncio.InvalidStateError``) for a pull-mode
+task in the wrong state, a cancelled sender's future for a subscriber raising
+``kiwipy.CancelledError`` or a cancelled pull-mode outcome (the task is then finished),
 ``CommunicatorClosed`` from every call after close and from futures still waiting then, and
 ``EncodeError`` (the suite's unencodable object is a ``threading.Lock``).
 """
@@ -541,6 +545,47 @@ def _work(inbox: Inbox, worker: int, _comm: Any, task: Any) -> Any:
     return task * 10
 
 
+#: What subscribers may raise: every one must reach the sender as a ``RemoteException``.
+_RAISED: list[type[BaseException]] = [
+    RuntimeError,
+    StopIteration,
+    StopAsyncIteration,
+    GeneratorExit,
+    KeyboardInterrupt,
+    SystemExit,
+    asyncio.CancelledError,
+]
+
+
+class _Unprintable(Exception):
+    """An exception whose text cannot be had."""
+
+    def __str__(self) -> str:
+        raise ValueError("no text for you")
+
+
+class _Explosive(dict):  # type: ignore[type-arg]
+    """A result whose encoding raises a ``BaseException`` in any encoder (JSON asks a dict
+    subclass for its items, YAML and pickle for its reduction)."""
+
+    def items(self) -> Any:
+        raise KeyboardInterrupt("encoding exploded")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise KeyboardInterrupt("encoding exploded")
+
+
+async def _subscribe(
+    comm: Any, transport: ContractTransport, kind: str, subscriber: Callable[..., Any]
+) -> Callable[[Any], Awaitable[Any]]:
+    """Add *subscriber* as a task or RPC subscriber (*kind*). :returns: its send."""
+    if kind == "task":
+        await comm.add_task_subscriber(subscriber)
+        return comm.task_send  # type: ignore[no-any-return]
+    ident = await comm.add_rpc_subscriber(subscriber, transport.name(f"raising{id(subscriber)}"))
+    return functools.partial(comm.rpc_send, ident)
+
+
 class CommunicatorContract:
     """The contract suite; see the module docstring for how to run it against a transport."""
 
@@ -749,6 +794,77 @@ class CommunicatorContract:
             assert task.body == "r"
             task.process().set_result(1)
         assert await settle(future) == 1
+
+    @needs(QUEUES)
+    async def test_cancelling_a_pulled_task_outcome_cancels_the_sender_future(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        """Issue 11 item 7: a cancelled outcome is final, as a subscriber raising
+        ``kiwipy.CancelledError`` (``requeue()`` is how a task is given back)."""
+        queue = await comm.task_queue(transport.name("cancel"))
+        future = await queue.task_send("c")
+        async with queue.next_task(timeout=TIMEOUT) as task:
+            task.process().cancel()
+            await asyncio.wait([future], timeout=TIMEOUT)
+            assert future.cancelled()
+            assert task.state == "finished"
+        with pytest.raises(kiwipy.QueueEmpty):
+            async with queue.next_task(timeout=0.05):
+                pytest.fail("a cancelled task is not delivered again")
+
+    @needs(QUEUES)
+    @pytest.mark.parametrize("error", _RAISED, ids=lambda error: error.__name__)
+    async def test_any_exception_of_a_pulled_task_outcome_reaches_the_sender(
+        self, comm: Any, transport: ContractTransport, error: type[BaseException]
+    ) -> None:
+        queue = await comm.task_queue(transport.name("pulled"))
+        future = await queue.task_send("p")
+        async with queue.next_task(timeout=TIMEOUT) as task:
+            outcome = task.process()
+            if error is StopIteration and asyncio.isfuture(outcome):
+                outcome.set_exception(RuntimeError("an asyncio future refuses StopIteration"))
+                error = RuntimeError
+            else:
+                outcome.set_exception(error("boom"))
+        with pytest.raises(kiwipy.RemoteException) as info:
+            await settle(future)
+        assert str(info.value.remote_type).endswith(f".{error.__name__}")
+
+    @needs(QUEUES)
+    async def test_wrong_state_calls_raise_one_error_type(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        """Issue 11 item 7: ``kiwipy.InvalidStateError``, which is also the
+        ``asyncio.InvalidStateError`` kiwipy 0.9 raised, on every transport."""
+        queue = await comm.task_queue(transport.name("states"))
+        future = await queue.task_send("s")
+        async with queue.next_task(timeout=TIMEOUT) as task:
+            outcome = task.process()
+            with pytest.raises(kiwipy.InvalidStateError) as twice:
+                task.process()
+            outcome.set_result(1)
+            assert await settle(future) == 1
+            with pytest.raises(kiwipy.InvalidStateError) as finished:
+                await task.requeue()
+            with pytest.raises(kiwipy.InvalidStateError) as again:
+                async with task.processing():
+                    pytest.fail("a finished task cannot be processed")
+        for info in (twice, finished, again):
+            assert isinstance(info.value, asyncio.InvalidStateError)
+            assert isinstance(info.value, kiwipy.KiwiError)
+
+    @needs(QUEUES)
+    async def test_processing_a_pulled_task_after_close(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        """Issue 11 item 7: ``CommunicatorClosed``, as every call after close, on every
+        transport (RabbitMQ handed out an outcome future nobody would ever act on)."""
+        queue = await comm.task_queue(transport.name("closed"))
+        await queue.task_send("late")
+        async with queue.next_task(timeout=TIMEOUT) as task:
+            await comm.close()
+            with pytest.raises(kiwipy.CommunicatorClosed):
+                task.process()
 
     @needs(QUEUES)
     async def test_processing(self, comm: Any, transport: ContractTransport) -> None:
@@ -1088,34 +1204,179 @@ class CommunicatorContract:
     # Misbehaving subscribers and messages
 
     @needs(ISOLATES)
-    @pytest.mark.parametrize("error", [SystemExit, KeyboardInterrupt, asyncio.CancelledError])
-    async def test_base_exception_in_task_subscriber(
-        self, comm: Any, error: type[BaseException]
+    @pytest.mark.parametrize("error", _RAISED, ids=lambda error: error.__name__)
+    @pytest.mark.parametrize("kind", ["task", "rpc"])
+    async def test_any_exception_a_subscriber_raises_reaches_the_sender(
+        self, comm: Any, transport: ContractTransport, kind: str, error: type[BaseException]
     ) -> None:
-        def subscriber(_c: Any, task: Any) -> Any:
-            if task == "explode":
+        """Issue 11 items 2 and 6a: ``StopIteration`` (which an asyncio future refuses),
+        ``GeneratorExit`` and every other ``BaseException`` is a ``RemoteException`` naming
+        it, and the subscriber keeps serving."""
+
+        def subscriber(_c: Any, msg: Any) -> Any:
+            if msg == "explode":
                 raise error("boom")
-            return f"{task} ok"
+            return f"{msg} ok"
 
-        await comm.add_task_subscriber(subscriber)
-        with pytest.raises(kiwipy.RemoteException):
-            await settle(await comm.task_send("explode"))
-        assert await settle(await comm.task_send("next")) == "next ok"
+        send = await _subscribe(comm, transport, kind, subscriber)
+        with pytest.raises(kiwipy.RemoteException) as info:
+            await settle(await send("explode"))
+        assert str(info.value.remote_type).endswith(f".{error.__name__}")
+        assert await settle(await send("next")) == "next ok"
 
-    @needs(ISOLATES)
-    @pytest.mark.parametrize("error", [SystemExit, asyncio.CancelledError])
-    async def test_base_exception_in_rpc_subscriber(
+    @needs(ISOLATES, AWAITS)
+    @pytest.mark.parametrize("error", _RAISED, ids=lambda error: error.__name__)
+    async def test_any_exception_a_coroutine_subscriber_raises_reaches_the_sender(
         self, comm: Any, transport: ContractTransport, error: type[BaseException]
     ) -> None:
-        def subscriber(_c: Any, msg: Any) -> Any:
-            if msg == "exit":
+        async def subscriber(_c: Any, msg: Any) -> Any:
+            await asyncio.sleep(0)
+            if msg == "explode":
                 raise error("boom")
-            return msg
+            return f"{msg} ok"
 
-        ident = await comm.add_rpc_subscriber(subscriber, transport.name("exit"))
+        for kind in ("task", "rpc"):
+            send = await _subscribe(comm, transport, kind, subscriber)
+            with pytest.raises(kiwipy.RemoteException):  # StopIteration: RuntimeError (PEP 479)
+                await settle(await send("explode"))
+            assert await settle(await send("next")) == "next ok"
+
+    @needs(ISOLATES)
+    @pytest.mark.parametrize("error", _RAISED, ids=lambda error: error.__name__)
+    async def test_any_exception_of_a_returned_future_reaches_the_sender(
+        self, comm: Any, transport: ContractTransport, error: type[BaseException]
+    ) -> None:
+        for kind in ("task", "rpc"):
+            inner = transport.make_future()
+            if error is StopIteration and asyncio.isfuture(inner):
+                continue  # an asyncio future refuses it: nobody can make one fail with it
+            send = await _subscribe(comm, transport, kind, lambda _c, msg, inner=inner: inner)
+            level = await settle(await send("later"))
+            inner.set_exception(error("boom"))
+            with pytest.raises(kiwipy.RemoteException) as info:
+                await settle(level)
+            assert str(info.value.remote_type).endswith(f".{error.__name__}")
+
+    async def test_a_returned_future_that_is_cancelled_cancels_the_sender_future(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        """kiwipy 0.9's ``cancelled`` reply (its bug B4 left the sender waiting)."""
+        for kind in ("task", "rpc"):
+            inner = transport.make_future()
+            send = await _subscribe(comm, transport, kind, lambda _c, msg, inner=inner: inner)
+            level = await settle(await send("x"))
+            inner.cancel()
+            await asyncio.wait([level], timeout=TIMEOUT)
+            assert level.cancelled()
+
+    @pytest.mark.parametrize("kind", ["task", "rpc"])
+    async def test_subscriber_raising_kiwipy_cancelled_error_cancels_the_sender_future(
+        self, comm: Any, transport: ContractTransport, kind: str
+    ) -> None:
+        """Issue 11 item 7: kiwipy 0.9's way for a subscriber to cancel (its ``cancelled``
+        reply); a cancelled task is final (acknowledged), not delivered again."""
+        seen = Inbox()
+
+        def subscriber(_c: Any, msg: Any) -> Any:
+            seen.put(msg)
+            if msg == "cancel":
+                raise kiwipy.CancelledError("not today")
+            return f"{msg} ok"
+
+        send = await _subscribe(comm, transport, kind, subscriber)
+        future = await send("cancel")
+        await asyncio.wait([future], timeout=TIMEOUT)
+        assert future.cancelled()
+        assert await settle(await send("next")) == "next ok"
+        assert seen.items == ["cancel", "next"]
+
+    @needs(ISOLATES)
+    @pytest.mark.parametrize("kind", ["task", "rpc"])
+    async def test_an_unprintable_exception_reaches_the_sender(
+        self, comm: Any, transport: ContractTransport, kind: str
+    ) -> None:
+        """Issue 11 item 5: building the reply must not fail (``str()`` raising) and leave
+        the sender waiting."""
+
+        def subscriber(_c: Any, msg: Any) -> Any:
+            if msg == "explode":
+                raise _Unprintable
+            return f"{msg} ok"
+
+        send = await _subscribe(comm, transport, kind, subscriber)
+        with pytest.raises(kiwipy.RemoteException) as info:
+            await settle(await send("explode"))
+        assert str(info.value.remote_type).endswith("._Unprintable")
+        assert await settle(await send("next")) == "next ok"
+
+    @needs(ENCODES)
+    @pytest.mark.parametrize("kind", ["task", "rpc"])
+    async def test_a_result_whose_encoding_raises_any_exception_reaches_the_sender(
+        self, comm: Any, transport: ContractTransport, kind: str
+    ) -> None:
+        """Issue 11 item 5: a reply that cannot be encoded, whatever the encoder raises, is
+        replaced by an error reply."""
+
+        def subscriber(_c: Any, msg: Any) -> Any:
+            return _Explosive(a=1) if msg == "explode" else f"{msg} ok"
+
+        send = await _subscribe(comm, transport, kind, subscriber)
         with pytest.raises(kiwipy.RemoteException):
-            await settle(await comm.rpc_send(ident, "exit"))
-        assert await settle(await comm.rpc_send(ident, "still here")) == "still here"
+            await settle(await send("explode"))
+        assert await settle(await send("next")) == "next ok"
+
+    @needs(SHARED, AWAITS)
+    async def test_closing_inside_an_rpc_subscriber_still_ends_the_call(
+        self, transport: ContractTransport
+    ) -> None:
+        """Issue 11 item 6a: ``close()`` returns at once and the call being handled gets its
+        reply, not a ``ReplyLost`` after the caller's liveness check."""
+        caller, responder = await transport.connect(), await transport.connect()
+        native = responder.native
+
+        def close_blocking(_c: Any, msg: Any) -> Any:
+            native.close()
+            return f"{msg}: bye"
+
+        async def close_async(_c: Any, msg: Any) -> Any:
+            await native.disconnect()
+            return f"{msg}: bye"
+
+        subscriber = close_blocking if isinstance(responder, _BlockingView) else close_async
+        ident = await responder.add_rpc_subscriber(subscriber, transport.name("closer"))
+        future = await caller.rpc_send(ident, "close")
+        assert await settle(future) == "close: bye"
+        assert responder.is_closed()
+
+    @needs(SHARED, AWAITS)
+    async def test_a_call_left_unanswered_by_a_closing_subscriber_ends_with_reply_lost(
+        self, transport: ContractTransport
+    ) -> None:
+        """Issue 11 item 6a: a closing communicator stops the calls it is handling after a
+        grace; their callers get ``ReplyLost`` at once (also over RabbitMQ: its ``lost``
+        reply), not after their liveness check."""
+        caller, responder = await transport.connect(), await transport.connect()
+        started, release = Inbox(), threading.Event()
+
+        def hang_blocking(_c: Any, msg: Any) -> Any:
+            started.put(msg)
+            release.wait(TIMEOUT)
+            return "too late"
+
+        async def hang_async(_c: Any, msg: Any) -> Any:
+            started.put(msg)
+            await asyncio.Event().wait()
+
+        hang = hang_blocking if isinstance(responder, _BlockingView) else hang_async
+        ident = await responder.add_rpc_subscriber(hang, transport.name("hang"))
+        future = await caller.rpc_send(ident, "hang")
+        await started.wait_for(1)
+        try:
+            await responder.close()
+            with pytest.raises(kiwipy.ReplyLost, match="closed before it answered"):
+                await settle(future)
+        finally:
+            release.set()
 
     @needs(ENCODES)
     async def test_unencodable_messages(self, comm: Any, transport: ContractTransport) -> None:

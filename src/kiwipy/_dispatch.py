@@ -14,8 +14,9 @@ concurrently, each resolves an asyncio future on the loop) with less per call:
   empty, so a burst costs one hand-over, not one round trip through the loop per call.
 
 Everything a call raises (``BaseException`` included) is set on its future, as an executor
-does. Workers are daemon threads: like the communicator's own loop thread, they do not keep
-the interpreter alive.
+does (what an asyncio future cannot carry is wrapped by :func:`kiwipy._raised.set_exception`).
+Workers are daemon threads: like the communicator's own loop thread, they do not keep the
+interpreter alive.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import os
 import queue
 import threading
 from typing import Any, Callable, Optional
+
+from ._raised import set_exception
 
 __all__ = ("OFFLOADED", "Dispatcher", "default_workers")
 
@@ -68,6 +71,7 @@ class Dispatcher:
         self._closed = False
         self._serial: dict[Any, collections.deque[_Call]] = {}
         self._draining: set[Any] = set()
+        self._workers: set[int] = set()  # thread idents
 
     def run(self, call: Callable[[], Any]) -> asyncio.Future[Any]:
         """:returns: a future (of the loop) for ``call()`` run on a worker thread. Call it
@@ -114,6 +118,11 @@ class Dispatcher:
                 future, call = queue.popleft()
             self._finished(_call(future, call))
 
+    def in_worker(self) -> bool:
+        """:returns: whether the caller runs on one of this dispatcher's workers (a
+        subscriber's call)."""
+        return threading.get_ident() in self._workers
+
     def close(self) -> None:
         """Let the workers finish their current call and exit (without waiting for them)."""
         with self._lock:
@@ -123,6 +132,13 @@ class Dispatcher:
             self._jobs.put(None)
 
     def _work(self) -> None:
+        self._workers.add(threading.get_ident())
+        try:
+            self._serve()
+        finally:
+            self._workers.discard(threading.get_ident())
+
+    def _serve(self) -> None:
         reserved = True  # started for a job that is already queued
         while True:
             if not reserved:
@@ -160,7 +176,7 @@ class Dispatcher:
             if ok:
                 future.set_result(value)
             else:
-                future.set_exception(value)
+                set_exception(future, value)
 
 
 def _call(

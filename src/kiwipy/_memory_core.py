@@ -7,13 +7,15 @@ Invariants:
 * Every message body goes through :meth:`AsyncMemoryCommunicator._encode` when sent and
   :meth:`~AsyncMemoryCommunicator._decode` when received, so with an encoder nothing crosses
   the broker that could not cross RabbitMQ.
-* Closing cancels the running jobs; the broker has already put their tasks back in the queues,
-  so a closed communicator never replies or acks afterwards.
+* Closing lets RPC calls being handled answer (for up to a second), then cancels the running
+  jobs; the broker has already put their tasks back in the queues, so a closed communicator
+  never replies to or acks a task afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Iterable
@@ -27,6 +29,7 @@ from . import _memory_outcome as outcome
 from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
 from ._memory_options import MemoryOptions, check_options
 from ._memory_tasks import MemoryIncomingTask, MemoryTaskQueue
+from ._outcome import EXCEPTION, DeferredClose, Outcome, encode_reply, invoke
 from .communications import (
     AsyncCommunicator,
     BroadcastSubscriber,
@@ -40,6 +43,7 @@ _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_TASK_QUEUE = "kiwipy.tasks"
 _CLOSE_TIMEOUT = 5.0  # seconds disconnect() waits for cancelled subscriber calls to unwind
+_DRAIN_GRACE = 1.0  # seconds RPC calls being handled get to answer on close (as on RabbitMQ)
 
 
 class AsyncMemoryCommunicator(AsyncCommunicator):
@@ -71,6 +75,8 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         self._broadcast: dict[Any, BroadcastSubscriber] = {}
         self._queues: dict[str, MemoryTaskQueue] = {}
         self._jobs: set[asyncio.Task[None]] = set()
+        self._rpc_jobs: set[asyncio.Task[None]] = set()  # RPC calls being handled
+        self._deferred_close = DeferredClose()
         self._held: set[MemoryIncomingTask] = set()  # pull-mode tasks being processed
 
     @property
@@ -105,24 +111,35 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
 
     async def disconnect(self) -> None:
         """Close: tasks in progress go back to their queues for other workers, RPC identities
-        are released, and futures still waiting for a reply fail with
-        :class:`~kiwipy.CommunicatorClosed`. Calling it again does nothing."""
+        are released, RPC calls already being handled get up to a second to answer (as on
+        RabbitMQ), and futures still waiting for a reply fail with
+        :class:`~kiwipy.CommunicatorClosed`. Called by one of this communicator's
+        subscribers, it returns at once and completes after that call's reply. Calling it
+        again does nothing."""
         if self._closed:
+            await self._deferred_close.wait()
             return
         self._closed = True
         if self._connection is not None:
             self._broker.close(self._connection)
-        current = asyncio.current_task()
-        jobs = [job for job in self._jobs if job is not current]
-        for job in jobs:
-            job.cancel()
-        if jobs:
-            await asyncio.wait(jobs, timeout=_CLOSE_TIMEOUT)
         replies, self._replies = self._replies, {}
         for future in replies.values():
             if not future.done():
                 future.set_exception(exceptions.CommunicatorClosed())
                 future.exception()  # retrieved: nobody waiting for it is not worth a log line
+        if not self._deferred_close.start(self._stop_jobs):
+            await self._stop_jobs()
+
+    async def _stop_jobs(self) -> None:
+        current = asyncio.current_task()
+        answering = [job for job in self._rpc_jobs if job is not current]
+        if answering:
+            await asyncio.wait(answering, timeout=_DRAIN_GRACE)
+        jobs = [job for job in self._jobs if job is not current and not job.done()]
+        for job in jobs:
+            job.cancel()
+        if jobs:
+            await asyncio.wait(jobs, timeout=_CLOSE_TIMEOUT)
         self._held.clear()
 
     # Subscribers
@@ -309,59 +326,35 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         future = self._replies[correlation_id] = self.loop.create_future()
         return future
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         job = self.loop.create_task(coro)
         self._jobs.add(job)
         job.add_done_callback(self._job_done)
+        return job
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
         self._jobs.discard(job)
         if not job.cancelled() and job.exception() is not None:
             _LOGGER.error("kiwipy memory communicator job failed", exc_info=job.exception())
 
-    async def _call(self, subscriber: Any, *args: Any) -> Any:
-        return await outcome.call_subscriber(subscriber, self, *args)
-
-    def _closing(self) -> bool:
-        return self._closed
-
-    def _own_cancellation(self, exc: BaseException) -> bool:
-        return outcome.own_cancellation(exc, self._closing)
-
-    async def _final_reply(
-        self, message: Message, send_pending: bool, ok: bool, value: Any
-    ) -> dict[str, Any]:
-        """:returns: the final reply for a subscriber's outcome (*value*, or the exception
-        it raised if not *ok*), sending ``pending`` replies on the way if asked."""
-        if not ok:
-            return outcome.exception_reply(value)
-
-        def on_pending() -> None:
-            if send_pending:
-                self._reply(message, outcome.PENDING)
-
-        return await outcome.final_reply(value, self.loop, on_pending, self._closing)
+    async def _reply_pending(self, message: Message) -> None:
+        self._reply(message, outcome.PENDING)
 
     def _reply(self, message: Message, response: dict[str, Any]) -> bool:
         """Send *response* to the requester of *message*; an unencodable one is replaced by
         the encoding error. :returns: whether *response* itself could be sent."""
         if message.reply_to is None:
             return True
-        try:
-            payload, sent = self._encode(response), True
-        except (exceptions.EncodeError, exceptions.MessageTooLarge) as exc:
-            payload, sent = self._encode(outcome.exception_reply(exc)), False
+        name = "memory" if self._encoder is None else self._encoder.name
+        payload, sent = encode_reply(self._encode, response, outcome.exception_reply, name)
         self._broker.send_reply(message.reply_to, message.correlation_id, payload)
         return sent
 
-    async def _conclude_task(
-        self, delivery: Delivery, no_reply: bool, ok: bool, value: Any
-    ) -> None:
+    def _conclude_task(self, delivery: Delivery, no_reply: bool, result: Outcome) -> None:
         """Reply with a task's final outcome, then ack it (the order RabbitMQ tasks use)."""
-        response = await self._final_reply(delivery.message, not no_reply, ok, value)
         if self._closed:  # the task went back to its queue when the connection closed
             return
-        if no_reply or self._reply(delivery.message, response):
+        if no_reply or self._reply(delivery.message, outcome.outcome_reply(result)):
             self._broker.ack(delivery)
         else:
             self._broker.dead_letter(delivery, "its reply cannot be encoded")
@@ -385,20 +378,24 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         if self._closed or subscriber is None:
             self._reply(message, outcome.lost_reply(f"the RPC subscriber '{key}' is gone"))
         else:
-            self._spawn(self._serve_rpc(subscriber, message))
+            job = self._spawn(self._serve_rpc(subscriber, message))
+            self._rpc_jobs.add(job)
+            job.add_done_callback(self._rpc_jobs.discard)
 
     async def _serve_rpc(self, subscriber: RpcSubscriber, message: Message) -> None:
         try:
             try:
-                value, ok = await self._call(subscriber, self._decode(message.payload)), True
-            except BaseException as exc:  # SystemExit & co. are outcomes too, never fatal
-                if self._own_cancellation(exc):
-                    raise
-                value, ok = exc, False
-            self._reply(message, await self._final_reply(message, True, ok, value))
+                msg = self._decode(message.payload)
+            except exceptions.DecodeError as exc:
+                self._reply(message, outcome.exception_reply(exc))
+                return
+            pending = functools.partial(self._reply_pending, message)
+            result = await invoke(subscriber, (self, msg), pending)
+            self._reply(message, outcome.outcome_reply(result))
         except asyncio.CancelledError:
             if self._closed:
-                self._reply(message, outcome.lost_reply("the RPC subscriber was closed"))
+                closed = "the RPC subscriber was closed before it answered"
+                self._reply(message, outcome.lost_reply(closed))
             raise
 
     def _on_broadcast(self, payload: Payload) -> None:
@@ -414,9 +411,12 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             self._spawn(self._call_broadcast(subscriber, args))
 
     async def _call_broadcast(self, subscriber: BroadcastSubscriber, args: tuple[Any, ...]) -> None:
-        try:
-            await self._call(subscriber, *args)
-        except BaseException as exc:
-            if self._own_cancellation(exc):
-                raise
-            _LOGGER.exception("Exception in broadcast receiver")
+        result = await invoke(subscriber, (self, *args))
+        if result.kind == EXCEPTION:
+            error = result.value
+            _LOGGER.error(
+                "Exception in broadcast receiver %r: %r",
+                subscriber,
+                error,
+                exc_info=(type(error), error, error.__traceback__),
+            )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any, Optional
@@ -25,6 +26,15 @@ import shortuuid
 from . import exceptions
 from ._memory_broker import Consumer, Delivery
 from ._memory_outcome import exception_reply
+from ._outcome import REJECTED, invoke, outcome_of
+from ._raised import set_exception
+from ._task_state import (
+    TASK_FINISHED,
+    TASK_PENDING,
+    TASK_PROCESSING,
+    TASK_REQUEUED,
+    expect_state,
+)
 from .communications import AsyncIncomingTask, AsyncTaskQueue, TaskSubscriber
 
 if TYPE_CHECKING:
@@ -38,11 +48,6 @@ __all__ = (
     "MemoryIncomingTask",
     "MemoryTaskQueue",
 )
-
-TASK_PENDING = "pending"
-TASK_PROCESSING = "processing"
-TASK_FINISHED = "finished"
-TASK_REQUEUED = "requeued"
 
 
 class MemoryTaskQueue(AsyncTaskQueue):
@@ -189,18 +194,12 @@ class MemoryTaskQueue(AsyncTaskQueue):
         except exceptions.DecodeError as exc:
             self._reject_undecodable(delivery, exc)
             return
+        pending = None if no_reply else functools.partial(comm._reply_pending, delivery.message)
         for subscriber in list(self._subscribers.values()):
-            try:
-                value = await comm._call(subscriber, task)
-            except exceptions.TaskRejected:
-                continue
-            except BaseException as exc:  # SystemExit & co. are outcomes too, never fatal
-                if comm._own_cancellation(exc):
-                    raise
-                await comm._conclude_task(delivery, no_reply, False, exc)
+            outcome = await invoke(subscriber, (comm, task), pending)
+            if outcome.kind != REJECTED:
+                comm._conclude_task(delivery, no_reply, outcome)
                 return
-            await comm._conclude_task(delivery, no_reply, True, value)
-            return
         comm.broker.requeue(delivery, reject=True)
 
 
@@ -208,7 +207,8 @@ class MemoryIncomingTask(AsyncIncomingTask):
     """A task taken in pull mode. ``state`` goes ``'pending'`` → ``'processing'`` →
     ``'finished'``, or to ``'requeued'`` when given back.
 
-    Cancelling the outcome future of :meth:`process` requeues the task.
+    Cancelling the outcome future of :meth:`process` cancels the task's outcome: the sender's
+    future is cancelled and the task is finished (:meth:`requeue` gives a task back).
     """
 
     def __init__(
@@ -241,7 +241,7 @@ class MemoryIncomingTask(AsyncIncomingTask):
         :raises CommunicatorClosed: if the communicator was closed.
         """
         self._comm._open()
-        self._expect_state("process", TASK_PENDING)
+        expect_state(self._state, "process", TASK_PENDING)
         self._state = TASK_PROCESSING
         outcome: asyncio.Future[Any] = self._comm.loop.create_future()
         outcome.add_done_callback(self._on_outcome)
@@ -254,7 +254,7 @@ class MemoryIncomingTask(AsyncIncomingTask):
 
         :raises InvalidStateError: unless the task is pending or processing.
         """
-        self._expect_state("requeue", TASK_PENDING, TASK_PROCESSING)
+        expect_state(self._state, "requeue", TASK_PENDING, TASK_PROCESSING)
         self._give_back()
 
     @contextlib.asynccontextmanager
@@ -267,15 +267,11 @@ class MemoryIncomingTask(AsyncIncomingTask):
             yield outcome
         except Exception as exc:
             if not outcome.done():
-                outcome.set_exception(exc)
+                set_exception(outcome, exc)
             raise
         finally:
             if not outcome.done():
                 self._give_back()
-
-    def _expect_state(self, action: str, *states: str) -> None:
-        if self._state not in states:
-            raise exceptions.InvalidStateError(f"cannot {action} a task that is {self._state}")
 
     def _give_back(self) -> None:
         if self._state not in (TASK_PENDING, TASK_PROCESSING):
@@ -287,14 +283,9 @@ class MemoryIncomingTask(AsyncIncomingTask):
     def _on_outcome(self, outcome: asyncio.Future[Any]) -> None:
         if self._state != TASK_PROCESSING:
             return
-        if outcome.cancelled():
-            self._give_back()
-            return
         self._state = TASK_FINISHED
         self._comm._held.discard(self)
-        error = outcome.exception()
-        ok, value = (False, error) if error is not None else (True, outcome.result())
-        self._comm._spawn(self._comm._conclude_task(self._delivery, self._no_reply, ok, value))
+        self._comm._conclude_task(self._delivery, self._no_reply, outcome_of(outcome))
 
     def _on_outcome_lost(self, _ref: Any) -> None:
         # Called by the garbage collector, on whatever thread it runs.

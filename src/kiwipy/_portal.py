@@ -18,6 +18,7 @@ from collections.abc import Awaitable
 from typing import Any, Callable, TypeVar
 
 from . import exceptions
+from ._raised import original, set_exception
 
 T = TypeVar("T")
 
@@ -128,7 +129,7 @@ def to_concurrent(source: asyncio.Future[Any]) -> concurrent.futures.Future[Any]
             target.cancel()
             target.set_running_or_notify_cancel()
         elif done.exception() is not None:
-            target.set_exception(done.exception())
+            target.set_exception(original(done.exception()))  # type: ignore[arg-type]
         else:
             result = done.result()
             target.set_result(to_concurrent(result) if asyncio.isfuture(result) else result)
@@ -168,7 +169,7 @@ def to_asyncio(
         if done.cancelled():
             target.cancel()
         elif done.exception() is not None:
-            target.set_exception(done.exception())  # type: ignore[arg-type]
+            set_exception(target, done.exception())  # type: ignore[arg-type]
         else:
             result = done.result()
             if isinstance(result, concurrent.futures.Future):

@@ -22,12 +22,14 @@ import concurrent.futures
 import contextlib
 import functools
 import sys
+import threading
 from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, Callable, Optional, TypeVar
 
 from . import _broadcasts, _quick, exceptions
 from ._dispatch import OFFLOADED, Dispatcher
 from ._portal import LoopThread, thread_world, to_asyncio
+from ._raised import set_exception
 from .communications import (
     AsyncCommunicator,
     AsyncIncomingTask,
@@ -131,6 +133,16 @@ class _Bridge:
         if self.closed:
             return
         self.closed = True
+        if self.dispatch.in_worker():
+            # Called by a subscriber: the close waits for the calls being handled, this one
+            # included, so it would wait for itself and its reply would be lost. It goes on in
+            # the background, after this call's reply (issue 11 item 6a).
+            name = f"{threading.current_thread().name} closing"
+            threading.Thread(target=self._close, args=(disconnect,), name=name, daemon=True).start()
+            return
+        self._close(disconnect)
+
+    def _close(self, disconnect: Callable[[], Awaitable[Any]]) -> None:
         try:
             self.portal.call(disconnect, timeout=self.timeout)
         except Exception:  # the communicator is going away whatever happened
@@ -335,10 +347,11 @@ class ThreadTaskQueue:
         try:
             yield None if task is None else ThreadIncomingTask(task, bridge)
         except BaseException:
-            if not bridge.call(manager.__aexit__, *sys.exc_info()):
+            if bridge.closed or not bridge.call(manager.__aexit__, *sys.exc_info()):
                 raise
         else:
-            bridge.call(manager.__aexit__, None, None, None)
+            if not bridge.closed:  # closed in the block: the task went back with the connection
+                bridge.call(manager.__aexit__, None, None, None)
 
 
 class ThreadIncomingTask:
@@ -361,16 +374,19 @@ class ThreadIncomingTask:
         return self._core.state
 
     def process(self) -> concurrent.futures.Future[Any]:
-        """Start processing; resolve the returned future with the task's outcome. Dropping it
-        unresolved (garbage collection) requeues the task."""
+        """Start processing; resolve the returned future with the task's outcome (cancelling
+        it cancels the sender's future and finishes the task). Dropping it unresolved
+        (garbage collection) requeues the task."""
 
         async def start() -> asyncio.Future[Any]:
             return self._core.process()
 
+        if self._bridge.closed:
+            raise exceptions.CommunicatorClosed
         outcome: asyncio.Future[Any] = self._bridge.portal.call(start, timeout=self._bridge.timeout)
         loop = outcome.get_loop()
+        # Left pending (not running), so that cancelling it cancels the task's outcome.
         result: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        result.set_running_or_notify_cancel()
 
         def forward(done: concurrent.futures.Future[Any]) -> None:
             loop.call_soon_threadsafe(_settle, outcome, done, loop)
@@ -407,7 +423,7 @@ def _settle(outcome: asyncio.Future[Any], done: concurrent.futures.Future[Any], 
     if done.cancelled():
         outcome.cancel()
     elif done.exception() is not None:
-        outcome.set_exception(done.exception())  # type: ignore[arg-type]
+        set_exception(outcome, done.exception())  # type: ignore[arg-type]
     else:
         result = done.result()
         if isinstance(result, concurrent.futures.Future):

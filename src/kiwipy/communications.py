@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import shortuuid
 
 from . import _unroutable, exceptions, futures
+from ._outcome import CANCELLED, from_exception
+from ._raised import exception_text
 
 # kiwipy 0.9's ``communications`` did ``from .exceptions import *``, and its clients import the
 # exceptions from here (aiida-core: ``from kiwipy.communications import UnroutableError``;
@@ -268,7 +270,7 @@ class CommunicatorHelper(Communicator):
             except exceptions.TaskRejected:
                 continue
             except Exception as exc:
-                future.set_exception(_remote_exception(exc))
+                _fail(future, exc)
                 break
         else:
             if not future.done():
@@ -289,7 +291,7 @@ class CommunicatorHelper(Communicator):
         try:
             future.set_result(subscriber(self, msg))
         except Exception as exc:
-            future.set_exception(_remote_exception(exc))
+            _fail(future, exc)
         return future
 
     def fire_broadcast(
@@ -323,13 +325,22 @@ class CommunicatorHelper(Communicator):
             raise ValueError(message) from None
 
 
+def _fail(future: futures.Future[Any], exc: BaseException) -> None:
+    """End *future* as the subscriber that raised *exc* decided (:mod:`kiwipy._outcome`):
+    cancelled for ``kiwipy.CancelledError``, else with the :class:`RemoteException`."""
+    if from_exception(exc).kind == CANCELLED:
+        future.cancel()
+    else:
+        future.set_exception(_remote_exception(exc))
+
+
 def _remote_exception(exc: BaseException) -> exceptions.RemoteException:
     """:returns: the :class:`RemoteException` a sender sees for *exc* (B12: a message, not
     ``sys.exc_info()``)."""
     import traceback
 
     return exceptions.RemoteException(
-        str(exc),
+        exception_text(exc),
         remote_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
         remote_traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
     )
@@ -358,7 +369,8 @@ class AsyncIncomingTask(abc.ABC):
 
     @abc.abstractmethod
     def process(self) -> asyncio.Future[Any]:
-        """Start processing: resolve the returned future with the outcome. If the future is
+        """Start processing: resolve the returned future with the outcome (cancelling it
+        cancels the sender's future and finishes the task). If the future is
         garbage-collected unresolved, the task is requeued.
 
         :raises InvalidStateError: unless the task is pending.
@@ -366,7 +378,10 @@ class AsyncIncomingTask(abc.ABC):
 
     @abc.abstractmethod
     async def requeue(self) -> None:
-        """Give the task back to the queue for someone else."""
+        """Give the task back to the queue for someone else.
+
+        :raises InvalidStateError: unless the task is pending or processing.
+        """
 
     @abc.abstractmethod
     def processing(self) -> AbstractAsyncContextManager[asyncio.Future[Any]]:

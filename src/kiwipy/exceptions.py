@@ -9,6 +9,7 @@ because callers catch it from ``Future.result(timeout)`` as well as from kiwipy 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 from typing import Any
 
@@ -175,8 +176,10 @@ class InvalidName(KiwiError, ValueError):
         self.reason = reason
 
 
-class InvalidStateError(KiwiError):
-    """An operation is not allowed in the current state (kept from kiwipy 0.9)."""
+class InvalidStateError(KiwiError, asyncio.InvalidStateError):
+    """An operation is not allowed in the current state: a pull-mode task processed twice,
+    requeued once finished, ... (kept from kiwipy 0.9). It is also the
+    :class:`asyncio.InvalidStateError` kiwipy 0.9's tasks raised, on every transport."""
 
 
 class QueueEmpty(KiwiError):

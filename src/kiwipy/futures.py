@@ -13,6 +13,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any, Union
 
+from ._raised import set_exception
+
 __all__ = (
     "CancelledError",
     "Future",
@@ -47,7 +49,10 @@ def copy_future(source: Any, target: Any) -> None:
     if source.cancelled():
         target.cancel()
         return
-    with capture_exceptions(target):
+    error = source.exception()  # any BaseException: a source never fails to be copied
+    if error is not None:
+        set_exception(target, error)
+    else:
         target.set_result(source.result())
 
 
@@ -75,4 +80,4 @@ def capture_exceptions(future: Any, ignore: tuple[type[BaseException], ...] = ()
         if future.done():
             _LOGGER.debug("future already done, dropping exception %r", exc)
         else:
-            future.set_exception(exc)
+            set_exception(future, exc)

@@ -304,17 +304,6 @@ async def test_task_state_errors(connect: Any) -> None:
         await task.requeue()
 
 
-async def test_cancelled_outcome_requeues(connect: Any) -> None:
-    comm = await connect()
-    queue = await comm.task_queue("cancel")
-    await queue.task_send("c")
-    async with queue.next_task() as task:
-        task.process().cancel()
-        await spin()
-        assert task.state == "requeued"
-    assert comm.broker.queue_stats("cancel") == (1, 0)
-
-
 @pytest.mark.parametrize("drop_on", ["loop thread", "other thread"])
 async def test_garbage_collected_outcome_requeues(connect: Any, drop_on: str) -> None:
     comm = await connect()

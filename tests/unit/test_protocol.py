@@ -208,3 +208,12 @@ def test_utils_errors_and_ensure_coroutine() -> None:
     wrapped = utils.ensure_coroutine(AsyncCall())  # B11: awaited, not left unawaited
     assert asyncio.run(wrapped(1)) == 2
     assert asyncio.run(utils.ensure_coroutine(lambda v: v * 2)(4)) == 8
+
+
+def test_lost_reply_is_reply_lost_here_and_an_exception_for_kiwipy09() -> None:
+    reply = protocol.lost_response("gone")
+    decoded = protocol.decode_reply(YAML.decode(YAML.encode(reply)))
+    assert decoded.kind == "exception"
+    assert isinstance(decoded.value, kiwipy.ReplyLost) and decoded.value.args == ("gone",)
+    # what kiwipy 0.9 reads: its keys, in its order (cancelled, exception, ...)
+    assert "cancelled" not in reply and reply["exception"] == "gone"

@@ -23,6 +23,7 @@ from typing import Any, Optional
 import aiormq.abc
 
 from .. import exceptions
+from .._outcome import encode_reply
 from . import _amqp, _outcome, protocol
 from ._replies import decode_body, send_reply
 from ._session import Session
@@ -73,14 +74,21 @@ class MessageHandling:
             await self.reply(message, protocol.exception_response(exc))
             return
         if subscriber is None:
-            gone = exceptions.ReplyLost(f"RPC subscriber '{identifier}' was removed")
-            await self.reply(message, protocol.exception_response(gone))
+            gone = f"RPC subscriber '{identifier}' was removed"
+            await self.reply(message, protocol.lost_response(gone))
             return
 
         async def pending() -> None:
             await self.reply(message, protocol.pending_response())
 
-        outcome = await _outcome.invoke(subscriber, (self._owner, msg), pending)
+        try:
+            outcome = await _outcome.invoke(subscriber, (self._owner, msg), pending)
+        except asyncio.CancelledError:
+            # Only closing cancels a handler (drain): the caller learns it now, not from its
+            # liveness check seconds later.
+            closed = "the RPC subscriber was closed before it answered"
+            await self.reply(message, protocol.lost_response(closed))
+            raise
         await self.reply(message, _outcome.to_response(outcome))
 
     async def broadcast(
@@ -105,28 +113,46 @@ class MessageHandling:
                 )
 
     async def reply(self, message: aiormq.abc.DeliveredMessage, response: dict[str, Any]) -> None:
-        """Send *response* to the requester of *message* (if it asked for one)."""
+        """Send *response* to the requester of *message* (if it asked for one). A reply the
+        broker refuses is replaced by an error reply, so the caller's future ends now rather
+        than at its own timeout (issue 11 item 5)."""
         props = message.header.properties
         if not props.reply_to:
             return
-        body = self._encode(response)
-        reply = _amqp.properties(
-            correlation_id=props.correlation_id, content_type=self._content_type
-        )
         _LOGGER.debug(
             "Replying to RPC %s via %r: %r", props.correlation_id, props.reply_to, response
         )
         try:
-            await send_reply(self._session, self._exchange, props.reply_to, body, reply)
+            await self._send(message, self._encode(response))
+        except exceptions.UnroutableError:
+            _LOGGER.warning("the caller of RPC %s is gone; reply dropped", props.correlation_id)
+        except exceptions.ConnectionLost as exc:
+            # Nothing can be sent; the caller's liveness check sees this subscriber's queue
+            # go with the connection and ends its future with ReplyLost.
+            _LOGGER.error("reply to RPC %s not sent: %s", props.correlation_id, exc)
         except exceptions.KiwiError as exc:
-            _LOGGER.warning("reply to %s could not be sent: %s", props.reply_to, exc)
+            _LOGGER.warning(
+                "reply to RPC %s refused (%s); sending the error", props.correlation_id, exc
+            )
+            lost = protocol.lost_response(f"the reply could not be sent: {exc}")
+            try:
+                await self._send(message, self._encode(lost))
+            except exceptions.KiwiError as again:
+                _LOGGER.error("no reply at all to RPC %s: %s", props.correlation_id, again)
+
+    async def _send(self, message: aiormq.abc.DeliveredMessage, body: bytes) -> None:
+        props = message.header.properties
+        reply = _amqp.properties(
+            correlation_id=props.correlation_id, content_type=self._content_type
+        )
+        await send_reply(self._session, self._exchange, props.reply_to or "", body, reply)
 
     def _encode(self, response: dict[str, Any]) -> bytes:
         """:returns: *response* encoded, or the error why it cannot be (a result the encoder
         cannot encode), so the requester always gets an answer (and one too large for
         ``max_message_size`` is replaced by :func:`~kiwipy.rmq._replies.send_reply`)."""
         encoder = self._session.encoder
-        try:
-            return encoder.encode(response)
-        except exceptions.EncodeError as exc:
-            return encoder.encode(protocol.exception_response(exc))
+        body, _sent = encode_reply(
+            encoder.encode, response, protocol.exception_response, encoder.name
+        )
+        return body

@@ -7,7 +7,8 @@ Rules (the at-least-once contract):
    task unacknowledged, so the broker gives it to another worker. If the reply cannot be
    confirmed because the connection failed, the task is requeued, not acknowledged.
 2. A cancelled outcome is final: the sender gets kiwipy 0.9's ``cancelled`` reply and the task
-   is acknowledged (kiwipy 0.9 left it unacknowledged until the channel closed: bug B5).
+   is acknowledged (kiwipy 0.9 left it unacknowledged until the channel closed: bug B5), as on
+   every transport (:mod:`kiwipy._outcome`).
 3. A task that can never be processed (too large, undecodable, the wrong shape) is *parked*:
    copied, with a confirm, to the durable queue ``<queue>.dead`` with the header
    ``x-kiwipy-reason`` (``too-large``, ``undecodable``, ``malformed``), the error text, the
@@ -41,6 +42,15 @@ import aiormq.abc
 from pamqp import commands as spec
 
 from .. import exceptions
+from .._outcome import encode_reply
+from .._raised import set_exception
+from .._task_state import (
+    TASK_FINISHED,
+    TASK_PENDING,
+    TASK_PROCESSING,
+    TASK_REQUEUED,
+    expect_state,
+)
 from ..communications import AsyncIncomingTask
 from . import _acks, _amqp, _outcome, protocol
 from ._lease_tasks import RunningTask, TaskLeases
@@ -60,22 +70,12 @@ __all__ = (
 
 _LOGGER = logging.getLogger("kiwipy.rmq.tasks")
 
-TASK_PENDING = "pending"
-TASK_FINISHED = "finished"
-TASK_PROCESSING = "processing"
-TASK_REQUEUED = "requeued"
-
 #: kiwipy 0.9's name for the decoded ``(task, no_reply)`` pair.
 TaskInfo = protocol.TaskBody
 
 REASON_HEADER = "x-kiwipy-reason"
 #: When a task was parked (seconds since the epoch), for ``kiwipy dead list``.
 PARKED_AT_HEADER = "x-kiwipy-parked-at"
-
-
-class TaskStateError(exceptions.InvalidStateError, asyncio.InvalidStateError):
-    """The task is not in a state that allows this (kiwipy 0.9 raised
-    :class:`asyncio.InvalidStateError`, which this also is)."""
 
 
 class RejectBackoff:
@@ -133,12 +133,8 @@ class TaskResponder:
         if not props.reply_to:
             return True
         protocol.add_host_info(response)
-        try:
-            body = self.session.encoder.encode(response)
-        except exceptions.EncodeError as exc:
-            fallback = protocol.exception_response(exc)
-            protocol.add_host_info(fallback)
-            body = self.session.encoder.encode(fallback)
+        encoder = self.session.encoder
+        body, _sent = encode_reply(encoder.encode, response, _exception_with_host, encoder.name)
         reply = _amqp.properties(
             correlation_id=props.correlation_id, content_type=self._content_type
         )
@@ -240,6 +236,12 @@ class TaskResponder:
         return None
 
 
+def _exception_with_host(exc: BaseException) -> dict[str, Any]:
+    response = protocol.exception_response(exc)
+    protocol.add_host_info(response)
+    return response
+
+
 class RmqIncomingTask(AsyncIncomingTask):
     """A task received from a queue; see :class:`kiwipy.communications.AsyncIncomingTask`.
 
@@ -281,8 +283,9 @@ class RmqIncomingTask(AsyncIncomingTask):
         return self._state
 
     def _start(self) -> None:
-        if self._state != TASK_PENDING:
-            raise TaskStateError(f"The task is {self._state}")
+        if self._responder.session.closed:
+            raise exceptions.CommunicatorClosed
+        expect_state(self._state, "process", TASK_PENDING)
         self._state = TASK_PROCESSING
         self.begin()
 
@@ -316,7 +319,7 @@ class RmqIncomingTask(AsyncIncomingTask):
 
     def _on_outcome(self, outcome: asyncio.Future[Any]) -> None:
         self._outcome_ref = None
-        task = self._loop.create_task(self.finish(outcome_of(outcome)))
+        task = self._loop.create_task(self.finish(_outcome.outcome_of(outcome)))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
@@ -327,8 +330,7 @@ class RmqIncomingTask(AsyncIncomingTask):
             asyncio.run_coroutine_threadsafe(self.requeue(), self._loop)
 
     async def requeue(self) -> None:
-        if self._state not in (TASK_PENDING, TASK_PROCESSING):
-            raise TaskStateError(f"The task is {self._state}")
+        expect_state(self._state, "requeue", TASK_PENDING, TASK_PROCESSING)
         self._state = TASK_REQUEUED
         self._outcome_ref = None
         if await self._end_run(answered=False):
@@ -352,11 +354,11 @@ class RmqIncomingTask(AsyncIncomingTask):
             yield outcome
         except Exception as exc:
             if not outcome.done():
-                outcome.set_exception(exc)
+                set_exception(outcome, exc)
             raise
         finally:
             if outcome.done():
-                await self.finish(outcome_of(outcome))
+                await self.finish(_outcome.outcome_of(outcome))
             else:
                 await self.requeue()
 
@@ -380,13 +382,3 @@ class RmqIncomingTask(AsyncIncomingTask):
             await self._responder.settle(self._message, requeue=True)
         elif not self._no_ack:
             await self._responder.settle(self._message, requeue=None)
-
-
-def outcome_of(future: asyncio.Future[Any]) -> _outcome.Outcome:
-    """:returns: the :class:`~kiwipy.rmq._outcome.Outcome` of a finished future."""
-    if future.cancelled():
-        return _outcome.Outcome(_outcome.CANCELLED, "the task's outcome was cancelled")
-    exc = future.exception()
-    if exc is not None:
-        return _outcome.Outcome(_outcome.EXCEPTION, exc)
-    return _outcome.Outcome(_outcome.RESULT, future.result())

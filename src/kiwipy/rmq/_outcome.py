@@ -1,32 +1,13 @@
-"""Running a subscriber to its final outcome, whatever it returns.
-
-A subscriber may be a function, a coroutine function or an object whose ``__call__`` is
-either (kiwipy 0.9 never awaited the latter: bug B11). Its return value is awaited while it
-is an awaitable that is not a future; each *future* it returns (asyncio or
-``concurrent.futures``) is one level of nesting: ``on_pending`` is awaited (to send kiwipy
-0.9's ``pending`` reply) and the future's own outcome is followed, level by level.
-
-Cancellation is told apart by *who* was cancelled (bug B4): a future the subscriber returned
-that ends cancelled, or a subscriber raising ``kiwipy.CancelledError``
-(``concurrent.futures.CancelledError``, kiwipy 0.9's way to cancel), gives a ``cancelled``
-outcome; the handler's own task being cancelled (the communicator closing) propagates. Every
-other ``BaseException`` from user code (``asyncio.CancelledError``, ``SystemExit``,
-``KeyboardInterrupt``) becomes an ``exception`` outcome: it never kills a consumer or the loop.
-"""
+"""Subscriber outcomes as kiwipy 0.9 replies (the outcome itself: :mod:`kiwipy._outcome`)."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import inspect
-import logging
-import sys
-from collections.abc import Awaitable, Iterator, Sequence
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Iterator
+from typing import Any
 
-from .. import exceptions
-from .._dispatch import OFFLOADED
+from .._outcome import CANCELLED, EXCEPTION, REJECTED, RESULT, Outcome, invoke, outcome_of
 from . import protocol
 
 __all__ = (
@@ -36,145 +17,10 @@ __all__ = (
     "RESULT",
     "Outcome",
     "invoke",
+    "outcome_of",
     "to_response",
     "tracked",
 )
-
-_LOGGER = logging.getLogger(__name__)
-
-RESULT = "result"
-EXCEPTION = "exception"
-CANCELLED = "cancelled"
-REJECTED = "rejected"
-
-
-class Outcome(NamedTuple):
-    """How a subscriber call ended: ``kind`` is one of the module constants; ``value`` is the
-    result, the exception, or the cancellation message."""
-
-    kind: str
-    value: Any = None
-
-
-async def invoke(
-    subscriber: Callable[..., Any],
-    args: Sequence[Any],
-    on_pending: Optional[Callable[[], Awaitable[Any]]] = None,
-) -> Outcome:
-    """Call ``subscriber(*args)`` and follow its return value to a final :class:`Outcome`.
-
-    :param on_pending: awaited once per level of returned future.
-    """
-    try:
-        value = subscriber(*args)
-    except BaseException as exc:
-        return _from_exception(exc)
-    direct = _DIRECT and getattr(subscriber, OFFLOADED, False)
-    while True:
-        if inspect.isawaitable(value) and not _is_future(value):
-            if direct:  # issue 6: no task of its own for the thread facade's wrapper
-                direct = False
-                value = await _await_offloaded(value)
-            else:
-                guard = _Guard(value)
-                value = await guard.run()
-            if isinstance(value, _Raised):
-                return _from_exception(value.exc)
-            continue
-        if not _is_future(value):
-            return Outcome(RESULT, value)
-        if on_pending is not None:
-            await on_pending()
-        done = await _wait(_as_asyncio(value))
-        if done.cancelled():
-            return Outcome(CANCELLED, "the subscriber's future was cancelled")
-        error = done.exception()
-        if error is not None:
-            return _from_exception(error)
-        value = done.result()
-
-
-class _Raised(NamedTuple):
-    exc: BaseException
-
-
-#: A subscriber marked :data:`~kiwipy._dispatch.OFFLOADED` (the thread facade's wrapper) is
-#: awaited directly, without a :class:`_Guard` task, on Pythons that can tell our own
-#: cancellation apart (``Task.cancelling``, 3.11+).
-_DIRECT = sys.version_info >= (3, 11)
-
-
-async def _await_offloaded(awaitable: Awaitable[Any]) -> Any:
-    """:returns: what *awaitable* returns, or :class:`_Raised` for what it raises, except
-    the cancellation of the current task, which propagates (as with :class:`_Guard`)."""
-    try:
-        return await awaitable
-    except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        return _Raised(exc)
-    except BaseException as exc:
-        return _Raised(exc)
-
-
-class _Guard:
-    """Runs the subscriber's awaitable as a task of its own, turning anything it raises
-    (``SystemExit`` and ``CancelledError`` included) into a :class:`_Raised` value instead of
-    letting it escape: a ``SystemExit`` escaping a task would stop the event loop. Only a
-    cancellation that *we* asked for (because our own task was cancelled) propagates."""
-
-    def __init__(self, awaitable: Awaitable[Any]) -> None:
-        self._awaitable = awaitable
-        self._ours = False
-
-    async def _body(self) -> Any:
-        try:
-            return await self._awaitable
-        except asyncio.CancelledError as exc:
-            if self._ours:
-                raise
-            return _Raised(exc)
-        except BaseException as exc:
-            return _Raised(exc)
-
-    async def run(self) -> Any:
-        task = asyncio.ensure_future(self._body())
-        try:
-            await asyncio.wait((task,))
-        except asyncio.CancelledError:
-            self._ours = True
-            task.cancel()
-            raise
-        return task.result()
-
-
-def _is_future(value: Any) -> bool:
-    return asyncio.isfuture(value) or isinstance(value, concurrent.futures.Future)
-
-
-def _as_asyncio(future: Any) -> asyncio.Future[Any]:
-    if isinstance(future, concurrent.futures.Future):
-        return asyncio.wrap_future(future)
-    return future  # type: ignore[no-any-return]
-
-
-async def _wait(future: asyncio.Future[Any]) -> asyncio.Future[Any]:
-    """Wait for a future the subscriber handed us without letting *its* cancellation look
-    like ours; if *we* are cancelled it is left alone (it is not ours to cancel)."""
-    await asyncio.wait((future,))
-    return future
-
-
-def _from_exception(exc: BaseException) -> Outcome:
-    if isinstance(exc, exceptions.TaskRejected):
-        return Outcome(REJECTED, exc)
-    if isinstance(exc, concurrent.futures.CancelledError):
-        # kiwipy.CancelledError: kiwipy 0.9's way for a subscriber to cancel its outcome.
-        return Outcome(CANCELLED, str(exc) or "the subscriber cancelled")
-    if not isinstance(exc, Exception):
-        _LOGGER.warning("subscriber raised %r; reported as an exception", exc)
-    return Outcome(EXCEPTION, exc)
 
 
 def to_response(outcome: Outcome) -> dict[str, Any]:

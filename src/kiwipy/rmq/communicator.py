@@ -23,6 +23,7 @@ from typing_extensions import Unpack
 from yarl import URL
 
 from .. import _limits, exceptions
+from .._outcome import DeferredClose
 from ..communications import (
     AsyncCommunicator,
     BroadcastSubscriber,
@@ -91,6 +92,7 @@ class RmqCommunicator(AsyncCommunicator):
         self._lazy: dict[str, asyncio.Future[Any]] = {}
         self._task_queues: list[RmqTaskQueue] = []
         self._closed = False
+        self._deferred_close = DeferredClose()
 
     def __str__(self) -> str:
         return f"RmqCommunicator({self._connection})"
@@ -148,11 +150,17 @@ class RmqCommunicator(AsyncCommunicator):
     async def disconnect(self) -> None:
         """Stop consuming, fail waiting replies with :class:`~kiwipy.CommunicatorClosed`,
         delete this communicator's own queues and close the connection. Idempotent, and
-        bounded in time even when the broker is gone."""
+        bounded in time even when the broker is gone. Called by one of this communicator's
+        subscribers, it returns at once and the close completes after that call's reply."""
         if self._closed:
+            await self._deferred_close.wait()
             return
         self._closed = True
         self._replies.fail_all(exceptions.CommunicatorClosed())
+        if not self._deferred_close.start(self._close):
+            await self._close()
+
+    async def _close(self) -> None:
         await asyncio.sleep(0)  # let the failed futures' callbacks run
         self._session.begin_close()
         with contextlib.suppress(asyncio.TimeoutError):

@@ -10,7 +10,10 @@ What goes on the wire is byte-compatible with kiwipy 0.9 (api doc sections 7 and
 
 Replies from this library add two keys kiwipy 0.9 ignores: ``'exception_type'`` and
 ``'traceback'`` next to ``'exception'``, so a :class:`~kiwipy.RemoteException` can say what
-was raised and where.
+was raised and where. A reply telling the requester no answer will come (the subscriber was
+removed or closed before it answered, the answer was refused) also carries ``'lost'``: this
+library's requesters raise :class:`~kiwipy.ReplyLost` for it, kiwipy 0.9's read its
+``'exception'``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
 from .. import _broadcasts, _limits, exceptions
+from .._raised import exception_text
 
 __all__ = (
     "BROADCAST_TOPIC",
@@ -32,6 +36,7 @@ __all__ = (
     "EXCEPTION_TYPE_KEY",
     "HOSTNAME_KEY",
     "HOST_KEY",
+    "LOST_KEY",
     "PENDING_KEY",
     "PID_KEY",
     "RESULT_KEY",
@@ -50,6 +55,7 @@ __all__ = (
     "encode_task",
     "exception_response",
     "get_host_info",
+    "lost_response",
     "pending_response",
     "result_response",
     "rpc_queue_name",
@@ -66,6 +72,7 @@ RESULT_KEY = "result"
 EXCEPTION_KEY = "exception"
 CANCELLED_KEY = "cancelled"
 PENDING_KEY = "pending"
+LOST_KEY = "lost"
 EXCEPTION_TYPE_KEY = "exception_type"
 TRACEBACK_KEY = "traceback"
 
@@ -191,7 +198,7 @@ def result_response(result: Any) -> dict[str, Any]:
 def exception_response(exception: BaseException, trace: Any = None) -> dict[str, Any]:
     """:returns: the reply for *exception*: its text (kiwipy 0.9's key) plus its type and
     traceback (keys kiwipy 0.9 ignores)."""
-    message = str(exception)
+    message = exception_text(exception)
     if trace is not None:
         message += "\n" + "".join(traceback.format_tb(trace))
     exc_type = type(exception)
@@ -202,6 +209,13 @@ def exception_response(exception: BaseException, trace: Any = None) -> dict[str,
             traceback.format_exception(exc_type, exception, exception.__traceback__)
         ),
     }
+
+
+def lost_response(reason: str) -> dict[str, Any]:
+    """:returns: the reply telling the requester that no answer will come (module doc)."""
+    response = exception_response(exceptions.ReplyLost(reason))
+    response[LOST_KEY] = reason
+    return response
 
 
 def cancelled_response(msg: Optional[str] = None) -> dict[str, Any]:
@@ -223,7 +237,7 @@ class Reply:
 
 def decode_reply(response: Any) -> Reply:
     """Classify a decoded reply body, checking keys in kiwipy 0.9's order (cancelled,
-    exception, result, pending).
+    exception, result, pending; this library's ``lost`` before ``exception``).
 
     :raises MalformedMessage: if it is not a mapping or has none of the keys.
     """
@@ -231,6 +245,8 @@ def decode_reply(response: Any) -> Reply:
         raise MalformedMessage(f"a reply is a mapping, got {_describe(response)}")
     if CANCELLED_KEY in response:
         return Reply("cancelled", response[CANCELLED_KEY])
+    if LOST_KEY in response:
+        return Reply("exception", exceptions.ReplyLost(response[LOST_KEY]))
     if EXCEPTION_KEY in response:
         remote = exceptions.RemoteException(
             response[EXCEPTION_KEY],
