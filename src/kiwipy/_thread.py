@@ -58,10 +58,18 @@ class _Bridge:
         self.send_timeout = timeout
         self.closed = False
 
-    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Any:
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, wait: float = 0.0) -> Any:
+        """Run ``fn(*args)`` on the loop within the call timeout.
+
+        :param wait: seconds the call itself may wait on purpose (its own ``timeout``,
+            e.g. ``next_task(timeout=...)``): added to the call timeout, so the call's own
+            outcome (``QueueEmpty``) always comes before the facade's
+            :data:`kiwipy.TimeoutError`.
+        """
         if self.closed:
             raise exceptions.CommunicatorClosed
-        return self.portal.call(fn, *args, timeout=self.timeout, convert=thread_world)
+        timeout = self.timeout + max(0.0, wait)
+        return self.portal.call(fn, *args, timeout=timeout, convert=thread_world)
 
     def send(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Any:
         """:meth:`call` for a send, with the longer of the two timeouts: a send during an
@@ -325,13 +333,19 @@ class ThreadTaskQueue:
 
     @contextlib.contextmanager
     def next_task(
-        self, timeout: float = 5.0, fail: bool = True
+        self, timeout: Optional[float] = None, fail: bool = True
     ) -> Iterator[Optional[ThreadIncomingTask]]:
         """Context manager yielding the next task; see
-        :meth:`kiwipy.communications.AsyncTaskQueue.next_task`."""
+        :meth:`kiwipy.communications.AsyncTaskQueue.next_task`.
+
+        :param timeout: seconds to wait for a task to arrive; ``None`` (the default, as in
+            kiwipy 0.9): do not wait, raise :class:`~kiwipy.QueueEmpty` at once if the queue
+            is empty. This wait is the call's own: the call timeout (``async_task_timeout``)
+            comes on top of it and never cuts it short.
+        """
         manager = self._core.next_task(fail=fail, timeout=timeout)
         bridge = self._bridge
-        task = bridge.call(manager.__aenter__)
+        task = bridge.call(manager.__aenter__, wait=timeout or 0.0)
         try:
             yield None if task is None else ThreadIncomingTask(task, bridge)
         except BaseException:

@@ -368,10 +368,12 @@ class AsyncTaskQueue(abc.ABC):
 
     @abc.abstractmethod
     def next_task(
-        self, no_ack: bool = False, fail: bool = True, timeout: float = 5.0
+        self, no_ack: bool = False, fail: bool = True, timeout: Optional[float] = None
     ) -> AbstractAsyncContextManager[Optional[AsyncIncomingTask]]:
         """Async context manager yielding the next task (pull mode).
 
+        :param timeout: seconds to wait for a task to arrive; ``None`` (the default, as in
+            kiwipy 0.9): take one only if the queue holds one now.
         :raises QueueEmpty: if none arrives within *timeout* and *fail* is true (otherwise
             it yields ``None``). A task still pending at exit is requeued.
         """

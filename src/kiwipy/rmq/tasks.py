@@ -287,18 +287,20 @@ class RmqTaskSubscriber:
 
     @contextlib.asynccontextmanager
     async def next_task(
-        self, no_ack: bool = False, fail: bool = True, timeout: float = defaults.TASK_FETCH_TIMEOUT
+        self, no_ack: bool = False, fail: bool = True, timeout: Optional[float] = None
     ) -> AsyncIterator[Optional[RmqIncomingTask]]:
-        """Async context manager yielding the next task (waiting up to *timeout* seconds).
+        """Async context manager yielding the next task, waiting up to *timeout* seconds for
+        one (``None``: not at all, as kiwipy 0.9).
 
         :raises QueueEmpty: if none came and *fail* is true (else it yields ``None``). A task
             still pending at exit is requeued.
         """
         await asyncio.sleep(0)  # let requeues scheduled just before run first
-        task = await self._get(no_ack, timeout)
+        task = await self._get(no_ack, timeout or 0.0)
         if task is None:
             if fail:
-                raise exceptions.QueueEmpty(f"no task in {self._queue_name!r} after {timeout} s")
+                waited = f" after {timeout} s" if timeout else ""
+                raise exceptions.QueueEmpty(f"no task in {self._queue_name!r}{waited}")
             yield None
             return
         try:
@@ -397,8 +399,9 @@ class RmqTaskQueue(AsyncTaskQueue):
         await self._subscriber.remove_task_subscriber(identifier)
 
     def next_task(
-        self, no_ack: bool = False, fail: bool = True, timeout: float = defaults.TASK_FETCH_TIMEOUT
+        self, no_ack: bool = False, fail: bool = True, timeout: Optional[float] = None
     ) -> contextlib.AbstractAsyncContextManager[Optional[RmqIncomingTask]]:
+        """See :meth:`RmqTaskSubscriber.next_task`."""
         return self._subscriber.next_task(no_ack=no_ack, fail=fail, timeout=timeout)
 
     async def connect(self) -> None:
