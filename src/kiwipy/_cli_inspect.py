@@ -1,10 +1,13 @@
-"""``kiwipy inspect``: what the broker is, and how full the task queues are.
+"""``kiwipy inspect``: what the broker is, how full the task queues are, and with which
+arguments each task queue was declared (and so whether kiwipy 0.9 peers can use it).
 
 It reads without changing anything: it does not create a communicator (which would declare
 exchanges and queues) but opens a plain aio-pika connection with a short timeout and uses
 *passive* declares, which report a queue's ready messages and consumers, or that it does not
 exist, through AMQP itself, so the management plugin is not needed. A passive declare of a
-missing entity closes its channel, so each check gets a channel of its own.
+missing entity closes its channel, so each check gets a channel of its own. A task queue's
+arguments are found by redeclaring it exactly as kiwipy would (:mod:`kiwipy._cli_declarations`),
+which changes nothing.
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ async def _inspect_amqp(args: argparse.Namespace) -> dict[str, Any]:
             )
         ]
         queues = [await _queue(connection, name) for name in queues_to_inspect(args)]
+        for queue in queues:
+            if queue["exists"] and not queue["name"].endswith(_DEAD_SUFFIX):
+                queue["declaration"] = await _declaration(connection, queue["name"])
     finally:
         await connection.close()
     return {
@@ -125,6 +131,12 @@ async def _queue(connection: Any, name: str) -> dict[str, Any]:
         "messages": result.message_count,
         "consumers": result.consumer_count,
     }
+
+
+async def _declaration(connection: Any, name: str) -> dict[str, Any]:
+    from ._cli_declarations import identify
+
+    return await identify(connection, name)
 
 
 def _inspect_memory(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,4 +193,34 @@ def _render(report: dict[str, Any]) -> list[str]:
                 )
             else:
                 lines.append(f"{queue['name']:<{width}}  (does not exist)")
+        for queue in queues:
+            if "declaration" in queue:
+                lines.extend(_render_declaration(queue["name"], queue["declaration"]))
+    return lines
+
+
+#: Where the docs explain what to do about a task queue kiwipy 0.9 senders cannot use.
+COMPAT_DOCS = "docs/guarantees.md, 'Sharing task queues with kiwipy 0.9'"
+
+
+def _render_declaration(name: str, found: dict[str, Any]) -> list[str]:
+    """Lines saying how task queue *name* was declared and whether 0.9 peers can use it."""
+    if found["declared_as"] is None:
+        declared = "not declared the way kiwipy declares task queues"
+    else:
+        kind = "durable" if found["durable"] else "transient"
+        arguments = ", ".join(f"{key}={value!r}" for key, value in found["arguments"].items())
+        declared = f"declared as {found['declared_as']} ({kind}; {arguments or 'no arguments'})"
+    lines = [f"{name}: {declared}"]
+    if found["kiwipy09"] is not None:
+        mode = "outside" if found["kiwipy09"] == "production" else "in"
+        lines.append(f"  kiwipy 0.9 peers {mode} testing mode can declare it")
+        return lines
+    lines.append(
+        "  kiwipy 0.9 peers cannot declare it: a 0.9 sender fails with "
+        f"TaskRejected({found['kiwipy09_refusal'] or 'PRECONDITION_FAILED ...'!r})"
+    )
+    lines.append(
+        f"  fix: task_queue_compat=True for new queues, or migrate this queue (see {COMPAT_DOCS})"
+    )
     return lines
