@@ -102,19 +102,28 @@ class _Bridge:
 
     def send_many(self, core: Any, name: str, items: Iterable[Any], *args: Any) -> list[Any]:
         """``core.<name>(items, *args)`` (``task_send_many``, ``rpc_send_many`` or
-        ``broadcast_send_many``) with thread-world futures; the call may take
-        :data:`_quick.BATCH_TIMEOUT_PER_TASK` more seconds per message."""
+        ``broadcast_send_many``) with thread-world futures.
+
+        The batch gets a single send's bound plus :data:`_quick.BATCH_TIMEOUT_PER_TASK` per
+        message, and the core enforces it itself: when it runs out, the core's
+        :class:`~kiwipy.BatchSendError` says which messages went out and keeps their futures.
+        The facade waits one call timeout longer for that report; only a loop that does not
+        answer at all ends in a bare :data:`kiwipy.TimeoutError`.
+        """
         if self.closed:
             raise exceptions.CommunicatorClosed
         send_many = getattr(core, name, None)
         if send_many is None:
             raise NotImplementedError(f"{type(core).__name__} has no {name}")
         items = list(items)
-        timeout = self.timeout + _quick.BATCH_TIMEOUT_PER_TASK * len(items)
-        result: list[Any] = self.portal.call(
-            _quick.send_many, send_many, items, *args, timeout=timeout
-        )
+        bound = self.batch_timeout(len(items))
+        run = functools.partial(_quick.send_many, send_many, items, *args, timeout=bound)
+        result: list[Any] = self.portal.call(run, timeout=bound + self.timeout)
         return result
+
+    def batch_timeout(self, count: int) -> float:
+        """:returns: the seconds a batch of *count* messages may take (see :meth:`send_many`)."""
+        return max(self.timeout, self.send_timeout) + _quick.BATCH_TIMEOUT_PER_TASK * count
 
     def wrap(
         self, owner: Any, subscriber: Callable[..., Any], lane: Any = None
@@ -238,8 +247,9 @@ class ThreadCommunicator(Communicator):
     def task_send_many(
         self, tasks: Iterable[Any], no_reply: bool = False
     ) -> list[Optional[concurrent.futures.Future[Any]]]:
-        """See :meth:`kiwipy.Communicator.task_send_many` (blocking; the call timeout is
-        extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per task)."""
+        """See :meth:`kiwipy.Communicator.task_send_many` (blocking, with the bound of a
+        single send extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per task; past it,
+        :class:`~kiwipy.BatchSendError` says which tasks went out)."""
         return self._bridge.send_many(self._core, "task_send_many", tasks, no_reply)
 
     def rpc_send(self, recipient_id: Any, msg: Any) -> concurrent.futures.Future[Any]:
@@ -257,8 +267,8 @@ class ThreadCommunicator(Communicator):
     def rpc_send_many(
         self, calls: Iterable[tuple[Any, Any]]
     ) -> list[concurrent.futures.Future[Any]]:
-        """See :meth:`kiwipy.Communicator.rpc_send_many` (blocking; the call timeout is
-        extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per call)."""
+        """See :meth:`kiwipy.Communicator.rpc_send_many` (blocking, bounded as
+        :meth:`task_send_many`)."""
         return self._bridge.send_many(self._core, "rpc_send_many", calls)
 
     def broadcast_send(
@@ -273,8 +283,8 @@ class ThreadCommunicator(Communicator):
         return bool(self._bridge.quick_send(data, start, lane.prime, send, *args))
 
     def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
-        """See :meth:`kiwipy.Communicator.broadcast_send_many` (blocking; the call timeout is
-        extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per broadcast)."""
+        """See :meth:`kiwipy.Communicator.broadcast_send_many` (blocking, bounded as
+        :meth:`task_send_many`)."""
         self._bridge.send_many(self._core, "broadcast_send_many", broadcasts)
 
     def task_queue(

@@ -128,7 +128,7 @@ class RmqTaskPublisher:
         return future
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False
+        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> list[Optional[asyncio.Future[Any]]]:
         """Queue *tasks* with many publishes in flight; see :mod:`kiwipy.rmq._batch`.
 
@@ -136,7 +136,7 @@ class RmqTaskPublisher:
             with *no_reply*).
         :raises BatchSendError: if any task was not confirmed.
         """
-        return await _batch.send_tasks(self.target(), tasks, no_reply)
+        return await _batch.send_tasks(self.target(), tasks, no_reply, timeout)
 
     def target(self) -> _outgoing.TaskTarget:
         """Where this publisher's tasks go, for ``task_send_many`` and the thread facade's
@@ -383,10 +383,10 @@ class RmqTaskQueue(AsyncTaskQueue):
         return await self._publisher.task_send(task, no_reply)
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False
+        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> list[Optional[asyncio.Future[Any]]]:
         """See :meth:`RmqTaskPublisher.task_send_many`."""
-        return await self._publisher.task_send_many(tasks, no_reply)
+        return await self._publisher.task_send_many(tasks, no_reply, timeout=timeout)
 
     def target(self) -> _outgoing.TaskTarget:
         """See :meth:`RmqTaskPublisher.target`."""
