@@ -55,9 +55,10 @@ class FakeReplies:
 class FakeSession:
     """A session whose publish channel takes *windows* windows, then is never usable."""
 
-    def __init__(self, windows: int) -> None:
+    def __init__(self, windows: int, recovery_timeout: float = 30.0) -> None:
         self.loop = asyncio.get_running_loop()
-        self.options = {"recovery_timeout": 30.0}  # far beyond the batch's own limit
+        # by default far beyond the batch's own limit
+        self.options = {"recovery_timeout": recovery_timeout}
         self.windows_left = windows
 
     async def channel(self, _purpose: str) -> object:
@@ -150,6 +151,29 @@ async def test_out_of_time_batch_keeps_the_futures_of_what_it_wrote(confirms: An
         futures[WINDOW].result()
     assert f"id-{WINDOW}" not in replies.waiting
     assert not futures[WINDOW + 1].done() and f"id-{WINDOW + 1}" in replies.waiting
+
+
+async def test_no_confirm_within_recovery_timeout_keeps_the_future(confirms: Any) -> None:
+    """Without a batch timeout, a confirm missing after ``recovery_timeout`` stops the batch,
+    but the message may have gone out: its future is kept, as when the batch runs out."""
+    session = FakeSession(windows=3, recovery_timeout=0.2)
+    fake = confirms(session)
+    replies = FakeReplies()
+    with pytest.raises(kiwipy.BatchSendError) as caught:
+        await _batch._send(
+            session,  # type: ignore[arg-type]
+            replies,  # type: ignore[arg-type]
+            pending(2 * WINDOW, reply=True),
+            per_call=(),
+        )
+    futures, errors = caught.value.futures, caught.value.errors
+    assert sorted(errors) == list(range(WINDOW, 2 * WINDOW))
+    assert all(isinstance(errors[i], kiwipy.TimeoutError) for i in errors)
+    assert all(futures[i] is replies.waiting[f"id-{i}"] for i in range(2 * WINDOW))
+    fake.windows[1][0].cancel()  # the channel closed: that one can never be answered
+    await asyncio.sleep(0)
+    with pytest.raises(kiwipy.ConnectionLost):
+        futures[WINDOW].result()
 
 
 async def test_batch_within_its_time_is_unchanged(confirms: Any) -> None:

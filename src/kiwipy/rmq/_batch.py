@@ -19,15 +19,16 @@ Rules:
   confirm (a returned task, nacked, channel or connection lost, no confirm within
   ``recovery_timeout``) stops the batch: no further window is sent and the windows in
   flight are awaited. Then :class:`~kiwipy.BatchSendError` says which messages failed;
-  their reply futures are dropped. Nothing is resent automatically: unlike ``task_send``, a
+  their reply futures are dropped, except those of messages still awaiting their confirm
+  (next rule). Nothing is resent automatically: unlike ``task_send``, a
   batch never sends a message twice behind the caller's back. A broadcast nobody listens
   to is confirmed (it is not mandatory), as with ``broadcast_send``.
-* A batch given a ``timeout`` (the thread facade always gives one) stops when it runs out:
-  no further window is sent, and nothing written is dropped. A message written but not yet
-  confirmed may have gone out, so it is reported with a :data:`kiwipy.TimeoutError` and
-  *keeps* its reply future, which fails if the broker refuses the message after all (nack,
-  return, channel lost): every future still resolves. Messages not written fail as
-  not sent.
+* A message written whose confirm has not come in time (``recovery_timeout``, or the
+  batch's own ``timeout``) may have gone out: it is reported with a
+  :data:`kiwipy.TimeoutError` and *keeps* its reply future, which fails if the broker
+  refuses the message after all (nack, return, channel lost): every future still
+  resolves. A batch given a ``timeout`` (the thread facade always gives one) stops when it
+  runs out: no further window is sent, and the messages not written fail as not sent.
 """
 
 from __future__ import annotations
@@ -263,14 +264,7 @@ class _Sender:
         sent."""
         for window in self._in_flight:
             for index, confirm in enumerate(window.confirms, window.first):
-                if confirm.done():
-                    self._record(index, confirm)
-                    continue
-                self.errors[index] = exceptions.TimeoutError(
-                    f"message {index} was written but not confirmed within the batch's "
-                    f"{timeout:g} s: it may have been delivered (its reply future is kept)"
-                )
-                confirm.add_done_callback(functools.partial(self._confirmed_late, index))
+                self._record(index, confirm, f"the batch's {timeout:g} s")
         self._in_flight.clear()
         self._fail_range(self._sent, len(self._pending), _NotSent("the batch ran out of time"))
 
@@ -317,8 +311,19 @@ class _Sender:
         for index, confirm in enumerate(window.confirms, window.first):
             self._record(index, confirm)
 
-    def _record(self, index: int, confirm: asyncio.Future[Any]) -> None:
-        """Record the outcome of message *index* from its *confirm* (failed if not done)."""
+    def _record(self, index: int, confirm: asyncio.Future[Any], waited: str = "") -> None:
+        """Record the outcome of message *index* from its *confirm*. A confirm still awaited
+        after *waited* (default ``recovery_timeout``) leaves the message's fate open: it keeps
+        its reply future, and a refusal that comes later fails that future."""
+        if not confirm.done():
+            waited = waited or f"{self._timeout:g} s"
+            self.errors[index] = exceptions.TimeoutError(
+                f"message {index} was written but not confirmed within {waited}: it may "
+                "have been delivered (its reply future is kept)"
+            )
+            self._stopped = True
+            confirm.add_done_callback(functools.partial(self._confirmed_late, index))
+            return
         error = self._confirm_error(confirm, self._pending[index].message)
         if error is not None:
             self._replies.forget(self._pending[index].correlation_id)
@@ -327,8 +332,8 @@ class _Sender:
             self._stopped = self._stopped or not isinstance(error, self._per_call)
 
     def _confirmed_late(self, index: int, confirm: asyncio.Future[Any]) -> None:
-        """A confirm that came after the batch ran out of time: a refused message fails its
-        kept reply future (it can never be answered)."""
+        """A confirm that came after the batch gave up waiting for it: a refused message
+        fails its kept reply future (it can never be answered)."""
         error = self._confirm_error(confirm, self._pending[index].message)
         future = self.futures[index]
         if error is None or future is None:
@@ -342,9 +347,6 @@ class _Sender:
         self, confirm: asyncio.Future[Any], message: _fastpublish.Outgoing
     ) -> Optional[BaseException]:
         what = f"publishing to {message.exchange!r}/{message.routing_key!r}"
-        if not confirm.done():
-            confirm.cancel()
-            return _amqp.ConnectionGone(f"{what}: no confirm within {self._timeout:g} s")
         if confirm.cancelled():
             return _amqp.ConnectionGone(f"{what}: the channel closed before the confirm")
         exc = confirm.exception()
