@@ -211,6 +211,7 @@ class _Window(NamedTuple):
     first: int  # index of its first message
     confirms: list[asyncio.Future[Any]]
     done: asyncio.Future[None]
+    written_at: float  # loop time: its confirms are awaited recovery_timeout from then
 
 
 class _Sender:
@@ -292,7 +293,8 @@ class _Sender:
         for index, pending in enumerate(window, first):
             if pending.reply is not None:
                 self.futures[index] = self._replies.expect(pending.correlation_id, *pending.reply)
-        self._in_flight.append(_Window(first, confirms, _all_done(self._loop, confirms)))
+        done = _all_done(self._loop, confirms)
+        self._in_flight.append(_Window(first, confirms, done, self._loop.time()))
         self._sent += len(confirms)
         if drained is not None:
             await asyncio.wait((drained,))  # don't outrun the socket; its failure shows below
@@ -307,7 +309,8 @@ class _Sender:
         """Wait for the confirms of *window* and record the missing ones."""
         # asyncio.wait, not wait_for: on Python < 3.12 wait_for swallows a cancellation that
         # arrives as the confirms complete, and the batch would then outlive its cut.
-        await asyncio.wait((window.done,), timeout=self._timeout)
+        left = window.written_at + self._timeout - self._loop.time()
+        await asyncio.wait((window.done,), timeout=max(0.0, left))
         for index, confirm in enumerate(window.confirms, window.first):
             self._record(index, confirm)
 
