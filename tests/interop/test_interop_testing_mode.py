@@ -18,11 +18,11 @@ import kiwipy
 from kiwipy import rmq
 
 from .harness import Peer09
-from .test_interop import URL, WAIT, _echo, _prerequisites
+
+# _prerequisites: the autouse fixture that requires RabbitMQ and the kiwipy 0.9 venv
+from .test_interop import URL, WAIT, _echo, _prerequisites  # noqa: F401
 
 pytestmark = [pytest.mark.interop, pytest.mark.integration]
-
-__all__ = ("_prerequisites",)  # the module fixture (RabbitMQ and the 0.9 venv are there)
 
 
 @pytest.fixture
