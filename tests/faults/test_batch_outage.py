@@ -33,7 +33,8 @@ def test_stalled_batch_reports_what_it_wrote_and_keeps_the_futures(proxy: TcpPro
     worker = rmq.RmqThreadCommunicator.connect(SHARED_URL, **names.options())
     try:
         worker.add_task_subscriber(lambda _c, task: task * 2)
-        assert sender.task_send(0).result(WAIT) == 0  # declared, lane ready
+        first = sender.task_send(0)
+        assert first is not None and first.result(WAIT) == 0  # declared, lane ready
         count = 600  # three windows
         proxy.stall()  # written, but no confirm can come back
         began = time.monotonic()

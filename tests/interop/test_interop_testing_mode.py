@@ -59,7 +59,9 @@ def test_tasks_both_ways_we_declare_first(prefix: str, ours: rmq.RmqThreadCommun
     ours.remove_task_subscriber(ident)
     with peer("worker", prefix) as worker:
         worker.wait_for("ready")
-        assert ours.task_send("to 0.9").result(WAIT) == {"echo": "to 0.9", "by": "kiwipy-0.9"}
+        future = ours.task_send("to 0.9")
+        assert future is not None
+        assert future.result(WAIT) == {"echo": "to 0.9", "by": "kiwipy-0.9"}
 
 
 def test_tasks_both_ways_kiwipy09_declares_first(
@@ -70,7 +72,7 @@ def test_tasks_both_ways_kiwipy09_declares_first(
         worker.wait_for("ready")  # 0.9 declared the queue
         ours_queue = ours.task_queue(queue)  # we declare it again: must be accepted
         results = [ours_queue.task_send(body) for body in (3, "four")]
-        assert [future.result(WAIT) for future in results] == [
+        assert [future.result(WAIT) for future in results if future is not None] == [
             {"echo": 3, "by": "kiwipy-0.9"},
             {"echo": "four", "by": "kiwipy-0.9"},
         ]
@@ -91,7 +93,7 @@ def test_rpcs_both_ways(prefix: str, ours: rmq.RmqThreadCommunicator) -> None:
 
 
 def test_broadcasts_both_ways(prefix: str, ours: rmq.RmqThreadCommunicator) -> None:
-    received: kiwipy.Future = kiwipy.Future()
+    received: kiwipy.Future[Any] = kiwipy.Future()
     ours.add_broadcast_subscriber(lambda _comm, *args: received.set_result(args))
     with peer("broadcaster", prefix, bodies=["from 0.9"]) as sender:
         assert sender.wait_for("sent", WAIT)["acked"]

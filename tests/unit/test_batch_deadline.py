@@ -105,8 +105,9 @@ def confirms(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Confirms]]:
 
     def patch(session: FakeSession) -> Confirms:
         fake = Confirms(session)
-        monkeypatch.setattr(_batch._fastpublish, "can_start", fake.can_start)
-        monkeypatch.setattr(_batch._fastpublish, "start", fake.start)
+        # the module _batch publishes through (the same module object)
+        monkeypatch.setattr(_fastpublish, "can_start", fake.can_start)
+        monkeypatch.setattr(_fastpublish, "start", fake.start)
         made.append(fake)
         return fake
 
