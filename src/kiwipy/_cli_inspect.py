@@ -1,4 +1,5 @@
-"""``kiwipy inspect``: what the broker is, and how full the task queues are.
+"""``kiwipy inspect``: what the broker is, how full the task queues are, and with which
+arguments each task queue was declared (and so whether kiwipy 0.9 peers can use it).
 
 It reads without changing anything: it does not create a communicator (which would declare
 exchanges and queues) but opens a plain aio-pika connection with a short timeout and uses
@@ -9,6 +10,9 @@ missing entity closes its channel, so each check gets a channel of its own.
 AMQP cannot list queues, so without ``--queue`` the queues come from the management HTTP
 API when the broker has it (:mod:`kiwipy._cli_management`); when it does not, the report
 says so and shows the default task queue, which it can name.
+missing entity closes its channel, so each check gets a channel of its own. A task queue's
+arguments are found by redeclaring it exactly as kiwipy would (:mod:`kiwipy._cli_declarations`),
+which changes nothing.
 """
 
 from __future__ import annotations
@@ -90,6 +94,12 @@ async def _inspect_amqp(args: argparse.Namespace) -> dict[str, Any]:
             listing = None
         else:
             queues, listing = await _every_queue(connection, args)
+        task_queues = set(queues_to_inspect(args))  # the others are no task queues of ours
+        for queue in queues:
+            name = queue["name"]
+            if queue.get("exists", True) and name in task_queues:
+                if not name.endswith(_DEAD_SUFFIX):
+                    queue["declaration"] = await _declaration(connection, name)
     finally:
         await connection.close()
     report = {
@@ -161,6 +171,12 @@ async def _queue(connection: Any, name: str) -> dict[str, Any]:
     }
 
 
+async def _declaration(connection: Any, name: str) -> dict[str, Any]:
+    from ._cli_declarations import identify
+
+    return await identify(connection, name)
+
+
 def _inspect_memory(args: argparse.Namespace) -> dict[str, Any]:
     """The in-process broker of *this* process: useful only when the command line runs inside
     the process that uses it (tests, notebooks calling :func:`kiwipy.cli.main`)."""
@@ -209,6 +225,9 @@ def _render(report: dict[str, Any]) -> list[str]:
         lines.append(f"queues: {len(queues)} listed ({report['listing']['source']})")
     if queues:
         lines.extend(_queue_table(queues))
+        for queue in queues:
+            if "declaration" in queue:
+                lines.extend(_render_declaration(queue["name"], queue["declaration"]))
     return lines
 
 
@@ -225,4 +244,31 @@ def _queue_table(queues: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"{queue['name']:<{width}}  {queue['messages']:>7}{middle}  {queue['consumers']:>9}"
         )
+    return lines
+
+
+#: Where the docs explain what to do about a task queue kiwipy 0.9 senders cannot use.
+COMPAT_DOCS = "docs/guarantees.md, 'Sharing task queues with kiwipy 0.9'"
+
+
+def _render_declaration(name: str, found: dict[str, Any]) -> list[str]:
+    """Lines saying how task queue *name* was declared and whether 0.9 peers can use it."""
+    if found["declared_as"] is None:
+        declared = "not declared the way kiwipy declares task queues"
+    else:
+        kind = "durable" if found["durable"] else "transient"
+        arguments = ", ".join(f"{key}={value!r}" for key, value in found["arguments"].items())
+        declared = f"declared as {found['declared_as']} ({kind}; {arguments or 'no arguments'})"
+    lines = [f"{name}: {declared}"]
+    if found["kiwipy09"] is not None:
+        mode = "outside" if found["kiwipy09"] == "production" else "in"
+        lines.append(f"  kiwipy 0.9 peers {mode} testing mode can declare it")
+        return lines
+    lines.append(
+        "  kiwipy 0.9 peers cannot declare it: a 0.9 sender fails with "
+        f"TaskRejected({found['kiwipy09_refusal'] or 'PRECONDITION_FAILED ...'!r})"
+    )
+    lines.append(
+        f"  fix: task_queue_compat=True for new queues, or migrate this queue (see {COMPAT_DOCS})"
+    )
     return lines

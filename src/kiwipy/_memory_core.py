@@ -207,12 +207,12 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         return self._send_task(self._default_queue, task, no_reply)
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False
+        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> list[Optional[asyncio.Future[Any]]]:
         """Queue *tasks* on the default task queue (see
         :meth:`kiwipy.Communicator.task_send_many`): all are encoded first, so one that
         cannot be raises :class:`~kiwipy.EncodeError` before any is queued; queueing itself
-        cannot fail here.
+        cannot fail here, and takes no time (*timeout* is accepted for the interface).
         """
         connection = self._open()
         payloads = [self._encode((task, no_reply)) for task in tasks]
@@ -226,7 +226,9 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         key = _limits.rpc_identifier(recipient_id)
         return self._send_rpc(key, self._encode(msg), connection)
 
-    async def rpc_send_many(self, calls: Iterable[tuple[Any, Any]]) -> list[asyncio.Future[Any]]:
+    async def rpc_send_many(
+        self, calls: Iterable[tuple[Any, Any]], *, timeout: Optional[float] = None
+    ) -> list[asyncio.Future[Any]]:
         """Make the ``(recipient_id, msg)`` *calls* (see
         :meth:`kiwipy.Communicator.rpc_send_many`): all are encoded first, so one that
         cannot be raises :class:`~kiwipy.EncodeError` before any is sent; a call nobody
@@ -258,7 +260,9 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         self._broker.broadcast(self._encode(envelope))
         return True
 
-    async def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
+    async def broadcast_send_many(
+        self, broadcasts: Iterable[tuple[Any, ...]], *, timeout: Optional[float] = None
+    ) -> None:
         """Send the *broadcasts* (see :meth:`kiwipy.Communicator.broadcast_send_many`): all
         are checked and encoded first, so a malformed one (:class:`TypeError`) or one that
         cannot be encoded (:class:`~kiwipy.EncodeError`) raises before any is sent; handing

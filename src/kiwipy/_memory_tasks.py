@@ -104,16 +104,16 @@ class MemoryTaskQueue(AsyncTaskQueue):
 
     @contextlib.asynccontextmanager
     async def next_task(
-        self, no_ack: bool = False, fail: bool = True, timeout: float = 5.0
+        self, no_ack: bool = False, fail: bool = True, timeout: Optional[float] = None
     ) -> AsyncIterator[Optional[MemoryIncomingTask]]:
         """Async context manager yielding the next task, waiting up to *timeout* seconds for
-        one. A task still pending at exit is requeued. With *no_ack* the task leaves the
+        one (``None``: not at all, as kiwipy 0.9). A task still pending at exit is requeued. With *no_ack* the task leaves the
         queue at once and is lost if not processed.
 
         :raises QueueEmpty: if no task came and *fail* is true (else it yields ``None``).
         """
         await asyncio.sleep(0)  # let requeues already posted to this loop happen first
-        task = await self._take(no_ack, timeout)
+        task = await self._take(no_ack, timeout or 0.0)
         if task is None:
             if fail:
                 raise exceptions.QueueEmpty(f"no task in queue '{self._name}'")

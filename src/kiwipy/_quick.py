@@ -28,7 +28,7 @@ __all__ = (
 )
 
 #: Seconds a thread facade's ``task_send_many``, ``rpc_send_many`` or
-#: ``broadcast_send_many`` call may take per message, on top of the call timeout.
+#: ``broadcast_send_many`` call may take per message, on top of a single send's bound.
 BATCH_TIMEOUT_PER_TASK = 0.001
 
 
@@ -141,14 +141,19 @@ def _copy(
 
 
 async def send_many(
-    send_many: Callable[..., Awaitable[Optional[list[Any]]]], items: list[Any], *args: Any
+    send_many: Callable[..., Awaitable[Optional[list[Any]]]],
+    items: list[Any],
+    *args: Any,
+    timeout: Optional[float] = None,
 ) -> list[Any]:
-    """Run a core's ``task_send_many``, ``rpc_send_many`` or ``broadcast_send_many`` and give
-    its futures (also those of a :class:`~kiwipy.BatchSendError`) to the thread world, on the
-    loop thread. :returns: the futures (none for ``broadcast_send_many``, which returns
-    ``None``)."""
+    """Run a core's ``task_send_many``, ``rpc_send_many`` or ``broadcast_send_many`` (within
+    *timeout* seconds, which the core enforces itself) and give its futures (also those of a
+    :class:`~kiwipy.BatchSendError`) to the thread world, on the loop thread.
+
+    :returns: the futures (none for ``broadcast_send_many``, which returns ``None``).
+    """
     try:
-        futures = await send_many(items, *args)
+        futures = await send_many(items, *args, timeout=timeout)
     except exceptions.BatchSendError as exc:
         exc.futures = [thread_world(future) for future in exc.futures]
         raise

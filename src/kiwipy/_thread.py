@@ -60,10 +60,18 @@ class _Bridge:
         self.send_timeout = timeout
         self.closed = False
 
-    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Any:
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, wait: float = 0.0) -> Any:
+        """Run ``fn(*args)`` on the loop within the call timeout.
+
+        :param wait: seconds the call itself may wait on purpose (its own ``timeout``,
+            e.g. ``next_task(timeout=...)``): added to the call timeout, so the call's own
+            outcome (``QueueEmpty``) always comes before the facade's
+            :data:`kiwipy.TimeoutError`.
+        """
         if self.closed:
             raise exceptions.CommunicatorClosed
-        return self.portal.call(fn, *args, timeout=self.timeout, convert=thread_world)
+        timeout = self.timeout + max(0.0, wait)
+        return self.portal.call(fn, *args, timeout=timeout, convert=thread_world)
 
     def send(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Any:
         """:meth:`call` for a send, with the longer of the two timeouts: a send during an
@@ -96,19 +104,28 @@ class _Bridge:
 
     def send_many(self, core: Any, name: str, items: Iterable[Any], *args: Any) -> list[Any]:
         """``core.<name>(items, *args)`` (``task_send_many``, ``rpc_send_many`` or
-        ``broadcast_send_many``) with thread-world futures; the call may take
-        :data:`_quick.BATCH_TIMEOUT_PER_TASK` more seconds per message."""
+        ``broadcast_send_many``) with thread-world futures.
+
+        The batch gets a single send's bound plus :data:`_quick.BATCH_TIMEOUT_PER_TASK` per
+        message, and the core enforces it itself: when it runs out, the core's
+        :class:`~kiwipy.BatchSendError` says which messages went out and keeps their futures.
+        The facade waits one call timeout longer for that report; only a loop that does not
+        answer at all ends in a bare :data:`kiwipy.TimeoutError`.
+        """
         if self.closed:
             raise exceptions.CommunicatorClosed
         send_many = getattr(core, name, None)
         if send_many is None:
             raise NotImplementedError(f"{type(core).__name__} has no {name}")
         items = list(items)
-        timeout = self.timeout + _quick.BATCH_TIMEOUT_PER_TASK * len(items)
-        result: list[Any] = self.portal.call(
-            _quick.send_many, send_many, items, *args, timeout=timeout
-        )
+        bound = self.batch_timeout(len(items))
+        run = functools.partial(_quick.send_many, send_many, items, *args, timeout=bound)
+        result: list[Any] = self.portal.call(run, timeout=bound + self.timeout)
         return result
+
+    def batch_timeout(self, count: int) -> float:
+        """:returns: the seconds a batch of *count* messages may take (see :meth:`send_many`)."""
+        return max(self.timeout, self.send_timeout) + _quick.BATCH_TIMEOUT_PER_TASK * count
 
     def wrap(
         self, owner: Any, subscriber: Callable[..., Any], lane: Any = None
@@ -242,8 +259,9 @@ class ThreadCommunicator(Communicator):
     def task_send_many(
         self, tasks: Iterable[Any], no_reply: bool = False
     ) -> list[Optional[concurrent.futures.Future[Any]]]:
-        """See :meth:`kiwipy.Communicator.task_send_many` (blocking; the call timeout is
-        extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per task)."""
+        """See :meth:`kiwipy.Communicator.task_send_many` (blocking, with the bound of a
+        single send extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per task; past it,
+        :class:`~kiwipy.BatchSendError` says which tasks went out)."""
         return self._bridge.send_many(self._core, "task_send_many", tasks, no_reply)
 
     def rpc_send(self, recipient_id: Any, msg: Any) -> concurrent.futures.Future[Any]:
@@ -261,8 +279,8 @@ class ThreadCommunicator(Communicator):
     def rpc_send_many(
         self, calls: Iterable[tuple[Any, Any]]
     ) -> list[concurrent.futures.Future[Any]]:
-        """See :meth:`kiwipy.Communicator.rpc_send_many` (blocking; the call timeout is
-        extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per call)."""
+        """See :meth:`kiwipy.Communicator.rpc_send_many` (blocking, bounded as
+        :meth:`task_send_many`)."""
         return self._bridge.send_many(self._core, "rpc_send_many", calls)
 
     def broadcast_send(
@@ -277,8 +295,8 @@ class ThreadCommunicator(Communicator):
         return bool(self._bridge.quick_send(data, start, lane.prime, send, *args))
 
     def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
-        """See :meth:`kiwipy.Communicator.broadcast_send_many` (blocking; the call timeout is
-        extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per broadcast)."""
+        """See :meth:`kiwipy.Communicator.broadcast_send_many` (blocking, bounded as
+        :meth:`task_send_many`)."""
         self._bridge.send_many(self._core, "broadcast_send_many", broadcasts)
 
     def task_queue(
@@ -337,13 +355,19 @@ class ThreadTaskQueue:
 
     @contextlib.contextmanager
     def next_task(
-        self, timeout: float = 5.0, fail: bool = True
+        self, timeout: Optional[float] = None, fail: bool = True
     ) -> Iterator[Optional[ThreadIncomingTask]]:
         """Context manager yielding the next task; see
-        :meth:`kiwipy.communications.AsyncTaskQueue.next_task`."""
+        :meth:`kiwipy.communications.AsyncTaskQueue.next_task`.
+
+        :param timeout: seconds to wait for a task to arrive; ``None`` (the default, as in
+            kiwipy 0.9): do not wait, raise :class:`~kiwipy.QueueEmpty` at once if the queue
+            is empty. This wait is the call's own: the call timeout (``async_task_timeout``)
+            comes on top of it and never cuts it short.
+        """
         manager = self._core.next_task(fail=fail, timeout=timeout)
         bridge = self._bridge
-        task = bridge.call(manager.__aenter__)
+        task = bridge.call(manager.__aenter__, wait=timeout or 0.0)
         try:
             yield None if task is None else ThreadIncomingTask(task, bridge)
         except BaseException:

@@ -407,10 +407,12 @@ class AsyncTaskQueue(abc.ABC):
 
     @abc.abstractmethod
     def next_task(
-        self, no_ack: bool = False, fail: bool = True, timeout: float = 5.0
+        self, no_ack: bool = False, fail: bool = True, timeout: Optional[float] = None
     ) -> AbstractAsyncContextManager[Optional[AsyncIncomingTask]]:
         """Async context manager yielding the next task (pull mode).
 
+        :param timeout: seconds to wait for a task to arrive; ``None`` (the default, as in
+            kiwipy 0.9): take one only if the queue holds one now.
         :raises QueueEmpty: if none arrives within *timeout* and *fail* is true (otherwise
             it yields ``None``). A task still pending at exit is requeued.
         """
@@ -485,17 +487,25 @@ class AsyncCommunicator(abc.ABC):
         """See :meth:`Communicator.task_send`."""
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False
+        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> list[Optional[asyncio.Future[Any]]]:
-        """See :meth:`Communicator.task_send_many`."""
+        """See :meth:`Communicator.task_send_many`.
+
+        :param timeout: seconds the batch may take; when they run out no further message is
+            sent and :class:`~kiwipy.BatchSendError` reports each message not confirmed by
+            then (with :data:`~kiwipy.TimeoutError` for one written: it may have gone out,
+            so its reply future is kept). ``None``: no limit but the transport's own.
+        """
         raise NotImplementedError(f"{type(self).__name__} has no task_send_many")
 
     @abc.abstractmethod
     async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
         """See :meth:`Communicator.rpc_send`."""
 
-    async def rpc_send_many(self, calls: Iterable[tuple[Any, Any]]) -> list[asyncio.Future[Any]]:
-        """See :meth:`Communicator.rpc_send_many`."""
+    async def rpc_send_many(
+        self, calls: Iterable[tuple[Any, Any]], *, timeout: Optional[float] = None
+    ) -> list[asyncio.Future[Any]]:
+        """See :meth:`Communicator.rpc_send_many` (*timeout*: as for :meth:`task_send_many`)."""
         raise NotImplementedError(f"{type(self).__name__} has no rpc_send_many")
 
     @abc.abstractmethod
@@ -504,8 +514,11 @@ class AsyncCommunicator(abc.ABC):
     ) -> Any:
         """See :meth:`Communicator.broadcast_send`; returns a true value once confirmed."""
 
-    async def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
-        """See :meth:`Communicator.broadcast_send_many`."""
+    async def broadcast_send_many(
+        self, broadcasts: Iterable[tuple[Any, ...]], *, timeout: Optional[float] = None
+    ) -> None:
+        """See :meth:`Communicator.broadcast_send_many` (*timeout*: as for
+        :meth:`task_send_many`)."""
         raise NotImplementedError(f"{type(self).__name__} has no broadcast_send_many")
 
     @abc.abstractmethod

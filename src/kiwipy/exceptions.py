@@ -107,7 +107,9 @@ class BatchSendError(DeliveryFailed):
 
     :ivar futures: one entry per message, as the batch send would have returned: the reply
         future of each confirmed message (``None`` with ``no_reply``, for a broadcast, or
-        when it failed).
+        when it failed). A message written whose confirm did not come in time (its error is
+        a :data:`TimeoutError`) may have gone out: its reply future is kept, and fails if
+        the broker refuses the message after all.
     :ivar errors: index of each message that failed -> why (the first one is also the
         ``__cause__``).
     """

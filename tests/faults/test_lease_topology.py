@@ -75,7 +75,7 @@ async def _exercise(broker: PrivateBroker, names: Names, **options: Any) -> list
     "options",
     [
         pytest.param({}, id="classic"),
-        pytest.param({"testing_mode": True}, id="classic-testing"),
+        pytest.param({"testing_mode": True, "task_queue_compat": False}, id="classic-testing"),
         pytest.param({"task_queue_type": "quorum"}, id="quorum"),
         pytest.param({"task_queue_type": "quorum", "testing_mode": True}, id="quorum-testing"),
     ],

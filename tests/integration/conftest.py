@@ -29,10 +29,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 class Names(BrokerNames):
-    """Unique broker names for one test, in testing mode."""
+    """Unique broker names for one test, in testing mode, with this library's task queue
+    arguments (dead-lettering; testing mode alone would give kiwipy 0.9's, see
+    ``test_rmq_tasks.py`` for those)."""
 
     def __init__(self) -> None:
-        super().__init__("kt", testing_mode=True)
+        super().__init__("kt", testing_mode=True, task_queue_compat=False)
 
 
 @pytest.fixture

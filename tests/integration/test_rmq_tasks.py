@@ -253,18 +253,48 @@ async def test_existing_kiwipy09_queue_is_used_as_is(rmq_uri, names, raw_channel
         await comm.disconnect()
 
 
-async def test_compat_option_declares_kiwipy09_arguments(rmq_uri, names, raw_channel) -> None:
-    comm = await rmq.async_connect(rmq_uri, **names.options(task_queue_compat=True))
+@pytest.mark.parametrize("compat", [True, None], ids=["compat", "testing-mode-default"])
+async def test_testing_mode_declares_what_kiwipy09_declares(
+    rmq_uri, names, raw_channel, compat
+) -> None:
+    """kiwipy 0.9 in testing mode declares the task queue transient with a 7-day TTL and a
+    10 s expiry, and the exchanges auto-deleting: a 0.9 peer redeclaring them must succeed
+    (any difference closes its channel with PRECONDITION_FAILED)."""
+    comm = await rmq.async_connect(rmq_uri, **names.options(task_queue_compat=compat))
+    try:
+        await comm.task_send("x", no_reply=True)
+        await comm.broadcast_send("declares the message exchange")
+        ok = await raw_channel.queue_declare(
+            names.task_queue,
+            durable=False,
+            arguments={"x-message-ttl": defaults.TASK_MESSAGE_TTL, "x-expires": 10000},
+        )
+        assert ok.message_count == 1
+        for exchange in (names.task_exchange, names.message_exchange):
+            await raw_channel.exchange_declare(
+                exchange, exchange_type="topic", durable=False, auto_delete=True
+            )
+    finally:
+        await comm.disconnect()
+
+
+async def test_compat_option_outside_testing_mode_is_durable(rmq_uri, names, raw_channel) -> None:
+    options = names.options(task_queue_compat=True, testing_mode=False)
+    comm = await rmq.async_connect(rmq_uri, **options)
     try:
         await comm.task_send("x", no_reply=True)
         ok = await raw_channel.queue_declare(
             names.task_queue,
             durable=True,
-            arguments={"x-message-ttl": defaults.TASK_MESSAGE_TTL, "x-expires": 10000},
+            arguments={"x-message-ttl": defaults.TASK_MESSAGE_TTL},
         )
         assert ok.message_count == 1
     finally:
         await comm.disconnect()
+        await raw_channel.queue_delete(names.task_queue)
+        await raw_channel.queue_delete(f"{names.task_queue}.dead")
+        await raw_channel.exchange_delete(names.task_exchange)
+        await raw_channel.exchange_delete(names.message_exchange)
 
 
 async def test_standalone_publisher_raises_delivery_error(rmq_uri, names) -> None:

@@ -53,6 +53,7 @@ class Peer09:
     :param role: worker, rpc-server, listener, send-tasks, rpc-client or broadcaster.
     :param bodies: message bodies for client roles (JSON-serialisable), instead of ``count``.
     :param python: the interpreter; defaults to the kiwipy-0.9 venv's.
+    :param testing_mode: run the peer with kiwipy 0.9's ``testing_mode=True``.
     """
 
     def __init__(
@@ -67,9 +68,11 @@ class Peer09:
         bodies: Optional[Sequence[Any]] = None,
         encoder: str = "yaml",
         python: Optional[str] = None,
+        testing_mode: bool = False,
     ) -> None:
         argv = [python or kiwipy09_python(), str(PEER_SCRIPT), role, "--url", url]
         argv += ["--exchange-prefix", exchange_prefix, "--encoder", encoder]
+        argv += ["--testing-mode"] if testing_mode else []
         options = {"--queue": queue, "--identifier": identifier, "--count": count}
         options["--bodies"] = None if bodies is None else json.dumps(list(bodies))
         argv += [

@@ -10,7 +10,7 @@ through stdout, one JSON object per line (flushed)::
 
 Servers (worker, rpc-server, listener) run until stdin closes or SIGTERM arrives.
 Usage: peer09.py ROLE --url URL --exchange-prefix P [--queue Q] [--identifier ID]
-[--count N] [--bodies JSON-LIST] [--encoder yaml|json|msgpack] [--timeout S]
+[--count N] [--bodies JSON-LIST] [--encoder yaml|json|msgpack] [--timeout S] [--testing-mode]
 """
 
 from __future__ import annotations
@@ -133,6 +133,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--bodies", help="a JSON list of message bodies, instead of --count")
     parser.add_argument("--encoder", choices=("yaml", "json", "msgpack"), default="yaml")
     parser.add_argument("--timeout", type=float, default=10.0, help="per result, in seconds")
+    parser.add_argument("--testing-mode", action="store_true", help="0.9's testing_mode=True")
     return parser.parse_args(argv)
 
 
@@ -144,7 +145,7 @@ def main(argv: list[str]) -> int:
         message_exchange=f"{prefix}.messages",
         task_exchange=f"{prefix}.tasks",
         task_queue=args.queue or f"{prefix}.tasks",
-        testing_mode=False,
+        testing_mode=args.testing_mode,
         **codec(args.encoder),
     )
     try:

@@ -19,9 +19,16 @@ Rules:
   confirm (a returned task, nacked, channel or connection lost, no confirm within
   ``recovery_timeout``) stops the batch: no further window is sent and the windows in
   flight are awaited. Then :class:`~kiwipy.BatchSendError` says which messages failed;
-  their reply futures are dropped. Nothing is resent automatically: unlike ``task_send``, a
+  their reply futures are dropped, except those of messages still awaiting their confirm
+  (next rule). Nothing is resent automatically: unlike ``task_send``, a
   batch never sends a message twice behind the caller's back. A broadcast nobody listens
   to is confirmed (it is not mandatory), as with ``broadcast_send``.
+* A message written whose confirm has not come in time (``recovery_timeout``, or the
+  batch's own ``timeout``) may have gone out: it is reported with a
+  :data:`kiwipy.TimeoutError` and *keeps* its reply future, which fails if the broker
+  refuses the message after all (nack, return, channel lost): every future still
+  resolves. A batch given a ``timeout`` (the thread facade always gives one) stops when it
+  runs out: no further window is sent, and the messages not written fail as not sent.
 """
 
 from __future__ import annotations
@@ -72,15 +79,18 @@ class Pending(NamedTuple):
 
 
 async def send_tasks(
-    target: TaskTarget, tasks: Iterable[Any], no_reply: bool = False
+    target: TaskTarget,
+    tasks: Iterable[Any],
+    no_reply: bool = False,
+    timeout: Optional[float] = None,
 ) -> list[Optional[asyncio.Future[Any]]]:
-    """Send *tasks* pipelined (module doc).
+    """Send *tasks* pipelined (module doc), within *timeout* seconds if given.
 
     :returns: one entry per task: its reply future, or ``None`` with *no_reply*.
     :raises BatchSendError: if any task was not confirmed.
     """
     pending = await _prepare(functools.partial(_task, target, no_reply), tasks)
-    return await _send(target.session, target.replies, pending, per_call=())
+    return await _send(target.session, target.replies, pending, per_call=(), timeout=timeout)
 
 
 def _task(target: TaskTarget, no_reply: bool, task: Any) -> Pending:
@@ -93,16 +103,19 @@ def _task(target: TaskTarget, no_reply: bool, task: Any) -> Pending:
 
 
 async def send_rpcs(
-    target: MessageTarget, calls: Iterable[tuple[Any, Any]]
+    target: MessageTarget, calls: Iterable[tuple[Any, Any]], timeout: Optional[float] = None
 ) -> list[asyncio.Future[Any]]:
-    """Send the RPC requests *calls* (``(recipient_id, msg)`` pairs) pipelined (module doc).
+    """Send the RPC requests *calls* (``(recipient_id, msg)`` pairs) pipelined (module doc),
+    within *timeout* seconds if given.
 
     :returns: the reply future of each call.
     :raises BatchSendError: if any call failed (an unknown recipient fails only its call).
     """
     pending = await _prepare(functools.partial(_rpc, target), calls)
     unroutable = (exceptions.UnroutableError,)
-    futures = await _send(target.session, target.replies, pending, per_call=unroutable)
+    futures = await _send(
+        target.session, target.replies, pending, per_call=unroutable, timeout=timeout
+    )
     return [future for future in futures if future is not None]  # all of them: none failed
 
 
@@ -116,16 +129,18 @@ def _rpc(target: MessageTarget, call: tuple[Any, Any]) -> Pending:
 # Broadcasts
 
 
-async def send_broadcasts(target: MessageTarget, broadcasts: Iterable[tuple[Any, ...]]) -> None:
+async def send_broadcasts(
+    target: MessageTarget, broadcasts: Iterable[tuple[Any, ...]], timeout: Optional[float] = None
+) -> None:
     """Send *broadcasts* (tuples of ``broadcast_send``'s positional arguments) pipelined
-    (module doc).
+    (module doc), within *timeout* seconds if given.
 
     :raises TypeError: if an item is not a tuple of 1 to 4 elements (nothing is sent).
     :raises BatchSendError: if any broadcast was not confirmed (its ``futures`` are all
         ``None``).
     """
     pending = await _prepare(functools.partial(_broadcast, target), broadcasts)
-    await _send(target.session, target.replies, pending, per_call=())
+    await _send(target.session, target.replies, pending, per_call=(), timeout=timeout)
 
 
 def _broadcast(target: MessageTarget, item: tuple[Any, ...]) -> Pending:
@@ -154,23 +169,49 @@ async def _send(
     replies: ReplyQueue,
     pending: Sequence[Pending],
     per_call: tuple[type[BaseException], ...],
+    timeout: Optional[float] = None,
 ) -> list[Optional[asyncio.Future[Any]]]:
-    """Publish *pending* in windows; failures of the *per_call* kinds do not stop the batch.
+    """Publish *pending* in windows; failures of the *per_call* kinds do not stop the batch,
+    which ends after *timeout* seconds if given (module doc).
 
     :raises BatchSendError: if any message failed.
     """
     sender = _Sender(session, replies, pending, per_call)
-    await sender.run()
+    if timeout is None:
+        await sender.run()
+    else:
+        await _run_within(sender, timeout)
     futures, errors = sender.futures, sender.errors
     if errors:
         raise exceptions.BatchSendError(list(futures), errors) from errors[min(errors)]
     return futures
 
 
+async def _run_within(sender: _Sender, timeout: float) -> None:
+    """Run *sender* for at most *timeout* seconds, then stop it keeping what it wrote
+    (:meth:`_Sender.time_up`). Cancelling this cancels the batch as a whole."""
+    running = asyncio.ensure_future(sender.run())
+    try:
+        await asyncio.wait((running,), timeout=max(0.0, timeout))
+    except BaseException:
+        running.cancel()
+        raise
+    if running.done():
+        running.result()
+        return
+    sender.cutting = True
+    running.cancel()
+    await asyncio.wait((running,))
+    if not running.cancelled() and running.exception() is not None:
+        running.result()  # it failed on its own before the cut
+    sender.time_up(timeout)
+
+
 class _Window(NamedTuple):
     first: int  # index of its first message
     confirms: list[asyncio.Future[Any]]
     done: asyncio.Future[None]
+    written_at: float  # loop time: its confirms are awaited recovery_timeout from then
 
 
 class _Sender:
@@ -190,32 +231,43 @@ class _Sender:
         self._loop = session.loop
         self._timeout = float(session.options["recovery_timeout"])
         self._stopped = False
+        self._in_flight: collections.deque[_Window] = collections.deque()
+        self._sent = 0  # messages written so far
+        #: set before the batch's own deadline cancels :meth:`run` (:meth:`time_up` follows)
+        self.cutting = False
         self.futures: list[Optional[asyncio.Future[Any]]] = [None] * len(pending)
         self.errors: dict[int, BaseException] = {}
 
     async def run(self) -> None:
-        in_flight: collections.deque[_Window] = collections.deque()
-        sent, total = 0, len(self._pending)
+        in_flight, total = self._in_flight, len(self._pending)
         try:
-            while sent < total and not self._stopped:
+            while self._sent < total and not self._stopped:
                 while len(in_flight) >= IN_FLIGHT or (in_flight and in_flight[0].done.done()):
-                    await self._settle(in_flight.popleft())
+                    await self._settle_first()
                 if self._stopped:
                     break
                 try:
-                    window = await self._send(sent)
+                    await self._send(self._sent)
                 except Exception as exc:  # no channel to send on (connection lost, closed)
-                    self._fail_range(sent, total, exc)
+                    self._fail_range(self._sent, total, exc)
                     break
-                in_flight.append(window)
-                sent += len(window.confirms)
             while in_flight:
-                await self._settle(in_flight.popleft())
-        except BaseException:  # cancelled: nobody will look at the replies
-            for window in in_flight:
-                self._forget(window)
+                await self._settle_first()
+        except BaseException:
+            if not self.cutting:  # cancelled by the caller: nobody will see any reply future
+                self._forget_all()
             raise
-        self._fail_range(sent, total, _NotSent())
+        self._fail_range(self._sent, total, _NotSent())
+
+    def time_up(self, timeout: float) -> None:
+        """The batch ran out of time (module doc): messages written keep their futures, the
+        unconfirmed ones are reported with a :data:`kiwipy.TimeoutError`, the rest as not
+        sent."""
+        for window in self._in_flight:
+            for index, confirm in enumerate(window.confirms, window.first):
+                self._record(index, confirm, f"the batch's {timeout:g} s")
+        self._in_flight.clear()
+        self._fail_range(self._sent, len(self._pending), _NotSent("the batch ran out of time"))
 
     async def _channel(self) -> aiormq.abc.AbstractChannel:
         """:returns: the publish channel once :func:`_fastpublish.start` may use it: open,
@@ -232,8 +284,8 @@ class _Sender:
                 raise _amqp.ConnectionGone(f"publishing to {exchange!r}: no usable channel in time")
             await asyncio.sleep(0.001 if channel is not None else 0.05)
 
-    async def _send(self, first: int) -> _Window:
-        """Publish the window of messages starting at index *first*."""
+    async def _send(self, first: int) -> None:
+        """Publish the window of messages starting at index *first* (in flight at once)."""
         channel = await self._channel()
         window = self._pending[first : first + WINDOW]
         confirms, drained = _fastpublish.start(channel, [p.message for p in window], drain=True)
@@ -241,32 +293,63 @@ class _Sender:
         for index, pending in enumerate(window, first):
             if pending.reply is not None:
                 self.futures[index] = self._replies.expect(pending.correlation_id, *pending.reply)
-        sending = _Window(first, confirms, _all_done(self._loop, confirms))
+        done = _all_done(self._loop, confirms)
+        self._in_flight.append(_Window(first, confirms, done, self._loop.time()))
+        self._sent += len(confirms)
         if drained is not None:
             await asyncio.wait((drained,))  # don't outrun the socket; its failure shows below
-        return sending
+
+    async def _settle_first(self) -> None:
+        """Settle the oldest window in flight; it stays in flight until settled (a cut in
+        between leaves it to :meth:`time_up`)."""
+        await self._settle(self._in_flight[0])
+        self._in_flight.popleft()
 
     async def _settle(self, window: _Window) -> None:
         """Wait for the confirms of *window* and record the missing ones."""
-        try:
-            await asyncio.wait_for(asyncio.shield(window.done), self._timeout)
-        except asyncio.TimeoutError:
-            pass
+        # asyncio.wait, not wait_for: on Python < 3.12 wait_for swallows a cancellation that
+        # arrives as the confirms complete, and the batch would then outlive its cut.
+        left = window.written_at + self._timeout - self._loop.time()
+        await asyncio.wait((window.done,), timeout=max(0.0, left))
         for index, confirm in enumerate(window.confirms, window.first):
-            error = self._confirm_error(confirm, self._pending[index].message)
-            if error is not None:
-                self._replies.forget(self._pending[index].correlation_id)
-                self.futures[index] = None
-                self.errors[index] = error
-                self._stopped = self._stopped or not isinstance(error, self._per_call)
+            self._record(index, confirm)
+
+    def _record(self, index: int, confirm: asyncio.Future[Any], waited: str = "") -> None:
+        """Record the outcome of message *index* from its *confirm*. A confirm still awaited
+        after *waited* (default ``recovery_timeout``) leaves the message's fate open: it keeps
+        its reply future, and a refusal that comes later fails that future."""
+        if not confirm.done():
+            waited = waited or f"{self._timeout:g} s"
+            self.errors[index] = exceptions.TimeoutError(
+                f"message {index} was written but not confirmed within {waited}: it may "
+                "have been delivered (its reply future is kept)"
+            )
+            self._stopped = True
+            confirm.add_done_callback(functools.partial(self._confirmed_late, index))
+            return
+        error = self._confirm_error(confirm, self._pending[index].message)
+        if error is not None:
+            self._replies.forget(self._pending[index].correlation_id)
+            self.futures[index] = None
+            self.errors[index] = error
+            self._stopped = self._stopped or not isinstance(error, self._per_call)
+
+    def _confirmed_late(self, index: int, confirm: asyncio.Future[Any]) -> None:
+        """A confirm that came after the batch gave up waiting for it: a refused message
+        fails its kept reply future (it can never be answered)."""
+        error = self._confirm_error(confirm, self._pending[index].message)
+        future = self.futures[index]
+        if error is None or future is None:
+            return
+        self._replies.forget(self._pending[index].correlation_id)
+        if not future.done():
+            future.set_exception(error)
+            future.exception()  # the caller may have dropped it: no warning at exit
 
     def _confirm_error(
         self, confirm: asyncio.Future[Any], message: _fastpublish.Outgoing
     ) -> Optional[BaseException]:
         what = f"publishing to {message.exchange!r}/{message.routing_key!r}"
-        if not confirm.done():
-            confirm.cancel()
-            return _amqp.ConnectionGone(f"{what}: no confirm within {self._timeout:g} s")
         if confirm.cancelled():
             return _amqp.ConnectionGone(f"{what}: the channel closed before the confirm")
         exc = confirm.exception()
@@ -276,10 +359,12 @@ class _Sender:
             return _amqp.translate(exc, what)
         return exc
 
-    def _forget(self, window: _Window) -> None:
-        for index in range(window.first, window.first + len(window.confirms)):
-            self._replies.forget(self._pending[index].correlation_id)
-            self.futures[index] = None
+    def _forget_all(self) -> None:
+        for index, future in enumerate(self.futures):
+            if future is not None:
+                self._replies.forget(self._pending[index].correlation_id)
+                self.futures[index] = None
+        self._in_flight.clear()
 
     def _fail_range(self, start: int, stop: int, exc: BaseException) -> None:
         for index in range(start, stop):
@@ -288,8 +373,8 @@ class _Sender:
 
 
 class _NotSent(exceptions.DeliveryFailed):
-    def __init__(self) -> None:
-        super().__init__("not sent: an earlier message of the batch was not confirmed")
+    def __init__(self, why: str = "an earlier message of the batch was not confirmed") -> None:
+        super().__init__(f"not sent: {why}")
 
 
 def _all_done(

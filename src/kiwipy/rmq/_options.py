@@ -60,13 +60,20 @@ class RmqOptions(TypedDict, total=False):
     decoder: Any
     """With a callable ``encoder``, its ``decoder(bytes) -> obj``."""
     testing_mode: bool
-    """Auto-deleting exchanges and expiring task queues, for tests."""
+    """Auto-deleting exchanges and expiring task queues, for tests. New task queues are
+    then declared exactly as kiwipy 0.9 declares them in testing mode (not durable, 7-day
+    message TTL, ``x-expires`` 10 s), so 0.9 peers in testing mode can share them, unless
+    ``task_queue_compat=False`` (or a quorum queue, or a ``task_message_ttl``) asks for
+    this library's arguments."""
     async_task_timeout: float
     """Seconds a blocking call of the thread communicator may take (5.0)."""
-    task_queue_compat: bool
+    task_queue_compat: Optional[bool]
     """Declare *new* task queues with kiwipy 0.9's exact arguments (7-day message TTL, no
-    dead-letter queue) for deployments mixing kiwipy 0.9 and this library. Existing queues
-    are always used as they are."""
+    dead-letter queue; in testing mode also not durable, with ``x-expires``) for
+    deployments mixing kiwipy 0.9 and this library: a kiwipy 0.9 *sender* cannot use a queue
+    declared with this library's arguments (docs: guarantees, "Sharing task queues with
+    kiwipy 0.9"). ``None`` (default): only in testing mode. Existing queues are always used
+    as they are."""
     reply_queue_expires: int
     """ms the reply queue outlives its consumer (``x-expires``, 60000), e.g. across a
     reconnection."""
@@ -128,7 +135,7 @@ DEFAULTS: RmqOptions = {
     "decoder": None,
     "testing_mode": False,
     "async_task_timeout": 5.0,
-    "task_queue_compat": False,
+    "task_queue_compat": None,
     "reply_queue_expires": defaults.REPLY_QUEUE_EXPIRES,
     "max_message_size": 128 * 1024 * 1024,
     "recovery_timeout": 30.0,
@@ -159,7 +166,18 @@ def resolve_options(options: Mapping[str, Any]) -> RmqOptions:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(map(repr, unknown))}")
     resolved: RmqOptions = {**DEFAULTS, **options}  # type: ignore[typeddict-item]
     _check_task_options(resolved)
+    resolved["task_queue_compat"] = _task_queue_compat(resolved)
     return resolved
+
+
+def _task_queue_compat(options: RmqOptions) -> bool:
+    """``task_queue_compat`` made a bool: ``None`` means kiwipy 0.9's queues in testing mode
+    (where 0.9 peers declare them too), unless an option asks for what 0.9 cannot declare."""
+    compat = options["task_queue_compat"]
+    if compat is not None:
+        return bool(compat)
+    classic = options["task_queue_type"] == "classic" and options["task_message_ttl"] is None
+    return bool(options["testing_mode"]) and classic
 
 
 def _check_task_options(options: RmqOptions) -> None:

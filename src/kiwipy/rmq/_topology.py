@@ -6,12 +6,15 @@ Rules (see :mod:`kiwipy.rmq.tasks` and ``docs/long-tasks.md``):
    missing one is declared, with the arguments below. RabbitMQ refuses to redeclare a queue
    with other arguments, so an old kiwipy 0.9 queue keeps working and is never changed in
    place.
-2. Every queue is durable or exclusive: RabbitMQ 4 removed transient non-exclusive queues.
-   Testing mode adds ``x-expires`` instead, so test queues vanish on their own.
+2. Every queue is durable or exclusive: RabbitMQ 4 deprecates transient non-exclusive
+   queues. Testing mode adds ``x-expires`` instead, so test queues vanish on their own. The
+   one exception is kiwipy 0.9's own declaration (rule 3).
 3. A new task queue has no message TTL unless ``task_message_ttl`` asks for one, and
    dead-letters to ``<queue>.dead`` (expiry, and a quorum queue's delivery limit, leave a
-   trace there with the broker's ``x-death`` header). ``task_queue_compat`` gives kiwipy
-   0.9's exact arguments instead.
+   trace there with the broker's ``x-death`` header). ``task_queue_compat`` (on by default
+   in testing mode) gives exactly what kiwipy 0.9 declares instead: ``x-message-ttl`` 7
+   days, and in testing mode a transient queue with ``x-expires`` 10 s, since a 0.9 peer
+   redeclares the queue and RabbitMQ refuses any difference (``PRECONDITION_FAILED``).
 4. ``task_queue_type='quorum'`` makes the three queues quorum queues; the task queue gets
    ``x-delivery-limit`` and the lease queue dead-letters *at least once* (a quorum queue's
    default is at most once, which could drop a lease copy on its way back).
@@ -33,12 +36,14 @@ from ._leases import LeaseSettings, dead_queue, lease_queue
 from ._session import Session
 
 __all__ = (
+    "KIWIPY09_TASK_QUEUE",
     "dead_queue_arguments",
     "declare_lease_queue",
     "declare_task_queue",
     "ensure_queue",
     "lease_queue_arguments",
     "task_queue_arguments",
+    "task_queue_durable",
 )
 
 _LOGGER = logging.getLogger("kiwipy.rmq.tasks")
@@ -53,10 +58,15 @@ def _testing(arguments: dict[str, Any], options: Mapping[str, Any], expires: int
         arguments["x-expires"] = max(expires, defaults.TEST_QUEUE_EXPIRES)
 
 
+#: The arguments kiwipy 0.9 declares a task queue with (outside testing mode; in testing
+#: mode ``x-expires`` :data:`~kiwipy.rmq.defaults.TEST_QUEUE_EXPIRES` is added).
+KIWIPY09_TASK_QUEUE: Mapping[str, Any] = {"x-message-ttl": defaults.TASK_MESSAGE_TTL}
+
+
 def task_queue_arguments(queue: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """:returns: the arguments a *new* task queue is declared with (rules 2-4)."""
     if options["task_queue_compat"]:
-        arguments: dict[str, Any] = {"x-message-ttl": defaults.TASK_MESSAGE_TTL}
+        arguments: dict[str, Any] = dict(KIWIPY09_TASK_QUEUE)
     else:
         arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_queue(queue)}
         if options["task_message_ttl"]:
@@ -67,6 +77,12 @@ def task_queue_arguments(queue: str, options: Mapping[str, Any]) -> dict[str, An
                 arguments["x-delivery-limit"] = int(options["task_delivery_limit"])
     _testing(arguments, options, defaults.TEST_QUEUE_EXPIRES)
     return arguments
+
+
+def task_queue_durable(options: Mapping[str, Any]) -> bool:
+    """:returns: whether a *new* task queue is durable: kiwipy 0.9 declares it transient in
+    testing mode, so with ``task_queue_compat`` this library does too (rule 3)."""
+    return not (options["task_queue_compat"] and options["testing_mode"])
 
 
 def dead_queue_arguments(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,8 +114,10 @@ def lease_queue_arguments(queue: str, options: Mapping[str, Any]) -> dict[str, A
     return arguments
 
 
-async def ensure_queue(session: Session, name: str, arguments: dict[str, Any]) -> None:
-    """Declare the durable queue *name* with *arguments* unless it exists (rule 1)."""
+async def ensure_queue(
+    session: Session, name: str, arguments: dict[str, Any], durable: bool = True
+) -> None:
+    """Declare the queue *name* with *arguments* unless it exists (rule 1)."""
     if await session.passive_declare(name) is not None:
         return
     try:
@@ -107,7 +125,7 @@ async def ensure_queue(session: Session, name: str, arguments: dict[str, Any]) -
             f"declaring queue {name!r}",
             "queue_declare",
             queue=name,
-            durable=True,
+            durable=durable,
             arguments=arguments,
         )
     except amqp_errors.ChannelPreconditionFailed:
@@ -118,7 +136,8 @@ async def declare_task_queue(session: Session, exchange: str, queue: str) -> Non
     """Make sure *queue* exists, bound to *exchange*, with its ``.dead`` queue."""
     options = session.options
     await ensure_queue(session, dead_queue(queue), dead_queue_arguments(options))
-    await ensure_queue(session, queue, task_queue_arguments(queue, options))
+    arguments = task_queue_arguments(queue, options)
+    await ensure_queue(session, queue, arguments, task_queue_durable(options))
     await session.call(
         "binding a task queue", "queue_bind", queue=queue, exchange=exchange, routing_key=queue
     )

@@ -295,7 +295,7 @@ class RmqCommunicator(AsyncCommunicator):
         return await (await self.get_default_task_queue()).task_send(task, no_reply)
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False
+        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> list[Optional[asyncio.Future[Any]]]:
         """Queue *tasks* on the default task queue with many publishes in flight (see
         :meth:`kiwipy.communications.AsyncCommunicator.task_send_many`).
@@ -303,24 +303,30 @@ class RmqCommunicator(AsyncCommunicator):
         :raises BatchSendError: if any task was not confirmed.
         """
         queue = await self.get_default_task_queue()
-        return await queue.task_send_many(tasks, no_reply)
+        return await queue.task_send_many(tasks, no_reply, timeout=timeout)
 
-    async def rpc_send_many(self, calls: Iterable[tuple[Any, Any]]) -> list[asyncio.Future[Any]]:
+    async def rpc_send_many(
+        self, calls: Iterable[tuple[Any, Any]], *, timeout: Optional[float] = None
+    ) -> list[asyncio.Future[Any]]:
         """Send many RPCs with their publishes in flight together (see
         :meth:`kiwipy.communications.AsyncCommunicator.rpc_send_many`).
 
         :raises BatchSendError: if any call failed (nobody holds its recipient, or the batch
             stopped).
         """
-        return await (await self.get_message_publisher()).rpc_send_many(calls)
+        publisher = await self.get_message_publisher()
+        return await publisher.rpc_send_many(calls, timeout=timeout)
 
-    async def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
+    async def broadcast_send_many(
+        self, broadcasts: Iterable[tuple[Any, ...]], *, timeout: Optional[float] = None
+    ) -> None:
         """Send many broadcasts with their publishes in flight together (see
         :meth:`kiwipy.communications.AsyncCommunicator.broadcast_send_many`).
 
         :raises BatchSendError: if any broadcast was not confirmed (the batch stopped).
         """
-        await (await self.get_message_publisher()).broadcast_send_many(broadcasts)
+        publisher = await self.get_message_publisher()
+        await publisher.broadcast_send_many(broadcasts, timeout=timeout)
 
     def task_lane(self) -> TaskLane:
         """:returns: the thread facade's quick way to send tasks to the default queue

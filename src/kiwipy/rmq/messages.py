@@ -178,7 +178,9 @@ class RmqPublisher(BasePublisherWithReplyQueue):
             raise
         return future
 
-    async def rpc_send_many(self, calls: Iterable[tuple[Any, Any]]) -> list[asyncio.Future[Any]]:
+    async def rpc_send_many(
+        self, calls: Iterable[tuple[Any, Any]], *, timeout: Optional[float] = None
+    ) -> list[asyncio.Future[Any]]:
         """Send the ``(recipient_id, msg)`` *calls* with many publishes in flight, each as
         :meth:`rpc_send` sends it; see :mod:`kiwipy.rmq._batch`.
 
@@ -186,7 +188,7 @@ class RmqPublisher(BasePublisherWithReplyQueue):
         :raises BatchSendError: if any call failed (nobody holds its recipient, or the batch
             stopped).
         """
-        return await _batch.send_rpcs(self.target(), calls)
+        return await _batch.send_rpcs(self.target(), calls, timeout)
 
     async def broadcast_send(
         self, msg: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
@@ -200,14 +202,16 @@ class RmqPublisher(BasePublisherWithReplyQueue):
         body = await _offload.encode(self._session, message)
         return await self._session.publish(*_outgoing.broadcast(self.target(), body), retry=False)
 
-    async def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
+    async def broadcast_send_many(
+        self, broadcasts: Iterable[tuple[Any, ...]], *, timeout: Optional[float] = None
+    ) -> None:
         """Send *broadcasts* (tuples of :meth:`broadcast_send`'s positional arguments) with
         many publishes in flight, each as :meth:`broadcast_send` sends it; see
         :mod:`kiwipy.rmq._batch`. Returns once every broadcast is confirmed.
 
         :raises BatchSendError: if any broadcast was not confirmed (the batch stopped).
         """
-        await _batch.send_broadcasts(self.target(), broadcasts)
+        await _batch.send_broadcasts(self.target(), broadcasts, timeout)
 
 
 class _Rpc(NamedTuple):

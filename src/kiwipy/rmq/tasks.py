@@ -129,7 +129,7 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
         return future
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False
+        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> list[Optional[asyncio.Future[Any]]]:
         """Queue *tasks* with many publishes in flight; see :mod:`kiwipy.rmq._batch`.
 
@@ -137,7 +137,7 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
             with *no_reply*).
         :raises BatchSendError: if any task was not confirmed.
         """
-        return await _batch.send_tasks(self.target(), tasks, no_reply)
+        return await _batch.send_tasks(self.target(), tasks, no_reply, timeout)
 
     def target(self) -> _outgoing.TaskTarget:
         """Where this publisher's tasks go, for ``task_send_many`` and the thread facade's
@@ -288,18 +288,20 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
 
     @contextlib.asynccontextmanager
     async def next_task(
-        self, no_ack: bool = False, fail: bool = True, timeout: float = defaults.TASK_FETCH_TIMEOUT
+        self, no_ack: bool = False, fail: bool = True, timeout: Optional[float] = None
     ) -> AsyncIterator[Optional[RmqIncomingTask]]:
-        """Async context manager yielding the next task (waiting up to *timeout* seconds).
+        """Async context manager yielding the next task, waiting up to *timeout* seconds for
+        one (``None``: not at all, as kiwipy 0.9).
 
         :raises QueueEmpty: if none came and *fail* is true (else it yields ``None``). A task
             still pending at exit is requeued.
         """
         await asyncio.sleep(0)  # let requeues scheduled just before run first
-        task = await self._get(no_ack, timeout)
+        task = await self._get(no_ack, timeout or 0.0)
         if task is None:
             if fail:
-                raise exceptions.QueueEmpty(f"no task in {self._queue_name!r} after {timeout} s")
+                waited = f" after {timeout} s" if timeout else ""
+                raise exceptions.QueueEmpty(f"no task in {self._queue_name!r}{waited}")
             yield None
             return
         try:
@@ -382,10 +384,10 @@ class RmqTaskQueue(AsyncTaskQueue):
         return await self._publisher.task_send(task, no_reply)
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False
+        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> list[Optional[asyncio.Future[Any]]]:
         """See :meth:`RmqTaskPublisher.task_send_many`."""
-        return await self._publisher.task_send_many(tasks, no_reply)
+        return await self._publisher.task_send_many(tasks, no_reply, timeout=timeout)
 
     def target(self) -> _outgoing.TaskTarget:
         """See :meth:`RmqTaskPublisher.target`."""
@@ -398,8 +400,9 @@ class RmqTaskQueue(AsyncTaskQueue):
         await self._subscriber.remove_task_subscriber(identifier)
 
     def next_task(
-        self, no_ack: bool = False, fail: bool = True, timeout: float = defaults.TASK_FETCH_TIMEOUT
+        self, no_ack: bool = False, fail: bool = True, timeout: Optional[float] = None
     ) -> contextlib.AbstractAsyncContextManager[Optional[RmqIncomingTask]]:
+        """See :meth:`RmqTaskSubscriber.next_task`."""
         return self._subscriber.next_task(no_ack=no_ack, fail=fail, timeout=timeout)
 
     async def connect(self) -> None:

@@ -52,7 +52,9 @@ class RmqThreadCommunicator(ThreadCommunicator):
     :param options: see :class:`~kiwipy.rmq.RmqCommunicator`; ``async_task_timeout``
         (default :attr:`TASK_TIMEOUT`) bounds every blocking call except the sends
         (``task_send``, ``rpc_send``, ``broadcast_send``), which wait for a lost connection
-        up to ``recovery_timeout`` and then raise :class:`~kiwipy.ConnectionLost`.
+        up to ``recovery_timeout`` and then raise :class:`~kiwipy.ConnectionLost`, and the
+        batches (``*_send_many``: the same plus 1 ms per message). A call's own timeout
+        (``next_task(timeout=...)``) comes on top of it.
     """
 
     #: Default seconds a blocking call may take.
