@@ -16,6 +16,7 @@ __all__ = (
     "BatchSendError",
     "CommunicatorClosed",
     "ConnectionLost",
+    "DecodeBudgetExceeded",
     "DecodeError",
     "DeliveryFailed",
     "DuplicateSubscriberIdentifier",
@@ -169,3 +170,29 @@ class MessageTooLarge(KiwiError, ValueError):
         super().__init__(f"encoded message is {size} bytes, over the limit of {limit} bytes")
         self.size = size
         self.limit = limit
+
+
+class DecodeBudgetExceeded(MessageTooLarge):
+    """A received body is refused before decoding because decoding it could take more memory
+    than the communicator's ``max_decode_memory``: its size times the encoder's worst-case
+    :attr:`~kiwipy.encoders.Encoder.decode_factor`. A refused task is parked (reason
+    ``too-large``) and its sender answered with this error.
+
+    :ivar size: the body's size in bytes.
+    :ivar limit: the largest body of this encoder accepted, in bytes.
+    :ivar encoder: the encoder's name.
+    :ivar budget: ``max_decode_memory``, in bytes.
+    """
+
+    def __init__(self, size: int, *, encoder: str, factor: int, budget: int) -> None:
+        limit = budget // factor
+        KiwiError.__init__(
+            self,
+            f"a {size}-byte {encoder} body may take up to {size * factor} bytes of memory to "
+            f"decode, over max_decode_memory ({budget} bytes); {encoder} bodies of up to "
+            f"{limit} bytes are accepted",
+        )
+        self.size = size
+        self.limit = limit
+        self.encoder = encoder
+        self.budget = budget

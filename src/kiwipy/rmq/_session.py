@@ -81,6 +81,7 @@ class Session:
         self._background: set[asyncio.Future[Any]] = set()
         self._closed = False
         self._closing = False
+        self._decoding: Optional[asyncio.Lock] = None
         self._watchdog = Watchdog(self)
         self._recovery = Recovery(self)
         self._restoration = self._recovery.restoration
@@ -100,6 +101,14 @@ class Session:
     def loop(self) -> asyncio.AbstractEventLoop:
         loop: asyncio.AbstractEventLoop = self.connection.loop
         return loop
+
+    @property
+    def decoding(self) -> asyncio.Lock:
+        """Held while a large body is decoded: one at a time, so their memory never adds up
+        (made on first use, on the loop)."""
+        if self._decoding is None:
+            self._decoding = asyncio.Lock()
+        return self._decoding
 
     @property
     def testing_mode(self) -> bool:
