@@ -10,7 +10,9 @@ default :class:`yaml.Dumper` and ``yaml.load`` with :class:`yaml.FullLoader`. It
 default for compatibility only (kiwipy 0.9 peers and clients such as plumpy register
 representers on ``yaml.Dumper`` and constructors for ``FullLoader``); new deployments that do
 not need to talk to kiwipy 0.9 should prefer :data:`JSON` or :data:`MSGPACK`, which cannot
-construct arbitrary objects.
+construct arbitrary objects. :data:`YAML_SAFE` writes the same bytes as :data:`YAML` but
+decodes plain data only (:mod:`kiwipy._yaml_safe`): a worker can use it to talk to kiwipy 0.9
+peers without trusting them.
 
 Communicators also accept kiwipy 0.9's ``encoder=``/``decoder=`` pair of plain callables;
 :func:`resolve` turns either form into an :class:`Encoder`.
@@ -22,17 +24,19 @@ import abc
 import json
 from typing import Any, Callable, Optional
 
-from . import _yaml_fast
+from . import _yaml_fast, _yaml_safe
 from .exceptions import DecodeError, EncodeError
 
 __all__ = (
     "JSON",
     "MSGPACK",
     "YAML",
+    "YAML_SAFE",
     "CallableEncoder",
     "Encoder",
     "JsonEncoder",
     "MsgpackEncoder",
+    "SafeYamlEncoder",
     "YamlEncoder",
     "get_encoder",
     "resolve",
@@ -122,6 +126,24 @@ class YamlEncoder(Encoder):
         return _yaml_fast.load(data)
 
 
+class SafeYamlEncoder(YamlEncoder):
+    """kiwipy 0.9's YAML wire format, decoded into plain data only (``'yaml-safe'``).
+
+    Encodes exactly as :class:`YamlEncoder`. Decodes with a :class:`yaml.SafeLoader` that also
+    accepts the ``!!python/...`` tags of plain values (``tuple``, which every kiwipy 0.9 task
+    message is, ``list``, ``dict``, ``str``, ``bytes``, ``int``, ``float``, ``complex``,
+    ``bool``, ``none``, ...) and plumpy's ``!uuid`` (built as :class:`uuid.UUID`); any other
+    tag, ``!!python/object``, ``!!python/object/apply`` and ``!!python/name`` included, is
+    refused with :class:`~kiwipy.DecodeError` before anything is built. Constructors registered
+    with ``yaml.add_constructor`` are not used.
+    """
+
+    name = "yaml-safe"
+
+    def _decode(self, data: bytes) -> Any:
+        return _yaml_safe.load(data)
+
+
 class JsonEncoder(Encoder):
     """UTF-8 JSON. Tuples arrive as lists; only JSON types round-trip."""
 
@@ -187,14 +209,16 @@ class CallableEncoder(Encoder):
 
 
 YAML = YamlEncoder()
+YAML_SAFE = SafeYamlEncoder()
 JSON = JsonEncoder()
 MSGPACK = MsgpackEncoder()
 
-_BY_NAME: dict[str, Encoder] = {enc.name: enc for enc in (YAML, JSON, MSGPACK)}
+_BY_NAME: dict[str, Encoder] = {enc.name: enc for enc in (YAML, YAML_SAFE, JSON, MSGPACK)}
 
 
 def get_encoder(name: str) -> Encoder:
-    """:returns: the built-in encoder called *name* (``yaml``, ``json`` or ``msgpack``).
+    """:returns: the built-in encoder called *name* (``yaml``, ``yaml-safe``, ``json`` or
+    ``msgpack``).
 
     :raises ValueError: for any other name.
     """
