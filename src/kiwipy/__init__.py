@@ -18,6 +18,7 @@ from .communications import (
     connect,
 )
 from .exceptions import (
+    AccessRefused,
     BatchSendError,
     CommunicatorClosed,
     ConnectionLost,
@@ -54,6 +55,7 @@ from .utils import EventHelper
 __version__ = "1.0.0.dev0"
 
 __all__ = (
+    "AccessRefused",
     "AsyncCommunicator",
     "BatchSendError",
     "BroadcastFilter",

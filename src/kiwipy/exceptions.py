@@ -13,6 +13,7 @@ import concurrent.futures
 from typing import Any
 
 __all__ = (
+    "AccessRefused",
     "BatchSendError",
     "CommunicatorClosed",
     "ConnectionLost",
@@ -115,6 +116,38 @@ class BatchSendError(DeliveryFailed):
         super().__init__(f"{len(errors)} of {len(futures)} messages of the batch failed{reason}")
         self.futures = futures
         self.errors = errors
+
+
+class AccessRefused(KiwiError, PermissionError):
+    """The broker refused an operation for lack of a permission (AMQP ``ACCESS_REFUSED``), or
+    refused the login (wrong user name or password, or no permissions in the vhost).
+
+    The message names the operation, the resource, the user and the permission needed
+    (``configure``, ``write`` or ``read``), never the password.
+
+    :ivar permission: ``'configure'``, ``'write'``, ``'read'`` (or ``None`` for a login).
+    :ivar resource: ``"exchange 'name'"`` or ``"queue 'name'"`` (or ``None``).
+    :ivar vhost: the virtual host, when the broker said.
+    :ivar user: the user name, when the broker said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permission: str | None = None,
+        resource: str | None = None,
+        vhost: str | None = None,
+        user: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.permission = permission
+        self.resource = resource
+        self.vhost = vhost
+        self.user = user
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 # Subscribers and lifecycle

@@ -35,6 +35,7 @@ from pamqp import commands as spec
 from yarl import URL
 
 from .. import exceptions
+from . import _access
 
 __all__ = (
     "BROKEN",
@@ -92,8 +93,12 @@ class ConnectionGone(exceptions.ConnectionLost, amqp_errors.ChannelInvalidStateE
     """The channel or connection failed, so the operation is not known to have happened."""
 
 
-def translate(exc: BaseException, what: str) -> exceptions.KiwiError:
-    """:returns: the kiwipy error for the aiormq error *exc* raised while doing *what*."""
+def translate(exc: BaseException, what: str, method: Optional[str] = None) -> exceptions.KiwiError:
+    """:returns: the kiwipy error for the aiormq error *exc* raised while doing *what* (with
+    the aiormq channel *method*, when known: it says which permission a refusal is about)."""
+    refused = _access.refusal(exc, what, method)
+    if refused is not None:
+        return refused
     if isinstance(exc, amqp_errors.PublishError):
         # kiwipy 0.9's text: "('NO_ROUTE', '[rpc].nobody')"
         return UnroutableDelivery(str(exc.args), exc.message)

@@ -41,7 +41,7 @@ from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
 
 from .. import encoders, exceptions
-from . import _amqp, _events, _fastpublish, _publishing
+from . import _access, _amqp, _events, _fastpublish, _publishing
 from ._options import RmqOptions, resolve_encoder, resolve_options
 from ._publishing import PublishAttempt
 from ._recovery import Recovery, Restorer
@@ -232,7 +232,10 @@ class Session:
                 return await self._probe(method, kwargs)
             channel = await self.channel(purpose)
             return await _amqp.guarded(channel, getattr(channel, method)(**kwargs))
-        except amqp_errors.ChannelClosed:
+        except amqp_errors.ChannelClosed as exc:
+            refused = _access.refusal(exc, what, method)
+            if refused is not None:
+                raise refused from exc
             raise
         except _amqp.LINK_ERRORS + (RuntimeError,) as exc:
             raise _amqp.translate(exc, what) from exc
@@ -279,7 +282,7 @@ class Session:
         try:
             ok = await _amqp.guarded(channel, channel.basic_consume(queue, callback, no_ack=no_ack))
         except _amqp.LINK_ERRORS as exc:
-            raise _amqp.translate(exc, f"consuming {queue!r}") from exc
+            raise _amqp.translate(exc, f"consuming {queue!r}", "basic_consume") from exc
         tag = str(ok.consumer_tag)
         self._consumers[tag] = queue
         return tag

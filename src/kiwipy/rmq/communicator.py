@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, Callable, Optional, TypeVar, cast
 
 import aio_pika
+from pamqp import exceptions as pamqp_errors
 from typing_extensions import Unpack
 from yarl import URL
 
@@ -29,7 +30,7 @@ from ..communications import (
     RpcSubscriber,
     TaskSubscriber,
 )
-from . import _amqp
+from . import _access, _amqp
 from ._batch import MessageTarget, TaskTarget
 from ._lane import MessageLane, TaskLane
 from ._options import ConnectionFactory, ConnectionParams, RmqOptions, resolve_options
@@ -335,9 +336,15 @@ class RmqCommunicator(AsyncCommunicator):
 async def _open_connection(params: ConnectionParams, factory: ConnectionFactory) -> Any:
     """:returns: ``factory(**params)`` for a dict, ``factory(params)`` for a URL string."""
     params = params or {}
-    if isinstance(params, Mapping):
-        return await factory(**params)
-    return await factory(params)
+    try:
+        if isinstance(params, Mapping):
+            return await factory(**params)
+        return await factory(params)
+    except (ConnectionError, pamqp_errors.AMQPError) as exc:
+        refused = _access.login_refusal(exc)
+        if refused is not None:
+            raise refused from exc
+        raise
 
 
 def _paced(params: ConnectionParams, options: dict[str, Any]) -> ConnectionParams:
