@@ -184,7 +184,16 @@ async def open_broker(url: str, opening: Awaitable[T]) -> T:
             f"cannot connect to {mask_url(url)}: no answer within {CONNECT_TIMEOUT:g} s"
         ) from None
     except Exception as exc:
-        raise CliError(f"cannot connect to {mask_url(url)}: {describe(exc)}") from None
+        raise CliError(f"cannot connect to {mask_url(url)}: {_refusal(exc)}") from None
+
+
+def _refusal(exc: Exception) -> str:
+    """:returns: why the broker refused the connection, as kiwipy words a refused login or
+    vhost (:class:`~kiwipy.AccessRefused`), else :func:`describe`'s text."""
+    from .rmq import _access  # only here: open_broker is for amqp:// URLs, aiormq is there
+
+    refused = _access.login_refusal(exc)
+    return str(refused) if refused is not None else describe(exc)
 
 
 def read_body(args: argparse.Namespace, required: bool = True) -> Any:

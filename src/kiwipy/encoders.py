@@ -91,6 +91,12 @@ class Encoder(abc.ABC):
                 f"cannot decode {len(data)} bytes ({preview!r}...): {exc}", encoder=self.name
             ) from exc
 
+    def min_size(self, obj: Any) -> int:
+        """:returns: a lower bound of the size *obj* encodes to, found without encoding it, so
+        a message far over a size limit is refused at once (0: nothing is known; an encoder
+        may compress). The built-in encoders write every string and bytes value whole."""
+        return 0
+
     @abc.abstractmethod
     def _encode(self, obj: Any) -> bytes: ...
 
@@ -101,7 +107,37 @@ class Encoder(abc.ABC):
         return f"<{type(self).__name__} {self.name!r}>"
 
 
-class YamlEncoder(Encoder):
+#: Objects :func:`_text_size` looks at, at most.
+_TEXT_SIZE_NODES = 10000
+_TEXT = (str, bytes, bytearray)
+
+
+def _text_size(obj: Any) -> int:
+    """:returns: the total length of the strings and bytes in *obj* (dict keys and values,
+    list, tuple and set items), looking at no more than ``_TEXT_SIZE_NODES`` objects:
+    what YAML, JSON and msgpack write at least (UTF-8 and base64 only add)."""
+    size, seen, stack = 0, 0, [obj]
+    while stack and seen < _TEXT_SIZE_NODES:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, _TEXT):
+            size += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+    return size
+
+
+class _WholeText:
+    """Mixin of the encoders that write every string and bytes value whole."""
+
+    def min_size(self, obj: Any) -> int:
+        return _text_size(obj)
+
+
+class YamlEncoder(_WholeText, Encoder):
     """kiwipy 0.9's wire format: ``yaml.dump(obj, encoding='utf-8')`` (default ``yaml.Dumper``)
     and ``yaml.load(data, Loader=yaml.FullLoader)``.
 
@@ -144,7 +180,7 @@ class SafeYamlEncoder(YamlEncoder):
         return _yaml_safe.load(data)
 
 
-class JsonEncoder(Encoder):
+class JsonEncoder(_WholeText, Encoder):
     """UTF-8 JSON. Tuples arrive as lists; only JSON types round-trip."""
 
     name = "json"
@@ -159,7 +195,7 @@ class JsonEncoder(Encoder):
         return json.loads(data)
 
 
-class MsgpackEncoder(Encoder):
+class MsgpackEncoder(_WholeText, Encoder):
     """msgpack (needs the ``msgpack`` extra: ``pip install kiwipy[msgpack]``). Tuples arrive
     as lists."""
 

@@ -195,12 +195,18 @@ class DecodeError(EncodingError, ValueError):
 class MessageTooLarge(KiwiError, ValueError):
     """An encoded message is larger than the communicator's configured limit.
 
-    :ivar size: the encoded size in bytes.
+    :ivar size: the encoded size in bytes; a lower bound of it when the message was refused
+        before it was encoded (its strings and bytes alone are over the limit).
     :ivar limit: the configured limit in bytes.
     """
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"encoded message is {size} bytes, over the limit of {limit} bytes")
+    def __init__(self, size: int, limit: int, *, at_least: bool = False) -> None:
+        # at_least: *size* is a lower bound, found without encoding (the message was refused
+        # before encoding it)
+        measure = "at least " if at_least else ""
+        super().__init__(
+            f"encoded message is {measure}{size} bytes, over the limit of {limit} bytes"
+        )
         self.size = size
         self.limit = limit
 

@@ -110,4 +110,7 @@ def login_refusal(exc: BaseException) -> Optional[exceptions.AccessRefused]:
                 vhost=vhost,
                 user=user,
             )
+        refused = [text for text in texts if text.startswith("NOT_ALLOWED")]
+        if refused:  # e.g. "NOT_ALLOWED - vhost x not found"
+            return exceptions.AccessRefused(f"the broker refused the connection: {refused[0]}")
     return None

@@ -40,7 +40,7 @@ import shortuuid
 from aiormq import exceptions as amqp_errors
 
 from .. import exceptions
-from . import _amqp, _batch, _outgoing, defaults, protocol
+from . import _amqp, _batch, _offload, _outgoing, defaults, protocol
 from ._handlers import MessageHandling
 from ._identities import TakenIdentities
 from ._recovery import RestoreLater
@@ -144,6 +144,7 @@ class RmqPublisher:
         :returns: once the broker confirmed the request, a future for the reply.
         :raises UnroutableError: if nobody holds *recipient_id*.
         """
+        _offload.refuse_oversized(self._session, msg)
         body = self._session.encoder.encode(msg)
         message, correlation_id, watch = _outgoing.rpc(self.target(), recipient_id, body)
         _LOGGER.debug("Sending RPC %s to %r: %r", correlation_id, message.routing_key, msg)
@@ -174,6 +175,7 @@ class RmqPublisher:
         """
         message = BroadcastMessage.create(msg, sender, subject, correlation_id)
         _LOGGER.debug("Sending broadcast on %r: %r", self._exchange_name, message)
+        _offload.refuse_oversized(self._session, msg)
         body = self._session.encoder.encode(message)
         return await self._session.publish(*_outgoing.broadcast(self.target(), body), retry=False)
 
