@@ -37,6 +37,7 @@ from .exceptions import (
     ReplyLost,
     TaskRejected,
     TimeoutError,
+    TlsError,
     UnroutableError,
 )
 from .filters import BroadcastFilter
@@ -85,6 +86,7 @@ __all__ = (
     "TaskRejected",
     "TaskSubscriber",
     "TimeoutError",
+    "TlsError",
     "UnroutableError",
     "as_completed",
     "capture_exceptions",

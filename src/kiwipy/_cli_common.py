@@ -184,15 +184,20 @@ async def open_broker(url: str, opening: Awaitable[T]) -> T:
             f"cannot connect to {mask_url(url)}: no answer within {CONNECT_TIMEOUT:g} s"
         ) from None
     except Exception as exc:
-        raise CliError(f"cannot connect to {mask_url(url)}: {_refusal(exc)}") from None
+        raise CliError(f"cannot connect to {mask_url(url)}: {_refusal(exc, url)}") from None
 
 
-def _refusal(exc: Exception) -> str:
+def _refusal(exc: Exception, url: str) -> str:
     """:returns: why the broker refused the connection, as kiwipy words a refused login or
-    vhost (:class:`~kiwipy.AccessRefused`), else :func:`describe`'s text."""
+    vhost (:class:`~kiwipy.AccessRefused`) or a failed TLS handshake
+    (:class:`~kiwipy.TlsError`), else :func:`describe`'s text."""
+    from yarl import URL
+
     from .rmq import _access  # only here: open_broker is for amqp:// URLs, aiormq is there
 
-    refused = _access.login_refusal(exc)
+    parsed = URL(url)
+    address = f"{parsed.host}:{parsed.port}"
+    refused = _access.login_refusal(exc) or _access.tls_failure(exc, address)
     return str(refused) if refused is not None else describe(exc)
 
 

@@ -32,6 +32,7 @@ __all__ = (
     "ReplyLost",
     "TaskRejected",
     "TimeoutError",
+    "TlsError",
     "UnroutableError",
 )
 
@@ -148,6 +149,13 @@ class AccessRefused(KiwiError, PermissionError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class TlsError(KiwiError, ConnectionError):
+    """The TLS handshake with the broker failed: its certificate is not signed by a trusted
+    CA (give the CA with the URL's ``cafile``), it is not valid for the host name of the URL,
+    or the broker refused the client certificate. Raised at once: trying again cannot help.
+    """
 
 
 # Subscribers and lifecycle

@@ -173,9 +173,11 @@ async def test_a_missing_permission_is_named(
     assert error.user == account.user and error.vhost == account.vhost
     assert f"lacks the {error.permission} permission on {error.resource}" in str(error)
     assert account.password not in str(error) + repr(error) + debug_logs.text
-    cli = kiwipy_cli("send", "--url", account.url(), "--task-exchange", names.task_exchange,
-                     "--queue", names.task_queue, "--no-wait", "1")  # fmt: skip
+    cli_names = [f"{names.prefix}.cli.tasks", f"{names.prefix}.cli.queue"]  # not testing mode
+    cli = kiwipy_cli("send", "--url", account.url(), "--task-exchange", cli_names[0],
+                     "--queue", cli_names[1], "1")  # fmt: skip
     assert cli.returncode != 0
+    assert "lacks the " in cli.stderr and taken in cli.stderr, cli.stderr
     assert account.password not in cli.stdout + cli.stderr
 
 

@@ -14,6 +14,7 @@ on) is left alone for the caller to interpret.
 from __future__ import annotations
 
 import re
+import ssl
 from typing import Optional
 
 from aiormq import exceptions as amqp_errors
@@ -21,7 +22,7 @@ from pamqp import exceptions as pamqp_errors
 
 from .. import exceptions
 
-__all__ = ("NEEDS", "LoginRefused", "login_refusal", "refusal")
+__all__ = ("NEEDS", "LoginRefused", "TlsFailure", "login_refusal", "refusal", "tls_failure")
 
 #: The permission each AMQP method needs, per kind of resource it touches.
 NEEDS: dict[str, dict[str, str]] = {
@@ -55,6 +56,31 @@ _SEE = "(rabbitmqctl set_permissions; see 'Permissions' in kiwipy's security doc
 
 class LoginRefused(exceptions.AccessRefused, amqp_errors.ProbableAuthenticationError):
     """The broker refused the login. Also the aiormq error kiwipy 0.9 let through."""
+
+
+class TlsFailure(exceptions.TlsError, amqp_errors.AMQPConnectionError):
+    """The TLS handshake failed. Also the aiormq error kiwipy 0.9 let through."""
+
+
+_TLS_HINTS = (
+    ("mismatch", "connect with a host name the broker's certificate is valid for"),
+    ("not valid for", "connect with a host name the broker's certificate is valid for"),
+    ("CERTIFICATE_VERIFY_FAILED", "give the CA that signed the broker's certificate with "
+     "the URL parameter cafile=/path/to/ca.pem"),
+    ("", "check the URL's cafile, certfile and keyfile, and the broker's ssl_options"),
+)  # fmt: skip
+
+
+def tls_failure(exc: BaseException, address: str) -> Optional[exceptions.TlsError]:
+    """:returns: the :class:`~kiwipy.TlsError` for *exc*, raised while connecting to
+    *address* (``host:port``), or ``None`` if *exc* is no TLS failure."""
+    causes = [exc, exc.__cause__, exc.__context__]
+    text = " ".join(str(cause) for cause in causes if cause is not None)
+    if not any(isinstance(c, ssl.SSLError) for c in causes) and "[SSL" not in text:
+        return None
+    reason = next((str(c) for c in causes if isinstance(c, ssl.SSLError)), str(exc))
+    hint = next(hint for key, hint in _TLS_HINTS if key in reason)
+    return TlsFailure(f"TLS handshake with {address} failed: {reason}; {hint}")
 
 
 def _permission(kind: str, what: str, method: Optional[str]) -> str:

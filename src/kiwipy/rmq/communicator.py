@@ -341,10 +341,21 @@ async def _open_connection(params: ConnectionParams, factory: ConnectionFactory)
             return await factory(**params)
         return await factory(params)
     except (ConnectionError, pamqp_errors.AMQPError) as exc:
-        refused = _access.login_refusal(exc)
+        refused = _access.login_refusal(exc) or _access.tls_failure(exc, _address(params))
         if refused is not None:
             raise refused from exc
         raise
+
+
+def _address(params: ConnectionParams) -> str:
+    """:returns: ``host:port`` of the broker *params* name (never the credentials)."""
+    text = params
+    if isinstance(params, Mapping):
+        if not params.get("url"):
+            return f"{params.get('host', 'localhost')}:{params.get('port', 5672)}"
+        text = str(params["url"])
+    url = URL(str(text or "amqp://localhost/"))
+    return f"{url.host}:{url.port}"
 
 
 def _paced(params: ConnectionParams, options: dict[str, Any]) -> ConnectionParams:
