@@ -91,11 +91,16 @@ class Encoder(abc.ABC):
                 f"cannot decode {len(data)} bytes ({preview!r}...): {exc}", encoder=self.name
             ) from exc
 
+    #: Whether every string and bytes value of a message is written whole (at least its
+    #: length in bytes), which makes :meth:`min_size` a lower bound: true for the built-in
+    #: encoders, false for others (one may compress).
+    writes_text_whole: bool = False
+
     def min_size(self, obj: Any) -> int:
         """:returns: a lower bound of the size *obj* encodes to, found without encoding it, so
-        a message far over a size limit is refused at once (0: nothing is known; an encoder
-        may compress). The built-in encoders write every string and bytes value whole."""
-        return 0
+        a message far over a size limit is refused at once: the length of its strings and
+        bytes when :attr:`writes_text_whole`, else 0."""
+        return _text_size(obj) if self.writes_text_whole else 0
 
     @abc.abstractmethod
     def _encode(self, obj: Any) -> bytes: ...
@@ -130,14 +135,7 @@ def _text_size(obj: Any) -> int:
     return size
 
 
-class _WholeText:
-    """Mixin of the encoders that write every string and bytes value whole."""
-
-    def min_size(self, obj: Any) -> int:
-        return _text_size(obj)
-
-
-class YamlEncoder(_WholeText, Encoder):
+class YamlEncoder(Encoder):
     """kiwipy 0.9's wire format: ``yaml.dump(obj, encoding='utf-8')`` (default ``yaml.Dumper``)
     and ``yaml.load(data, Loader=yaml.FullLoader)``.
 
@@ -151,6 +149,7 @@ class YamlEncoder(_WholeText, Encoder):
     """
 
     name = "yaml"
+    writes_text_whole = True
     #: ``[[],[],...]`` measured 262 bytes per body byte: every node is a Python object with
     #: two position marks before it is constructed.
     decode_factor = 300
@@ -168,7 +167,7 @@ class SafeYamlEncoder(YamlEncoder):
     Encodes exactly as :class:`YamlEncoder`. Decodes with a :class:`yaml.SafeLoader` that also
     accepts the ``!!python/...`` tags of plain values (``tuple``, which every kiwipy 0.9 task
     message is, ``list``, ``dict``, ``str``, ``bytes``, ``int``, ``float``, ``complex``,
-    ``bool``, ``none``, ...) and plumpy's ``!uuid`` (built as :class:`uuid.UUID`); any other
+    ``bool``, ``none``, ...) and plumpy's ``!uuid`` (built as ``uuid.UUID``); any other
     tag, ``!!python/object``, ``!!python/object/apply`` and ``!!python/name`` included, is
     refused with :class:`~kiwipy.DecodeError` before anything is built. Constructors registered
     with ``yaml.add_constructor`` are not used.
@@ -180,10 +179,11 @@ class SafeYamlEncoder(YamlEncoder):
         return _yaml_safe.load(data)
 
 
-class JsonEncoder(_WholeText, Encoder):
+class JsonEncoder(Encoder):
     """UTF-8 JSON. Tuples arrive as lists; only JSON types round-trip."""
 
     name = "json"
+    writes_text_whole = True
     content_type = "application/json"
     #: ``[[],[],...]`` measured 28 bytes per body byte (an empty list per 3 bytes).
     decode_factor = 32
@@ -195,11 +195,12 @@ class JsonEncoder(_WholeText, Encoder):
         return json.loads(data)
 
 
-class MsgpackEncoder(_WholeText, Encoder):
+class MsgpackEncoder(Encoder):
     """msgpack (needs the ``msgpack`` extra: ``pip install kiwipy[msgpack]``). Tuples arrive
     as lists."""
 
     name = "msgpack"
+    writes_text_whole = True
     content_type = "application/msgpack"
     #: A one-byte empty array or map becomes a Python list or dict: 73 bytes per body byte.
     decode_factor = 80
@@ -228,7 +229,7 @@ class MsgpackEncoder(_WholeText, Encoder):
 class CallableEncoder(Encoder):
     """An encoder built from kiwipy 0.9's ``encoder``/``decoder`` callables.
 
-    Its :attr:`decode_factor` is the YAML one: nothing is known of the decoder, and kiwipy 0.9
+    Its :attr:`Encoder.decode_factor` is the YAML one: nothing is known of the decoder, and kiwipy 0.9
     users (AiiDA) pass YAML-based ones.
     """
 
