@@ -143,8 +143,12 @@ async def test_documented_permissions_are_enough(
     assert '"undecodable"' in dead.stdout
     requeue = kiwipy_cli("dead", "requeue", "--all", "--url", url, "--queue", names.task_queue)
     assert requeue.returncode == 0, requeue.stderr
+    cli_names = ["--task-exchange", f"{names.prefix}.cli.tasks", "--queue", f"{names.prefix}.q"]
+    cli_names += ["--message-exchange", f"{names.prefix}.cli.messages"]
+    sent = kiwipy_cli("send", "--url", url, *cli_names, "1")  # not in testing mode
+    assert sent.returncode == 0, sent.stderr
     outputs = [seen["repr"], debug_logs.text, inspect.stdout, inspect.stderr, dead.stdout]
-    outputs += [dead.stderr, requeue.stdout, requeue.stderr]
+    outputs += [dead.stderr, requeue.stdout, requeue.stderr, sent.stdout, sent.stderr]
     assert "aiormq" in debug_logs.text or "Connecting" in debug_logs.text  # logs were seen
     assert not [text for text in outputs if account.password in text]
 
