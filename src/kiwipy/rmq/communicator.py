@@ -334,7 +334,11 @@ class RmqCommunicator(AsyncCommunicator):
 
 
 async def _open_connection(params: ConnectionParams, factory: ConnectionFactory) -> Any:
-    """:returns: ``factory(**params)`` for a dict, ``factory(params)`` for a URL string."""
+    """:returns: ``factory(**params)`` for a dict, ``factory(params)`` for a URL string.
+
+    :raises AccessRefused: for a refused login or vhost. :raises TlsError: for a failed TLS
+        handshake (both fail at once: trying again cannot help).
+    """
     params = params or {}
     try:
         if isinstance(params, Mapping):
@@ -396,6 +400,8 @@ async def async_connect(
         bounded by :data:`~kiwipy.rmq._amqp.CONNECT_TIMEOUT`, and no socket leaked by a
         failed attempt: :class:`~kiwipy.rmq._amqp.RobustConnection`).
     :param options: see :class:`RmqCommunicator`.
+    :raises AccessRefused: if the broker refuses the login or the vhost.
+    :raises TlsError: if the TLS handshake fails (untrusted certificate, wrong host name).
     """
     resolve_options(options)  # fail on a bad option before connecting
     if connection_factory is aio_pika.connect_robust:
