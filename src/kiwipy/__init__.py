@@ -23,6 +23,7 @@ from .exceptions import (
     CommunicatorClosed,
     ConnectFailed,
     ConnectionLost,
+    DecodeBudgetExceeded,
     DecodeError,
     DeliveryFailed,
     DuplicateSubscriberIdentifier,
@@ -38,6 +39,7 @@ from .exceptions import (
     ReplyLost,
     TaskRejected,
     TimeoutError,
+    TlsError,
     UnroutableError,
 )
 from .filters import BroadcastFilter
@@ -67,6 +69,7 @@ __all__ = (
     "CommunicatorHelper",
     "ConnectFailed",
     "ConnectionLost",
+    "DecodeBudgetExceeded",
     "DecodeError",
     "DeliveryFailed",
     "DuplicateSubscriberIdentifier",
@@ -87,6 +90,7 @@ __all__ = (
     "TaskRejected",
     "TaskSubscriber",
     "TimeoutError",
+    "TlsError",
     "UnroutableError",
     "as_completed",
     "capture_exceptions",

@@ -46,6 +46,9 @@ __all__ = ("cmd_dead", "configure_parser", "dead_reason", "parked_headers", "req
 REQUEUED_HEADER = "x-kiwipy-requeued"
 _DROPPED_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-kiwipy-")
 _DROPPED = ("x-delivery-count",)
+#: Bodies larger than this are shown as bytes, never decoded (YAML can take 300 times a
+#: body's size in memory to decode it).
+_PREVIEW_DECODE_LIMIT = 256 * 1024
 _PREVIEW = 60
 
 
@@ -186,10 +189,13 @@ def _iso(epoch: float) -> str:
 def _preview(body: bytes, decode: Callable[[bytes], Any]) -> str:
     from .rmq import protocol
 
-    try:
-        text = format_value(protocol.decode_task(decode(body)).task)
-    except Exception:
-        text = repr(body)
+    if len(body) > _PREVIEW_DECODE_LIMIT:  # parked as too large: decoding could take GiBs
+        text = repr(body[:_PREVIEW])
+    else:
+        try:
+            text = format_value(protocol.decode_task(decode(body)).task)
+        except Exception:
+            text = repr(body[:_PREVIEW])
     return text if len(text) <= _PREVIEW else text[: _PREVIEW - 3] + "..."
 
 

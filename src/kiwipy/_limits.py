@@ -65,9 +65,9 @@ __all__ = (
     "task_queue_name",
 )
 
-#: The default ``max_message_size`` of the in-process transport (RabbitMQ's is an option
-#: of its own, :mod:`kiwipy.rmq._options`, with the same value).
-DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+#: The default ``max_message_size`` of every transport (16 MiB, RabbitMQ 4's own default:
+#: it bounds a worker's memory, see ``docs/security.md``).
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: The longest AMQP short string, in bytes of UTF-8.
 MAX_SHORT_STRING = 255
 #: kiwipy 0.9's routing key of RPCs is ``[rpc].<identifier>``.

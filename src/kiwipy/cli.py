@@ -158,9 +158,10 @@ def _common(parser: argparse.ArgumentParser, default_url: str | None = None) -> 
     )
     parser.add_argument(
         "--encoder",
-        choices=("yaml", "json", "msgpack"),
+        choices=("yaml", "yaml-safe", "json", "msgpack"),
         default="yaml",
-        help="wire encoding of messages; yaml is kiwipy 0.9's (default: %(default)s)",
+        help="wire encoding of messages; yaml is kiwipy 0.9's, yaml-safe the same decoded "
+        "into plain data only (default: %(default)s)",
     )
 
 

@@ -10,7 +10,9 @@ default :class:`yaml.Dumper` and ``yaml.load`` with :class:`yaml.FullLoader`. It
 default for compatibility only (kiwipy 0.9 peers and clients such as plumpy register
 representers on ``yaml.Dumper`` and constructors for ``FullLoader``); new deployments that do
 not need to talk to kiwipy 0.9 should prefer :data:`JSON` or :data:`MSGPACK`, which cannot
-construct arbitrary objects.
+construct arbitrary objects. :data:`YAML_SAFE` writes the same bytes as :data:`YAML` but
+decodes plain data only (:mod:`kiwipy._yaml_safe`): a worker can use it to talk to kiwipy 0.9
+peers without trusting them.
 
 Communicators also accept kiwipy 0.9's ``encoder=``/``decoder=`` pair of plain callables;
 :func:`resolve` turns either form into an :class:`Encoder`.
@@ -22,17 +24,19 @@ import abc
 import json
 from typing import Any, Callable, Optional
 
-from . import _yaml_fast
+from . import _yaml_fast, _yaml_safe
 from .exceptions import DecodeError, EncodeError
 
 __all__ = (
     "JSON",
     "MSGPACK",
     "YAML",
+    "YAML_SAFE",
     "CallableEncoder",
     "Encoder",
     "JsonEncoder",
     "MsgpackEncoder",
+    "SafeYamlEncoder",
     "YamlEncoder",
     "get_encoder",
     "resolve",
@@ -54,6 +58,10 @@ class Encoder(abc.ABC):
     #: AMQP ``content_type`` set on messages, or ``None`` to set none (the YAML default does
     #: not set one, as kiwipy 0.9 did not).
     content_type: Optional[str] = None
+    #: Worst-case bytes of memory decoding one byte of body may take (measured on bodies built
+    #: to cost the most, such as ``[[],[],...]``). A RabbitMQ communicator refuses, before
+    #: decoding it, a body whose size times this is over its ``max_decode_memory``.
+    decode_factor: int = 300
 
     def encode(self, obj: Any) -> bytes:
         """:returns: *obj* as bytes. :raises EncodeError: if *obj* cannot be encoded."""
@@ -83,6 +91,17 @@ class Encoder(abc.ABC):
                 f"cannot decode {len(data)} bytes ({preview!r}...): {exc}", encoder=self.name
             ) from exc
 
+    #: Whether every string and bytes value of a message is written whole (at least its
+    #: length in bytes), which makes :meth:`min_size` a lower bound: true for the built-in
+    #: encoders, false for others (one may compress).
+    writes_text_whole: bool = False
+
+    def min_size(self, obj: Any) -> int:
+        """:returns: a lower bound of the size *obj* encodes to, found without encoding it, so
+        a message far over a size limit is refused at once: the length of its strings and
+        bytes when :attr:`writes_text_whole`, else 0."""
+        return _text_size(obj) if self.writes_text_whole else 0
+
     @abc.abstractmethod
     def _encode(self, obj: Any) -> bytes: ...
 
@@ -91,6 +110,29 @@ class Encoder(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+#: Objects :func:`_text_size` looks at, at most.
+_TEXT_SIZE_NODES = 10000
+_TEXT = (str, bytes, bytearray)
+
+
+def _text_size(obj: Any) -> int:
+    """:returns: the total length of the strings and bytes in *obj* (dict keys and values,
+    list, tuple and set items), looking at no more than ``_TEXT_SIZE_NODES`` objects:
+    what YAML, JSON and msgpack write at least (UTF-8 and base64 only add)."""
+    size, seen, stack = 0, 0, [obj]
+    while stack and seen < _TEXT_SIZE_NODES:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, _TEXT):
+            size += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+    return size
 
 
 class YamlEncoder(Encoder):
@@ -107,6 +149,10 @@ class YamlEncoder(Encoder):
     """
 
     name = "yaml"
+    writes_text_whole = True
+    #: ``[[],[],...]`` measured 262 bytes per body byte: every node is a Python object with
+    #: two position marks before it is constructed.
+    decode_factor = 300
 
     def _encode(self, obj: Any) -> bytes:
         return _yaml_fast.dump(obj)
@@ -115,11 +161,32 @@ class YamlEncoder(Encoder):
         return _yaml_fast.load(data)
 
 
+class SafeYamlEncoder(YamlEncoder):
+    """kiwipy 0.9's YAML wire format, decoded into plain data only (``'yaml-safe'``).
+
+    Encodes exactly as :class:`YamlEncoder`. Decodes with a :class:`yaml.SafeLoader` that also
+    accepts the ``!!python/...`` tags of plain values (``tuple``, which every kiwipy 0.9 task
+    message is, ``list``, ``dict``, ``str``, ``bytes``, ``int``, ``float``, ``complex``,
+    ``bool``, ``none``, ...) and plumpy's ``!uuid`` (built as ``uuid.UUID``); any other
+    tag, ``!!python/object``, ``!!python/object/apply`` and ``!!python/name`` included, is
+    refused with :class:`~kiwipy.DecodeError` before anything is built. Constructors registered
+    with ``yaml.add_constructor`` are not used.
+    """
+
+    name = "yaml-safe"
+
+    def _decode(self, data: bytes) -> Any:
+        return _yaml_safe.load(data)
+
+
 class JsonEncoder(Encoder):
     """UTF-8 JSON. Tuples arrive as lists; only JSON types round-trip."""
 
     name = "json"
+    writes_text_whole = True
     content_type = "application/json"
+    #: ``[[],[],...]`` measured 28 bytes per body byte (an empty list per 3 bytes).
+    decode_factor = 32
 
     def _encode(self, obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
@@ -133,7 +200,10 @@ class MsgpackEncoder(Encoder):
     as lists."""
 
     name = "msgpack"
+    writes_text_whole = True
     content_type = "application/msgpack"
+    #: A one-byte empty array or map becomes a Python list or dict: 73 bytes per body byte.
+    decode_factor = 80
 
     def __init__(self) -> None:
         try:
@@ -157,7 +227,11 @@ class MsgpackEncoder(Encoder):
 
 
 class CallableEncoder(Encoder):
-    """An encoder built from kiwipy 0.9's ``encoder``/``decoder`` callables."""
+    """An encoder built from kiwipy 0.9's ``encoder``/``decoder`` callables.
+
+    Its :attr:`Encoder.decode_factor` is the YAML one: nothing is known of the decoder, and kiwipy 0.9
+    users (AiiDA) pass YAML-based ones.
+    """
 
     def __init__(self, encode: EncodeFn, decode: DecodeFn, name: str | None = None) -> None:
         self._encode_fn = encode
@@ -172,14 +246,16 @@ class CallableEncoder(Encoder):
 
 
 YAML = YamlEncoder()
+YAML_SAFE = SafeYamlEncoder()
 JSON = JsonEncoder()
 MSGPACK = MsgpackEncoder()
 
-_BY_NAME: dict[str, Encoder] = {enc.name: enc for enc in (YAML, JSON, MSGPACK)}
+_BY_NAME: dict[str, Encoder] = {enc.name: enc for enc in (YAML, YAML_SAFE, JSON, MSGPACK)}
 
 
 def get_encoder(name: str) -> Encoder:
-    """:returns: the built-in encoder called *name* (``yaml``, ``json`` or ``msgpack``).
+    """:returns: the built-in encoder called *name* (``yaml``, ``yaml-safe``, ``json`` or
+    ``msgpack``).
 
     :raises ValueError: for any other name.
     """

@@ -19,6 +19,7 @@ __all__ = (
     "CommunicatorClosed",
     "ConnectFailed",
     "ConnectionLost",
+    "DecodeBudgetExceeded",
     "DecodeError",
     "DeliveryFailed",
     "DuplicateSubscriberIdentifier",
@@ -34,6 +35,7 @@ __all__ = (
     "ReplyLost",
     "TaskRejected",
     "TimeoutError",
+    "TlsError",
     "UnroutableError",
 )
 
@@ -140,11 +142,47 @@ class ConnectFailed(KiwiError, ConnectionError):
         super().__init__(message)
         self.url = url
 
+    def __str__(self) -> str:
+        return str(self.args[0])
 
-class AccessRefused(ConnectFailed):
-    """The broker answered but refused the connection: wrong user name or password, a user
-    not allowed to log in from this host, a virtual host that does not exist or that the user
-    has no permission on."""
+
+class AccessRefused(ConnectFailed, PermissionError):
+    """The broker refused: the login (wrong user name or password, a user not allowed to log
+    in from this host, a virtual host that does not exist or where the user has no
+    permissions), or an operation for lack of a permission (AMQP ``ACCESS_REFUSED``).
+
+    For an operation, the message names it, the resource, the user and the permission needed
+    (``configure``, ``write`` or ``read``). Never the password.
+
+    :ivar permission: ``'configure'``, ``'write'``, ``'read'`` (``None`` for a login).
+    :ivar resource: ``"exchange 'name'"`` or ``"queue 'name'"`` (``None`` for a login).
+    :ivar vhost: the virtual host, when known.
+    :ivar user: the user name, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str = "",
+        permission: str | None = None,
+        resource: str | None = None,
+        vhost: str | None = None,
+        user: str | None = None,
+    ) -> None:
+        super().__init__(message, url=url)
+        self.permission = permission
+        self.resource = resource
+        self.vhost = vhost
+        self.user = user
+
+
+class TlsError(ConnectFailed):
+    """The TLS handshake with the broker failed: its certificate is not signed by a trusted
+    CA (give the CA with the URL's ``cafile``), it is not valid for the host name of the URL,
+    the broker refused the client certificate, or the port does not speak TLS. Raised at once:
+    trying again cannot help.
+    """
 
 
 # Subscribers and lifecycle
@@ -213,11 +251,43 @@ class DecodeError(EncodingError, ValueError):
 class MessageTooLarge(KiwiError, ValueError):
     """An encoded message is larger than the communicator's configured limit.
 
-    :ivar size: the encoded size in bytes.
+    :ivar size: the encoded size in bytes; a lower bound of it when the message was refused
+        before it was encoded (its strings and bytes alone are over the limit).
     :ivar limit: the configured limit in bytes.
     """
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"encoded message is {size} bytes, over the limit of {limit} bytes")
+    def __init__(self, size: int, limit: int, *, at_least: bool = False) -> None:
+        # at_least: *size* is a lower bound, found without encoding (the message was refused
+        # before encoding it)
+        measure = "at least " if at_least else ""
+        super().__init__(
+            f"encoded message is {measure}{size} bytes, over the limit of {limit} bytes"
+        )
         self.size = size
         self.limit = limit
+
+
+class DecodeBudgetExceeded(MessageTooLarge):
+    """A received body is refused before decoding because decoding it could take more memory
+    than the communicator's ``max_decode_memory``: its size times the encoder's worst-case
+    :attr:`~kiwipy.encoders.Encoder.decode_factor`. A refused task is parked (reason
+    ``too-large``) and its sender answered with this error.
+
+    :ivar size: the body's size in bytes.
+    :ivar limit: the largest body of this encoder accepted, in bytes.
+    :ivar encoder: the encoder's name.
+    :ivar budget: ``max_decode_memory``, in bytes.
+    """
+
+    def __init__(self, size: int, *, encoder: str, factor: int, budget: int) -> None:
+        limit = budget // factor
+        KiwiError.__init__(
+            self,
+            f"a {size}-byte {encoder} body may take up to {size * factor} bytes of memory to "
+            f"decode, over max_decode_memory ({budget} bytes); {encoder} bodies of up to "
+            f"{limit} bytes are accepted",
+        )
+        self.size = size
+        self.limit = limit
+        self.encoder = encoder
+        self.budget = budget

@@ -35,9 +35,11 @@ from pamqp import base, commands, frame, header
 from typing_extensions import Self
 
 from .proxy import amqp_url
+from .tls import Certificates
 
 SLOTS = range(100)
 EPMD_BASE, AMQP_BASE, DIST_BASE, CLI_DIST_BASE = 4400, 5800, 25800, 35800
+TLS_BASE = 6800
 CLI_PORTS_PER_SLOT = 10
 _LOCK_DIR = Path(tempfile.gettempdir()) / "kiwitest-slots"
 _F = TypeVar("_F", bound=base.Frame)
@@ -90,6 +92,7 @@ def _claim_slot(amqp_port: Optional[int]) -> tuple[int, IO[bytes]]:
             lock.close()
             continue
         ports = [EPMD_BASE + slot, DIST_BASE + slot, amqp_port or AMQP_BASE + slot]
+        ports.append(TLS_BASE + slot)
         if all(_port_free(port) for port in ports):
             return slot, lock
         lock.close()
@@ -150,6 +153,9 @@ class PrivateBroker:
     :param channel_tick_interval_ms: how often channels check the consumer timeout; RabbitMQ's
         default is 60 s, so lower it together with ``consumer_timeout_ms``.
     :param amqp_port: the AMQP port; by default ``5800 + slot``.
+    :param tls: certificates for a TLS listener on :attr:`tls_port` (``6800 + slot``) that
+        asks for client certificates (and accepts connections without one) and offers
+        EXTERNAL authentication by the certificate's common name.
     """
 
     def __init__(
@@ -158,6 +164,7 @@ class PrivateBroker:
         consumer_timeout_ms: Optional[int] = None,
         channel_tick_interval_ms: Optional[int] = None,
         amqp_port: Optional[int] = None,
+        tls: Optional[Certificates] = None,
     ) -> None:
         rmq_bin, epmd = find_rmq_bin(), find_epmd()
         if rmq_bin is None or epmd is None:
@@ -165,6 +172,7 @@ class PrivateBroker:
         self.rmq_bin, self._epmd_exe = rmq_bin, epmd
         self.slot, self._lock = _claim_slot(amqp_port)
         self.amqp_port = amqp_port or AMQP_BASE + self.slot
+        self.tls_port = TLS_BASE + self.slot
         self.epmd_port = EPMD_BASE + self.slot
         self.nodename = f"kiwitest{self.slot}@localhost"
         self.base = Path(tempfile.mkdtemp(prefix=f"kiwitest{self.slot}-"))
@@ -172,6 +180,8 @@ class PrivateBroker:
         self._server: Optional[subprocess.Popen[bytes]] = None
         self._epmd: Optional[subprocess.Popen[bytes]] = None
         self._write_files(consumer_timeout_ms, channel_tick_interval_ms)
+        if tls is not None:
+            self._write_tls(tls)
         atexit.register(self.close)
 
     @property
@@ -315,6 +325,23 @@ class PrivateBroker:
         (self.base / "advanced.config").write_text(advanced + "\n")
         (self.base / "enabled_plugins").write_text("[].\n")
         (self.base / "rabbitmq-env.conf").write_text("")
+
+    def _write_tls(self, tls: Certificates) -> None:
+        lines = [
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
+            f"ssl_options.cacertfile = {tls.ca}",
+            f"ssl_options.certfile = {tls.server_cert}",
+            f"ssl_options.keyfile = {tls.server_key}",
+            "ssl_options.verify = verify_peer",
+            "ssl_options.fail_if_no_peer_cert = false",
+            "auth_mechanisms.1 = PLAIN",
+            "auth_mechanisms.2 = AMQPLAIN",
+            "auth_mechanisms.3 = EXTERNAL",
+            "ssl_cert_login_from = common_name",
+        ]
+        with open(self.base / "rabbitmq.conf", "a") as conf:
+            conf.write("\n".join(lines) + "\n")
+        (self.base / "enabled_plugins").write_text("[rabbitmq_auth_mechanism_ssl].\n")
 
     def _start_epmd(self) -> None:
         """Run our own epmd in the foreground, so we hold its pid and it dies with us."""

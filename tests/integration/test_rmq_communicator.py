@@ -261,7 +261,9 @@ async def test_message_too_large_is_refused_before_sending(rmq_uri, names) -> No
     try:
         with pytest.raises(kiwipy.MessageTooLarge) as info:
             await comm.task_send("x" * 2000)
-        assert info.value.limit == 1000 and info.value.size > 2000
+        assert (
+            info.value.limit == 1000 and info.value.size >= 2000
+        )  # a lower bound: refused before encoding
         assert comm.pending_replies == 0
     finally:
         await comm.disconnect()

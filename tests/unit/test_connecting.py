@@ -14,7 +14,7 @@ from pamqp import exceptions as pamqp_errors
 from yarl import URL
 
 import kiwipy
-from kiwipy.rmq import _connecting
+from kiwipy.rmq import _access, _connecting
 
 
 def caused(exc: BaseException, cause: BaseException) -> BaseException:
@@ -37,7 +37,7 @@ CASES = [
     ),
     (
         caused(amqp_errors.AMQPConnectionError(1, "x"), ssl.SSLCertVerificationError(1, "bad")),
-        kiwipy.ConnectFailed,
+        _access.TlsFailure,  # a TlsError that is also aiormq's error, as in kiwipy 0.9
         "TLS certificate was not accepted",
     ),
     (amqp_errors.IncompatibleProtocolError(), kiwipy.ConnectFailed, "does not speak AMQP"),
@@ -49,7 +49,7 @@ CASES = [
     (close(530, "NOT_ALLOWED - vhost dev not found"), kiwipy.AccessRefused, "'dev' not found"),
     (
         amqp_errors.ProbableAuthenticationError("ACCESS_REFUSED - Login was refused"),
-        kiwipy.AccessRefused,
+        _access.LoginRefused,  # an AccessRefused that is also aiormq's error, as in kiwipy 0.9
         "access refused for user 'bob'",
     ),
 ]

@@ -32,6 +32,7 @@ from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
 
 from .. import _unroutable, exceptions
+from . import _access
 from ._aiormq_boundary import RobustConnection, abort_sockets, closed_by_broker
 from ._aiormq_boundary import consumer_table as _consumer_table
 from ._aiormq_boundary import replace_consumer_table as _replace_consumer_table
@@ -92,8 +93,12 @@ class ConnectionGone(exceptions.ConnectionLost, amqp_errors.ChannelInvalidStateE
     """The channel or connection failed, so the operation is not known to have happened."""
 
 
-def translate(exc: BaseException, what: str) -> exceptions.KiwiError:
-    """:returns: the kiwipy error for the aiormq error *exc* raised while doing *what*."""
+def translate(exc: BaseException, what: str, method: Optional[str] = None) -> exceptions.KiwiError:
+    """:returns: the kiwipy error for the aiormq error *exc* raised while doing *what* (with
+    the aiormq channel *method*, when known: it says which permission a refusal is about)."""
+    refused = _access.refusal(exc, what, method)
+    if refused is not None:
+        return refused
     if isinstance(exc, amqp_errors.PublishError):
         # one wording on every transport (kiwipy 0.9 said "('NO_ROUTE', '[rpc].nobody')")
         returned = getattr(exc.message, "delivery", None)

@@ -28,6 +28,7 @@ from pamqp import exceptions as pamqp_errors
 from yarl import URL
 
 from .. import exceptions
+from ._access import SEE_PERMISSIONS, LoginRefused, TlsFailure, tls_hint
 from ._options import ConnectionParams
 
 __all__ = ("connect_error", "opening", "target_url")
@@ -87,6 +88,8 @@ async def opening(params: ConnectionParams, attempt: Awaitable[T]) -> T:
     token = _ATTEMPT.set(current)
     try:
         return await attempt
+    except exceptions.KiwiError:
+        raise  # said in words already
     except CONNECT_ERRORS as exc:
         raise connect_error(exc, target_url(params)) from exc
     finally:
@@ -120,12 +123,20 @@ def connect_error(exc: BaseException, url: URL) -> exceptions.ConnectFailed:
     reason = _reason(exc, url)
     if url.password:
         reason = reason.replace(url.password, "***")
-    kind = exceptions.AccessRefused if _refused(exc) else exceptions.ConnectFailed
-    return kind(f"cannot connect to {masked}: {reason}", url=masked)
+    message = f"cannot connect to {masked}: {reason}"
+    user, vhost = url.user or "guest", url.path[1:] or "/"
+    if isinstance(exc, _LOGIN_REFUSED):  # also aiormq's error, as kiwipy 0.9 let it through
+        return LoginRefused(message, url=masked, user=user, vhost=vhost)
+    if _close_frame(exc) is not None:
+        return exceptions.AccessRefused(message, url=masked, user=user, vhost=vhost)
+    if _tls_error(exc) is not None:
+        return TlsFailure(message, url=masked)
+    return exceptions.ConnectFailed(message, url=masked)
 
 
-def _refused(exc: BaseException) -> bool:
-    return isinstance(exc, _LOGIN_REFUSED) or _close_frame(exc) is not None
+def _tls_error(exc: BaseException) -> Optional[ssl.SSLError]:
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    return next((e for e in (exc, cause, exc.__context__) if isinstance(e, ssl.SSLError)), None)
 
 
 def _close_frame(exc: BaseException) -> Optional[spec.Connection.Close]:
@@ -144,8 +155,9 @@ def _reason(exc: BaseException, url: URL) -> str:
     close = _close_frame(exc)
     if isinstance(exc, _LOGIN_REFUSED):
         return (
-            f"access refused for user {url.user or 'guest'!r}: wrong user name or password, "
-            f"or the user may not log in from this host ({_first_arg(exc)})"
+            f"access refused for user {url.user or 'guest'!r}: the broker refused the login "
+            f"(wrong user name or password, or the user may not log in from this host: "
+            f"{_first_arg(exc)})"
         )
     if close is not None:
         return _refusal(close, url)
@@ -156,10 +168,18 @@ def _reason(exc: BaseException, url: URL) -> str:
         return f"host name {url.host!r} not found ({cause.strerror or cause})"
     if isinstance(cause, ConnectionRefusedError):
         return f"nothing listening on {address}"
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"the broker's TLS certificate was not accepted ({getattr(cause, 'verify_message', None) or cause})"
-    if isinstance(cause, ssl.SSLError):
-        return f"TLS handshake with {address} failed: the port does not speak TLS? ({cause})"
+    tls = _tls_error(exc)
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        why = getattr(tls, "verify_message", None) or tls
+        return (
+            f"TLS handshake with {address} failed: the broker's TLS certificate was not "
+            f"accepted ({why}); {tls_hint(str(tls))}"
+        )
+    if tls is not None:
+        return (
+            f"TLS handshake with {address} failed ({tls}): the port does not speak TLS, or "
+            f"{tls_hint(str(tls))}"
+        )
     if _not_amqp(exc, cause):
         return f"{address} does not speak AMQP ({_HINT_PORTS})"
     if isinstance(cause, OSError) and cause.strerror:
@@ -177,9 +197,10 @@ def _refusal(close: spec.Connection.Close, url: URL) -> str:
             f"write '/' as %2f) [{close.reply_code} {text}]"
         )
     if close.reply_code in (403, 530):
+        user = url.user or "guest"
         return (
-            f"access to virtual host {vhost!r} refused for user {url.user or 'guest'!r} "
-            f"[{close.reply_code} {text}]"
+            f"access to virtual host {vhost!r} refused for user {user!r}: it may not use vhost "
+            f"'{vhost}' without permissions there {SEE_PERMISSIONS} [{close.reply_code} {text}]"
         )
     return f"the broker closed the connection [{close.reply_code} {text}]"
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from .. import exceptions
 from ._session import Session
 
-__all__ = ("LARGE", "MAX_NODES", "encode", "is_large")
+__all__ = ("LARGE", "MAX_NODES", "encode", "is_large", "refuse_oversized")
 
 #: Estimated bytes above which a message is encoded off the loop.
 LARGE = 64 * 1024
@@ -48,9 +49,21 @@ def is_large(obj: Any) -> bool:
     return False
 
 
+def refuse_oversized(session: Session, obj: Any) -> None:
+    """:raises MessageTooLarge: at once, before encoding, if the strings and bytes in *obj*
+    alone are over ``max_message_size`` (encoding 200 MB of YAML would take seconds first)."""
+    least = session.encoder.min_size(obj)
+    if least > session.max_message_size:
+        raise exceptions.MessageTooLarge(least, session.max_message_size, at_least=True)
+
+
 async def encode(session: Session, obj: Any) -> bytes:
     """:returns: ``session.encoder.encode(obj)``, computed on the default executor when
-    *obj* is large."""
+    *obj* is large.
+
+    :raises MessageTooLarge: at once if *obj* cannot fit (:func:`refuse_oversized`).
+    """
+    refuse_oversized(session, obj)
     if is_large(obj):
         return await asyncio.get_running_loop().run_in_executor(None, session.encoder.encode, obj)
     return session.encoder.encode(obj)

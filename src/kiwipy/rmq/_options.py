@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from typing_extensions import TypedDict
 
-from .. import encoders
+from .. import _limits, encoders
 from . import defaults
 
 __all__ = (
@@ -78,7 +78,16 @@ class RmqOptions(TypedDict, total=False):
     """ms the reply queue outlives its consumer (``x-expires``, 60000), e.g. across a
     reconnection."""
     max_message_size: int
-    """Largest encoded message, in bytes, sent or accepted (128 MiB, RabbitMQ's default)."""
+    """Largest encoded message, in bytes, sent or accepted (16 MiB, RabbitMQ 4.0's default;
+    kiwipy 0.9 had no limit). A message over it is refused before sending; a received one is
+    refused before decoding (a task is parked, reason ``too-large``)."""
+    max_decode_memory: Optional[int]
+    """Most memory, in bytes, decoding one received body may take (512 MiB): a body whose size
+    times its encoder's worst-case :attr:`~kiwipy.encoders.Encoder.decode_factor` is over it
+    is refused before decoding with :class:`~kiwipy.DecodeBudgetExceeded` (a task is parked,
+    reason ``too-large``). With the defaults, YAML bodies of up to 1.7 MiB, msgpack ones of
+    up to 6.4 MiB and JSON ones up to ``max_message_size`` are decoded. ``None``: no budget
+    (kiwipy 0.9)."""
     recovery_timeout: float
     """Seconds to wait for a lost connection to come back before sends raise and waiting
     replies fail with :class:`~kiwipy.ConnectionLost` (30.0). Every send ends within this
@@ -137,7 +146,8 @@ DEFAULTS: RmqOptions = {
     "async_task_timeout": 5.0,
     "task_queue_compat": None,
     "reply_queue_expires": defaults.REPLY_QUEUE_EXPIRES,
-    "max_message_size": 128 * 1024 * 1024,
+    "max_message_size": _limits.DEFAULT_MAX_MESSAGE_SIZE,
+    "max_decode_memory": 512 * 1024 * 1024,
     "recovery_timeout": 30.0,
     "reject_backoff": 0.5,
     "stall_timeout": None,
@@ -189,6 +199,9 @@ def _check_task_options(options: RmqOptions) -> None:
         raise ValueError("task_queue_compat declares kiwipy 0.9's classic queues only")
     if options["lease_interval"] <= 0 or options["lease_check_timeout"] <= 0:
         raise ValueError("lease_interval and lease_check_timeout must be positive")
+    budget = options["max_decode_memory"]
+    if budget is not None and budget <= 0:
+        raise ValueError("max_decode_memory must be positive or None")
     if options["lease_strikes"] < 1:
         raise ValueError("lease_strikes must be at least 1")
     after = options["task_lease_after"]

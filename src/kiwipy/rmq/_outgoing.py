@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Optional
 
 from .. import exceptions
-from . import _amqp, defaults, protocol
+from . import _amqp, _offload, defaults, protocol
 from ._fastpublish import Outgoing
 from ._replies import ReplyQueue
 from ._session import Session
@@ -46,6 +46,7 @@ def encode(session: Session, obj: Any) -> bytes:
     :raises EncodeError: if it cannot be encoded.
     :raises MessageTooLarge: if it is over ``max_message_size``.
     """
+    _offload.refuse_oversized(session, obj)
     body = session.encoder.encode(obj)
     if len(body) > session.max_message_size:
         raise exceptions.MessageTooLarge(len(body), session.max_message_size)

@@ -80,7 +80,7 @@ class PublishAttempt:
             self._session.renew_publish_channel(channel)
             return
         if failure != _amqp.BROKEN:
-            raise _amqp.translate(exc, self.what) from exc
+            raise _amqp.translate(exc, self.what, "basic_publish") from exc
         if isinstance(exc, asyncio.TimeoutError) and self.remaining() <= 0.001:
             raise self._unknown(f"no confirm from the broker within {self.timeout:g} s") from exc
         if _amqp.is_channel_error(exc):  # the broker closed the channel, once is enough

@@ -61,14 +61,31 @@ LARGE_BODY = 64 * 1024
 async def decode_body(session: Session, body: bytes) -> Any:
     """:returns: *body* decoded with the session's encoder (off the loop when large).
 
+    Large bodies are decoded one at a time: with the size checks, that bounds the memory
+    decoding takes in the whole communicator to one ``max_decode_memory``.
+
     :raises MessageTooLarge: over the session's ``max_message_size``.
+    :raises DecodeBudgetExceeded: if decoding it could take more than ``max_decode_memory``.
     :raises DecodeError: if it cannot be decoded.
     """
-    if len(body) > session.max_message_size:
-        raise exceptions.MessageTooLarge(len(body), session.max_message_size)
+    check_decode_size(session, len(body))
     if len(body) > LARGE_BODY:
-        return await session.loop.run_in_executor(None, session.encoder.decode, body)
+        async with session.decoding:
+            return await session.loop.run_in_executor(None, session.encoder.decode, body)
     return session.encoder.decode(body)
+
+
+def check_decode_size(session: Session, size: int) -> None:
+    """:raises MessageTooLarge: if a body of *size* bytes may not be decoded (over
+    ``max_message_size``, or :class:`~kiwipy.DecodeBudgetExceeded` over
+    ``max_decode_memory``)."""
+    if size > session.max_message_size:
+        raise exceptions.MessageTooLarge(size, session.max_message_size)
+    budget, encoder = session.options["max_decode_memory"], session.encoder
+    if budget is not None and size * encoder.decode_factor > budget:
+        raise exceptions.DecodeBudgetExceeded(
+            size, encoder=encoder.name, factor=encoder.decode_factor, budget=budget
+        )
 
 
 async def send_reply(

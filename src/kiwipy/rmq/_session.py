@@ -41,7 +41,7 @@ from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
 
 from .. import encoders, exceptions
-from . import _aiormq_boundary, _amqp, _connecting, _events, _fastpublish, _publishing
+from . import _access, _aiormq_boundary, _amqp, _connecting, _events, _fastpublish, _publishing
 from ._options import RmqOptions, resolve_encoder, resolve_options
 from ._publishing import PublishAttempt
 from ._recovery import Recovery, Restorer
@@ -81,6 +81,7 @@ class Session:
         self._background: set[asyncio.Future[Any]] = set()
         self._closed = False
         self._closing = False
+        self._decoding: Optional[asyncio.Lock] = None
         self._watchdog = Watchdog(self)
         self._recovery = Recovery(self)
         self._restoration = self._recovery.restoration
@@ -99,6 +100,14 @@ class Session:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return _aiormq_boundary.event_loop(self.connection)
+
+    @property
+    def decoding(self) -> asyncio.Lock:
+        """Held while a large body is decoded: one at a time, so their memory never adds up
+        (made on first use, on the loop)."""
+        if self._decoding is None:
+            self._decoding = asyncio.Lock()
+        return self._decoding
 
     @property
     def testing_mode(self) -> bool:
@@ -226,7 +235,10 @@ class Session:
                 return await self._probe(method, kwargs)
             channel = await self.channel(purpose)
             return await _amqp.guarded(channel, getattr(channel, method)(**kwargs))
-        except amqp_errors.ChannelClosed:
+        except amqp_errors.ChannelClosed as exc:
+            refused = _access.refusal(exc, what, method)
+            if refused is not None:
+                raise refused from exc
             raise
         except _amqp.LINK_ERRORS + (RuntimeError,) as exc:
             raise _amqp.translate(exc, what) from exc
@@ -273,7 +285,7 @@ class Session:
         try:
             ok = await _amqp.guarded(channel, channel.basic_consume(queue, callback, no_ack=no_ack))
         except _amqp.LINK_ERRORS as exc:
-            raise _amqp.translate(exc, f"consuming {queue!r}") from exc
+            raise _amqp.translate(exc, f"consuming {queue!r}", "basic_consume") from exc
         tag = str(ok.consumer_tag)
         self._consumers[tag] = queue
         return tag

@@ -414,8 +414,10 @@ async def async_connect(
     :param options: see :class:`RmqCommunicator`.
     :raises ValueError: for a bad option, or (with the default factory) a URL query
         parameter that is unknown or malformed (``?heartbeat=abc``).
-    :raises ConnectFailed: if the connection cannot be opened (:class:`~kiwipy.AccessRefused`
-        when the broker refused the user or the virtual host); the message says why.
+    :raises ConnectFailed: if the connection cannot be opened; the message says why.
+        :class:`~kiwipy.AccessRefused` when the broker refused the user or the virtual host,
+        :class:`~kiwipy.TlsError` when the TLS handshake failed (untrusted certificate,
+        wrong host name).
     """
     _limits.check_options(resolve_options(options))  # fail on a bad option before connecting
     asked = connection_params  # for error messages: before the pacing below adds to it
