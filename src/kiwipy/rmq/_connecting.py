@@ -170,10 +170,9 @@ def _reason(exc: BaseException, url: URL) -> str:
         return f"nothing listening on {address}"
     tls = _tls_error(exc)
     if isinstance(tls, ssl.SSLCertVerificationError):
-        why = getattr(tls, "verify_message", None) or tls
         return (
             f"TLS handshake with {address} failed: the broker's TLS certificate was not "
-            f"accepted ({why}); {tls_hint(str(tls))}"
+            f"accepted ({tls}); {tls_hint(str(tls))}"
         )
     if tls is not None:
         return (
