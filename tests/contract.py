@@ -106,8 +106,12 @@ prerequisite: it is a skip under ``CI=true`` too (unlike :func:`tests._ci.requir
   at the limits work.
 
 :data:`ALL` is every flag (the RabbitMQ communicators, and the memory ones with an encoder);
-``LocalCommunicator`` has none of them. Every await on an outcome is bounded by
-:data:`TIMEOUT` seconds, so a broken transport fails fast instead of hanging.
+``LocalCommunicator`` has none of them.
+A blocking communicator (:class:`BlockingTransport`) also promises that a ``broadcast_send``
+or ``broadcast_send_many`` returns only once its own subscribers handled what it had received
+by the confirm (kiwipy 0.9's tests count at once); those tests skip for asyncio ones.
+Every await on an outcome is bounded by :data:`TIMEOUT` seconds, so a broken transport fails
+fast instead of hanging.
 
 The errors expected are kiwipy's own: ``UnroutableError`` raised by ``rpc_send`` itself
 (its text the same on every transport: :func:`unroutable_rpc`),
@@ -127,6 +131,7 @@ import asyncio
 import concurrent.futures
 import functools
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Callable, ClassVar, Optional
 
@@ -584,6 +589,31 @@ async def _subscribe(
         return comm.task_send  # type: ignore[no-any-return]
     ident = await comm.add_rpc_subscriber(subscriber, transport.name(f"raising{id(subscriber)}"))
     return functools.partial(comm.rpc_send, ident)
+
+
+#: Rounds of the broadcast barrier tests: a missing barrier fails one of them every time.
+_BARRIER_ROUNDS = 20
+#: Senders of each round; two of them pass :func:`_slow_jones_filter`.
+_BARRIER_SENDERS = ("bob.jones", "bob.smith", "alice.jones")
+
+
+def _note_slowly(
+    heard: list[Any], _comm: Any, body: Any, sender: Any, subject: Any, correlation_id: Any
+) -> None:
+    time.sleep(0.005)  # not synchronisation: a subscriber that takes a moment widens the race
+    heard.append((body, sender))
+
+
+def _slow_jones_filter(heard: list[Any]) -> kiwipy.BroadcastFilter:
+    return kiwipy.BroadcastFilter(functools.partial(_note_slowly, heard), sender="*.jones")
+
+
+def _blocking_native(comm: Any, transport: ContractTransport) -> Any:
+    """:returns: the blocking communicator behind *comm*; skips for an asyncio one, whose
+    ``broadcast_send`` returns at the confirm (the barrier is the thread facade's)."""
+    if not isinstance(transport, BlockingTransport):
+        pytest.skip("asyncio communicator: broadcast_send does not wait for subscribers")
+    return comm.native
 
 
 class CommunicatorContract:
@@ -1074,6 +1104,44 @@ class CommunicatorContract:
 
     async def test_broadcast_without_subscribers(self, comm: Any) -> None:
         assert await comm.broadcast_send("nobody listens") is True
+
+    async def test_blocking_broadcast_send_returns_after_own_subscribers(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        """kiwipy 0.9's own pattern (``test_broadcast_filter_sender``): blocking sends to a
+        communicator's own filtered subscriber, then a count without waiting."""
+        native = _blocking_native(comm, transport)
+        heard: list[Any] = []
+        await comm.add_broadcast_subscriber(_slow_jones_filter(heard))
+
+        def send_and_count() -> list[int]:
+            counts = []
+            for round_ in range(_BARRIER_ROUNDS):
+                for sender in _BARRIER_SENDERS:
+                    native.broadcast_send(round_, sender=sender)
+                counts.append(len(heard))
+            return counts
+
+        counts = await asyncio.to_thread(send_and_count)
+        assert counts == [2 * done for done in range(1, _BARRIER_ROUNDS + 1)]
+
+    @needs(BATCHES)
+    async def test_blocking_broadcast_send_many_returns_after_own_subscribers(
+        self, comm: Any, transport: ContractTransport
+    ) -> None:
+        native = _blocking_native(comm, transport)
+        heard: list[Any] = []
+        await comm.add_broadcast_subscriber(_slow_jones_filter(heard))
+
+        def send_and_count() -> list[int]:
+            counts = []
+            for round_ in range(_BARRIER_ROUNDS):
+                native.broadcast_send_many([(round_, sender) for sender in _BARRIER_SENDERS])
+                counts.append(len(heard))
+            return counts
+
+        counts = await asyncio.to_thread(send_and_count)
+        assert counts == [2 * done for done in range(1, _BARRIER_ROUNDS + 1)]
 
     @needs(ISOLATES)
     async def test_raising_broadcast_subscriber_does_not_stop_others(self, comm: Any) -> None:

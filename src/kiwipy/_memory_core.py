@@ -78,6 +78,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         self._rpc_jobs: set[asyncio.Task[None]] = set()  # RPC calls being handled
         self._deferred_close = DeferredClose()
         self._held: set[MemoryIncomingTask] = set()  # pull-mode tasks being processed
+        self._broadcast_tally = _broadcasts.Tally()
 
     @property
     def broker(self) -> MemoryBroker:
@@ -250,6 +251,12 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             raise exceptions.BatchSendError(futures, errors) from errors[min(errors)]
         return [future for future in futures if future is not None]  # all of them
 
+    def broadcast_tally(self) -> _broadcasts.Tally:
+        """:returns: the count of this communicator's broadcast handlers (one per subscriber
+        and broadcast), started as the broadcasts arrive: the thread facade waits on it after
+        a blocking ``broadcast_send`` (docs/guarantees.md)."""
+        return self._broadcast_tally
+
     async def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
     ) -> bool:
@@ -412,7 +419,10 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             _LOGGER.exception("dropping a broadcast that cannot be decoded")
             return
         for subscriber in list(self._broadcast.values()):
-            self._spawn(self._call_broadcast(subscriber, args))
+            # Counted as the delivery arrives, before the handler runs (kiwipy._thread).
+            self._broadcast_tally.started()
+            handler = self._spawn(self._call_broadcast(subscriber, args))
+            handler.add_done_callback(self._broadcast_tally.finished)
 
     async def _call_broadcast(self, subscriber: BroadcastSubscriber, args: tuple[Any, ...]) -> None:
         result = await invoke(subscriber, (self, *args))

@@ -13,6 +13,11 @@ Invariants:
   subscribers may run concurrently (up to the queue's prefetch).
 * Futures a subscriber returns (concurrent or asyncio, nested) are converted back for the
   core, which sends one ``pending`` per level as kiwipy 0.9 does.
+* A blocking ``broadcast_send`` (or ``broadcast_send_many``) returns only once this
+  communicator's broadcast subscribers handled every broadcast it had received by the time
+  the send was confirmed (the core's :class:`~kiwipy._broadcasts.Tally`), as with kiwipy 0.9,
+  which ran them on the loop: at most one call timeout more, never an error, and not at all
+  from one of its own subscribers (which could be what is waited for).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import functools
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, Callable, Optional, TypeVar
 
@@ -123,6 +129,23 @@ class _Bridge:
         result: list[Any] = self.portal.call(run, timeout=bound + self.timeout)
         return result
 
+    def settle_broadcasts(self, tally: Optional[_broadcasts.Tally]) -> None:
+        """The barrier after a broadcast send (module doc), within one call timeout. The
+        caller woke up after the confirm was handled on the loop, where deliveries are
+        counted as they arrive, so the mark read here covers every broadcast received by
+        then; a core's fence (one broker round trip) first lets its own catch up."""
+        if tally is None or self.dispatch.in_worker():
+            return
+        deadline = time.monotonic() + self.timeout
+        if tally.fence is None:
+            mark = tally.mark()
+        else:
+            try:
+                mark = self.portal.call(tally.fenced_mark, timeout=self.timeout)
+            except Exception:  # the send succeeded: the barrier never turns it into an error
+                return
+        tally.wait(mark, max(0.0, deadline - time.monotonic()))
+
     def batch_timeout(self, count: int) -> float:
         """:returns: the seconds a batch of *count* messages may take (see :meth:`send_many`)."""
         return max(self.timeout, self.send_timeout) + _quick.BATCH_TIMEOUT_PER_TASK * count
@@ -199,6 +222,10 @@ class ThreadCommunicator(Communicator):
         self._task_lane: Optional[_quick.Lane] = make_lane() if callable(make_lane) else None
         make_lane = getattr(self._core, "message_lane", None)
         self._message_lane: Any = make_lane() if callable(make_lane) else None
+        make_tally = getattr(self._core, "broadcast_tally", None)
+        self._broadcast_tally: Optional[_broadcasts.Tally] = (
+            make_tally() if callable(make_tally) else None
+        )
 
     @property
     def core(self) -> AsyncCommunicator:
@@ -286,18 +313,26 @@ class ThreadCommunicator(Communicator):
     def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
     ) -> bool:
+        """See :meth:`kiwipy.Communicator.broadcast_send`; returns once the broker confirmed
+        it and this communicator's own subscribers handled every broadcast it had received
+        by then (waiting at most one call timeout for them; not from its own subscribers)."""
         lane, send = self._message_lane, self._core.broadcast_send
         args = (body, sender, subject, correlation_id)
         if lane is None:
-            return bool(self._bridge.send(send, *args))
-        data = lane.encode(_broadcasts.envelope(*args))
-        start = functools.partial(lane.start_broadcast, data)
-        return bool(self._bridge.quick_send(data, start, lane.prime, send, *args))
+            sent = bool(self._bridge.send(send, *args))
+        else:
+            data = lane.encode(_broadcasts.envelope(*args))
+            start = functools.partial(lane.start_broadcast, data)
+            sent = bool(self._bridge.quick_send(data, start, lane.prime, send, *args))
+        self._bridge.settle_broadcasts(self._broadcast_tally)
+        return sent
 
     def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
         """See :meth:`kiwipy.Communicator.broadcast_send_many` (blocking, bounded as
-        :meth:`task_send_many`)."""
+        :meth:`task_send_many`; returns once this communicator's own subscribers handled
+        what it had received, as :meth:`broadcast_send`)."""
         self._bridge.send_many(self._core, "broadcast_send_many", broadcasts)
+        self._bridge.settle_broadcasts(self._broadcast_tally)
 
     def task_queue(
         self, queue_name: str, prefetch_size: int = 0, prefetch_count: int = 0

@@ -186,3 +186,29 @@ def test_pull_processing_exception_reaches_both_sides(thread_communicator, names
                 raise RuntimeError("Cannea do it captain!")
     with pytest.raises(kiwipy.RemoteException):
         future.result(WAIT)
+
+
+def test_broadcast_fence_only_while_receiving_broadcasts(thread_communicator) -> None:
+    """The barrier's broker round trip (docs/guarantees.md) costs nothing without a
+    broadcast subscriber."""
+    comm = thread_communicator
+    tally = comm.core.broadcast_tally()
+    assert tally.fence is None
+    ident = comm.add_broadcast_subscriber(lambda *_args: None)
+    assert tally.fence is not None
+    comm.remove_broadcast_subscriber(ident)
+    assert tally.fence is None
+    assert comm.broadcast_send("nobody listens") is True
+
+
+def test_a_failing_broadcast_fence_never_fails_the_send(thread_communicator) -> None:
+    comm = thread_communicator
+    heard: concurrent.futures.Future = concurrent.futures.Future()
+    comm.add_broadcast_subscriber(lambda _c, body, *_rest: heard.set_result(body))
+
+    async def broken() -> None:
+        raise kiwipy.ConnectionLost("fence refused")
+
+    comm.core.broadcast_tally().fence = broken
+    assert comm.broadcast_send("still sent") is True
+    assert heard.result(WAIT) == "still sent"

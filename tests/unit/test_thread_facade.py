@@ -117,6 +117,46 @@ def test_timeout(uri: str) -> None:
         comm.close()
 
 
+def test_broadcast_send_waits_at_most_the_call_timeout_for_own_subscribers(uri: str) -> None:
+    """The barrier (docs/guarantees.md) is bounded and never an error: a subscriber stuck
+    far longer than the call timeout delays a blocking broadcast_send by that timeout."""
+    timeout = 0.3
+    comm = memory.connect(uri, async_task_timeout=timeout)
+    release = threading.Event()
+    try:
+        comm.add_broadcast_subscriber(lambda *_args: release.wait(2 * WAIT))
+        started = time.monotonic()
+        assert comm.broadcast_send("stuck") is True
+        assert timeout * 0.9 <= time.monotonic() - started < WAIT
+        started = time.monotonic()
+        assert comm.broadcast_send_many([("stuck too",)]) is None
+        assert timeout * 0.9 <= time.monotonic() - started < WAIT
+    finally:
+        release.set()
+        comm.close()
+
+
+def test_broadcast_send_from_an_own_subscriber_does_not_wait_for_itself(uri: str) -> None:
+    """Its own broadcast queues behind the subscriber sending it: waiting for it would take
+    the whole call timeout."""
+    timeout = 2.0
+    comm = memory.connect(uri, async_task_timeout=timeout)
+    took: concurrent.futures.Future[float] = concurrent.futures.Future()
+
+    def relay(own: Any, body: Any, *_rest: Any) -> None:
+        if body == "first":
+            started = time.monotonic()
+            own.broadcast_send("second")
+            took.set_result(time.monotonic() - started)
+
+    try:
+        comm.add_broadcast_subscriber(relay)
+        comm.broadcast_send("first")
+        assert took.result(WAIT) < timeout / 2
+    finally:
+        comm.close()
+
+
 def test_connect_timeout_stops_the_thread(unique_name: str) -> None:
     async def never() -> Any:
         await asyncio.sleep(30)

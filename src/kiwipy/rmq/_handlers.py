@@ -48,11 +48,14 @@ class MessageHandling:
         self._content_type = session.encoder.content_type
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, handling: Awaitable[Any]) -> None:
-        """Handle a delivery in a task of our own (what consumer callbacks call)."""
+    def spawn(self, handling: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Handle a delivery in a task of our own (what consumer callbacks call).
+
+        :returns: that task."""
         task = asyncio.ensure_future(handling)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def drain(self, grace: float) -> None:
         """Wait up to *grace* seconds for the handlers under way, then cancel the rest."""

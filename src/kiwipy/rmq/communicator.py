@@ -22,7 +22,7 @@ import aio_pika
 from typing_extensions import Unpack
 from yarl import URL
 
-from .. import _limits, exceptions
+from .. import _broadcasts, _limits, exceptions
 from .._outcome import DeferredClose
 from ..communications import (
     AsyncCommunicator,
@@ -93,6 +93,7 @@ class RmqCommunicator(AsyncCommunicator):
         self._task_queues: list[RmqTaskQueue] = []
         self._closed = False
         self._deferred_close = DeferredClose()
+        self._broadcast_tally = _broadcasts.Tally()
 
     def __str__(self) -> str:
         return f"RmqCommunicator({self._connection})"
@@ -214,6 +215,7 @@ class RmqCommunicator(AsyncCommunicator):
                 self._options["message_exchange"],
                 self._options["queue_expires"],
                 owner=self,
+                tally=self._broadcast_tally,
             )
             await subscriber.connect()
             return subscriber
@@ -332,6 +334,12 @@ class RmqCommunicator(AsyncCommunicator):
         """:returns: the thread facade's quick way to send tasks to the default queue
         (:mod:`kiwipy.rmq._lane`)."""
         return TaskLane(self._default_task_target)
+
+    def broadcast_tally(self) -> _broadcasts.Tally:
+        """:returns: the count of this communicator's broadcast handlers, started as the
+        deliveries arrive and finished once every subscriber was called: the thread facade
+        waits on it after a blocking ``broadcast_send`` (docs/guarantees.md)."""
+        return self._broadcast_tally
 
     def message_lane(self) -> MessageLane:
         """:returns: the thread facade's quick way to send RPCs and broadcasts."""

@@ -39,7 +39,7 @@ import aiormq.abc
 import shortuuid
 from aiormq import exceptions as amqp_errors
 
-from .. import _limits, exceptions
+from .. import _broadcasts, _limits, exceptions
 from . import _amqp, _batch, _offload, _outgoing, defaults, protocol
 from ._handlers import MessageHandling
 from ._identities import TakenIdentities
@@ -229,6 +229,8 @@ class RmqSubscriber:
     :param message_exchange: the message exchange.
     :param queue_expires: ms an unused RPC or broadcast queue lives on (falsy: forever).
     :param owner: first argument of every subscriber call (default: this object).
+    :param tally: counts the broadcast handlers (the thread facade's barrier; default: a
+        tally of its own, see :meth:`broadcast_tally`).
     """
 
     def __init__(
@@ -241,6 +243,7 @@ class RmqSubscriber:
         testing_mode: bool = False,
         *,
         owner: Any = None,
+        tally: Optional[_broadcasts.Tally] = None,
     ) -> None:
         self._session = Session.of(connection, _codec_options(encoder, decoder, testing_mode))
         self._owns_session = self._session is not connection
@@ -255,6 +258,7 @@ class RmqSubscriber:
         self._broadcast_queue = f"broadcast-{shortuuid.uuid()}"
         self._broadcast_tag: Optional[str] = None
         self._handling = MessageHandling(self._session, message_exchange, self._owner)
+        self._tally = _broadcasts.Tally() if tally is None else tally
         self._taken = TakenIdentities(self._session)
 
     async def connect(self) -> None:
@@ -370,6 +374,7 @@ class RmqSubscriber:
         self._broadcast_tag = await self._session.consume(
             MESSAGES, self._broadcast_queue, self._on_broadcast, no_ack=True
         )
+        self._tally.fence = self._broadcast_fence
 
     async def remove_broadcast_subscriber(self, identifier: Any) -> None:
         """:raises ValueError: for an unknown identifier."""
@@ -379,11 +384,31 @@ class RmqSubscriber:
             raise ValueError(f"Broadcast subscriber '{identifier}' unknown") from None
         if not self._broadcast and self._broadcast_tag is not None:
             tag, self._broadcast_tag = self._broadcast_tag, None
+            self._tally.fence = None
             await self._session.cancel(MESSAGES, tag)
 
+    def broadcast_tally(self) -> _broadcasts.Tally:
+        """:returns: the count of broadcast handlers started and finished."""
+        return self._tally
+
+    async def _broadcast_fence(self) -> None:
+        """The tally's fence: return once every broadcast the broker had delivered to this
+        side has arrived and been counted. A send's confirm comes on the publish channel and
+        may overtake the delivery of the broadcast to our queue; a passive declare on the
+        channel consuming that queue is answered after the deliveries made before it."""
+        if not self._session.is_consuming(MESSAGES, self._broadcast_tag):
+            return
+        channel = await self._session.channel(MESSAGES)
+        await _amqp.guarded(channel, channel.queue_declare(self._broadcast_queue, passive=True))
+
     def _on_broadcast(self, message: aiormq.abc.DeliveredMessage) -> None:
+        # Counted here, as the delivery arrives: aiormq schedules this call while it handles
+        # the delivery frame, so it runs before whatever a later frame (the fence's answer)
+        # wakes up, and a handler spawned but not yet running counts (kiwipy._thread).
         subscribers = list(self._broadcast.values())
-        self._handling.spawn(self._handling.broadcast(subscribers, message))
+        self._tally.started()
+        handler = self._handling.spawn(self._handling.broadcast(subscribers, message))
+        handler.add_done_callback(self._tally.finished)
 
     # Life cycle
 
@@ -435,5 +460,6 @@ class RmqSubscriber:
         self._rpc.clear()
         self._broadcast.clear()
         self._broadcast_tag = None
+        self._tally.fence = None
         if self._owns_session:
             await self._session.close()
