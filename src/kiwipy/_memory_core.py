@@ -22,7 +22,7 @@ from typing import Any, Optional
 import shortuuid
 from typing_extensions import Unpack
 
-from . import _broadcasts, _limits, encoders, exceptions
+from . import _broadcasts, _limits, _tracing, encoders, exceptions
 from . import _memory_outcome as outcome
 from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
 from ._memory_options import MemoryOptions, check_options
@@ -35,6 +35,9 @@ from .communications import (
 )
 
 __all__ = ("DEFAULT_TASK_QUEUE", "AsyncMemoryCommunicator")
+
+#: The destination name of broadcasts in traces (RabbitMQ's is the message exchange).
+_BROADCASTS = "broadcast"
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -67,6 +70,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         self._connection: Optional[Connection] = None
         self._closed = False
         self._replies: dict[str, asyncio.Future[Any]] = {}
+        _tracing.count_replies(self, _tracing.MEMORY, _waiting_count)
         self._rpc: dict[str, RpcSubscriber] = {}
         self._broadcast: dict[Any, BroadcastSubscriber] = {}
         self._queues: dict[str, MemoryTaskQueue] = {}
@@ -238,7 +242,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         :raises EncodeError: if the broadcast cannot be encoded."""
         self._open()
         envelope = _broadcasts.envelope(body, sender, subject, correlation_id)
-        self._broker.broadcast(self._encode(envelope))
+        self._broker.broadcast(self._traced(self._encode(envelope), "broadcast", _BROADCASTS))
         return True
 
     async def broadcast_send_many(self, broadcasts: Iterable[tuple[Any, ...]]) -> None:
@@ -250,7 +254,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         arguments = [_broadcasts.batch_arguments(item) for item in broadcasts]
         payloads = [self._encode(_broadcasts.envelope(*each)) for each in arguments]
         for payload in payloads:
-            self._broker.broadcast(payload)
+            self._broker.broadcast(self._traced(payload, "broadcast", _BROADCASTS))
 
     # Helpers shared with the task queues (package-private)
 
@@ -277,11 +281,13 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         self, queue: str, payload: Payload, no_reply: bool, connection: Connection
     ) -> Optional[asyncio.Future[Any]]:
         correlation_id = str(uuid.uuid4())
+        payload = self._traced(payload, "task", queue, correlation_id)
         self._broker.publish(queue, Message(payload, correlation_id, connection))
         return None if no_reply else self._expect(correlation_id)
 
     def _send_rpc(self, key: str, payload: Payload, connection: Connection) -> asyncio.Future[Any]:
         correlation_id = str(uuid.uuid4())
+        payload = self._traced(payload, "rpc", key, correlation_id)
         self._broker.send_rpc(key, Message(payload, correlation_id, connection))
         # Replies are posted to this loop, so none can arrive before the future is registered.
         return self._expect(correlation_id)
@@ -291,6 +297,33 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             return Payload(obj, None)
         data = _limits.check_size(self._encoder.encode(obj), self._max_size)
         return Payload(data, self._encoder)
+
+    def _traced(
+        self, payload: Payload, kind: str, destination: str, correlation_id: Optional[str] = None
+    ) -> Payload:
+        """:returns: *payload* with the trace context headers of its PRODUCER span (itself
+        without OpenTelemetry): the one place a memory send is traced."""
+        if not _tracing.ENABLED:
+            return payload
+        headers = _tracing.produce(_tracing.MEMORY, kind, destination, correlation_id, payload.data)
+        return payload._replace(headers=headers)
+
+    def _handling(
+        self, handling: Any, kind: str, destination: str, payload: Payload, correlation_id: Any
+    ) -> Any:
+        """:returns: the coroutine *handling* a received message, run in the CONSUMER span
+        that continues the sender's trace (*handling* itself without OpenTelemetry)."""
+        if not _tracing.ENABLED:
+            return handling
+        return _tracing.process(
+            handling,
+            _tracing.MEMORY,
+            kind,
+            destination,
+            payload.headers,
+            correlation_id,
+            payload.data,
+        )
 
     def _decode(self, payload: Payload) -> Any:
         if payload.encoder is None:
@@ -385,7 +418,10 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         if self._closed or subscriber is None:
             self._reply(message, outcome.lost_reply(f"the RPC subscriber '{key}' is gone"))
         else:
-            self._spawn(self._serve_rpc(subscriber, message))
+            serving = self._serve_rpc(subscriber, message)
+            self._spawn(
+                self._handling(serving, "rpc", key, message.payload, message.correlation_id)
+            )
 
     async def _serve_rpc(self, subscriber: RpcSubscriber, message: Message) -> None:
         try:
@@ -395,6 +431,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
                 if self._own_cancellation(exc):
                     raise
                 value, ok = exc, False
+                _tracing.failed(exc)
             self._reply(message, await self._final_reply(message, True, ok, value))
         except asyncio.CancelledError:
             if self._closed:
@@ -411,7 +448,8 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             _LOGGER.exception("dropping a broadcast that cannot be decoded")
             return
         for subscriber in list(self._broadcast.values()):
-            self._spawn(self._call_broadcast(subscriber, args))
+            calling = self._call_broadcast(subscriber, args)
+            self._spawn(self._handling(calling, "broadcast", _BROADCASTS, payload, None))
 
     async def _call_broadcast(self, subscriber: BroadcastSubscriber, args: tuple[Any, ...]) -> None:
         try:
@@ -419,4 +457,9 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         except BaseException as exc:
             if self._own_cancellation(exc):
                 raise
+            _tracing.failed(exc)
             _LOGGER.exception("Exception in broadcast receiver")
+
+
+def _waiting_count(communicator: AsyncMemoryCommunicator) -> int:
+    return len(communicator._replies)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import shortuuid
 
-from . import exceptions
+from . import _tracing, exceptions
 from ._memory_broker import Consumer, Delivery
 from ._memory_outcome import exception_reply
 from .communications import AsyncIncomingTask, AsyncTaskQueue, TaskSubscriber
@@ -180,7 +180,11 @@ class MemoryTaskQueue(AsyncTaskQueue):
         if self._comm._closed or delivery.consumer is not self._consumer:
             self._comm.broker.requeue(delivery)  # no subscriber here any more
             return
-        self._comm._spawn(self._serve(delivery))
+        message = delivery.message  # traced: issue 17
+        serving = self._comm._handling(
+            self._serve(delivery), "task", self._name, message.payload, message.correlation_id
+        )
+        self._comm._spawn(serving)
 
     async def _serve(self, delivery: Delivery) -> None:
         comm = self._comm
@@ -197,10 +201,12 @@ class MemoryTaskQueue(AsyncTaskQueue):
             except BaseException as exc:  # SystemExit & co. are outcomes too, never fatal
                 if comm._own_cancellation(exc):
                     raise
+                _tracing.failed(exc)  # issue 17
                 await comm._conclude_task(delivery, no_reply, False, exc)
                 return
             await comm._conclude_task(delivery, no_reply, True, value)
             return
+        _tracing.rejected()  # issue 17
         comm.broker.requeue(delivery, reject=True)
 
 

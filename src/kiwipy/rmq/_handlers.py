@@ -23,7 +23,7 @@ from typing import Any, Optional
 import aiormq.abc
 
 from .. import exceptions
-from . import _amqp, _outcome, protocol
+from . import _amqp, _outcome, _traced, protocol
 from ._replies import decode_body, send_reply
 from ._session import Session
 
@@ -81,6 +81,7 @@ class MessageHandling:
             await self.reply(message, protocol.pending_response())
 
         outcome = await _outcome.invoke(subscriber, (self._owner, msg), pending)
+        _traced.outcome(outcome)  # issue 17
         await self.reply(message, _outcome.to_response(outcome))
 
     async def broadcast(
@@ -95,6 +96,7 @@ class MessageHandling:
         args = (self._owner, broadcast.body, broadcast.sender, broadcast.subject)
         for subscriber in subscribers:
             outcome = await _outcome.invoke(subscriber, (*args, broadcast.correlation_id))
+            _traced.outcome(outcome)  # issue 17
             if outcome.kind == _outcome.EXCEPTION:
                 error = outcome.value
                 _LOGGER.error(

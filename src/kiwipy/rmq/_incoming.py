@@ -40,7 +40,7 @@ from typing import Any, Optional
 import aiormq.abc
 from pamqp import commands as spec
 
-from .. import exceptions
+from .. import _tracing, exceptions
 from ..communications import AsyncIncomingTask
 from . import _acks, _amqp, _outcome, protocol
 from ._lease_tasks import RunningTask, TaskLeases
@@ -196,6 +196,7 @@ class TaskResponder:
             _LOGGER.error("could not park the task (%s); it goes back to the queue", exc)
             await self.give_back(message)
             return
+        _tracing.dead_lettered(_tracing.RABBITMQ, self.queue, reason)  # issue 17
         await self.reply(message, protocol.exception_response(error))
         await self.settle(message, requeue=None)
 
