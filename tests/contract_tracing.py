@@ -181,6 +181,12 @@ class TracingContract:
         assert consumer.status.status_code == trace.StatusCode.ERROR
         assert "task 7 failed" in (consumer.status.description or "")
         assert [event.name for event in consumer.events] == ["exception"]
+        failures = [
+            point
+            for point in otel.metric_points("messaging.client.consumed.messages")
+            if point.attributes.get("messaging.destination.name") == self._queue(transport)
+        ]
+        assert [point.attributes.get("error.type") for point in failures] == ["RuntimeError"]
 
     async def test_subscriber_spans_nest_under_the_consumer_span(
         self, otel: Otel, comm: Any

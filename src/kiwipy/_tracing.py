@@ -63,8 +63,23 @@ RABBITMQ = "rabbitmq"
 MEMORY = "kiwipy.memory"
 
 _SCOPE = "kiwipy"
-#: The consumer span of the message being handled in this context (ours, not the user's).
-_HANDLING: contextvars.ContextVar[Any] = contextvars.ContextVar("kiwipy_handling", default=None)
+
+
+class _Handling:
+    """The consumer span of the message being handled, and the type of the error its
+    subscribers ended with (for the metrics' ``error.type``)."""
+
+    __slots__ = ("error", "span")
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+        self.error: Optional[str] = None
+
+
+#: The message being handled in this context (our span, not the user's).
+_HANDLING: contextvars.ContextVar[Optional[_Handling]] = contextvars.ContextVar(
+    "kiwipy_handling", default=None
+)
 
 
 def produce(
@@ -123,31 +138,26 @@ async def _processing(
     parent = propagate.extract(_text_headers(headers))
     name = f"process {attributes['messaging.destination.name']}"
     started = time.perf_counter()
-    error: Optional[str] = None
     with _tracer().start_as_current_span(
         name, context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
     ) as span:
-        token = _HANDLING.set(span)
+        handled = _Handling(span)
+        token = _HANDLING.set(handled)
         if redelivered:
             span.add_event("kiwipy.redelivery")
             _instruments().redeliveries.add(1, _metric_attributes(attributes))
         try:
             return await handling
         except BaseException as exc:
-            error = type(exc).__qualname__
+            handled.error = type(exc).__qualname__
             raise
         finally:
             _HANDLING.reset(token)
             metric = _metric_attributes(attributes)
-            if error is not None or not span.is_recording() or _has_error(span):
-                metric["error.type"] = error or "_OTHER"
+            if handled.error is not None:
+                metric["error.type"] = handled.error
             _instruments().consumed.add(1, metric)
             _instruments().duration.record(time.perf_counter() - started, metric)
-
-
-def _has_error(span: Any) -> bool:
-    status = getattr(span, "status", None)
-    return status is not None and status.status_code == trace.StatusCode.ERROR
 
 
 def carry(call: Callable[[], T]) -> Callable[[], T]:
@@ -158,7 +168,7 @@ def carry(call: Callable[[], T]) -> Callable[[], T]:
     return functools.partial(_in_context, otel_context.get_current(), _HANDLING.get(), call)
 
 
-def _in_context(ctx: Any, handling: Any, call: Callable[[], T]) -> T:
+def _in_context(ctx: Any, handling: Optional[_Handling], call: Callable[[], T]) -> T:
     token = otel_context.attach(ctx)
     mark = _HANDLING.set(handling)
     try:
@@ -173,19 +183,21 @@ def failed(error: BaseException) -> None:
     span gets ERROR status and records it."""
     if not ENABLED:
         return
-    span = _HANDLING.get()
-    if span is not None:
-        span.record_exception(error)
-        span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    handled = _HANDLING.get()
+    if handled is not None:
+        handled.error = type(error).__qualname__
+        handled.span.record_exception(error)
+        status = trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}")
+        handled.span.set_status(status)
 
 
 def rejected(error: Optional[BaseException] = None) -> None:
     """Every subscriber here rejected the message being handled (``TaskRejected``)."""
     if not ENABLED:
         return
-    span = _HANDLING.get()
-    if span is not None:
-        span.add_event("kiwipy.rejected", {"kiwipy.reason": str(error or "")})
+    handled = _HANDLING.get()
+    if handled is not None:
+        handled.span.add_event("kiwipy.rejected", {"kiwipy.reason": str(error or "")})
 
 
 def dead_lettered(system: str, queue: str, reason: str) -> None:
@@ -193,9 +205,9 @@ def dead_lettered(system: str, queue: str, reason: str) -> None:
     is being handled here) and the ``kiwipy.dead_lettered`` counter."""
     if not ENABLED:
         return
-    span = _HANDLING.get()
-    if span is not None:
-        span.add_event("kiwipy.dead_lettered", {"kiwipy.reason": reason})
+    handled = _HANDLING.get()
+    if handled is not None:
+        handled.span.add_event("kiwipy.dead_lettered", {"kiwipy.reason": reason})
     _instruments().dead_lettered.add(
         1, {"messaging.system": system, "messaging.destination.name": queue}
     )
