@@ -155,7 +155,7 @@ async def _processing(
             _HANDLING.reset(token)
             metric = _metric_attributes(attributes)
             if handled.error is not None:
-                metric["error.type"] = handled.error
+                metric = {**metric, "error.type": handled.error}
             _instruments().consumed.add(1, metric)
             _instruments().duration.record(time.perf_counter() - started, metric)
 
@@ -283,8 +283,14 @@ _METRIC_KEYS = (
 
 
 def _metric_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    # ids and sizes would give every message a time series of its own
-    return {key: attributes[key] for key in _METRIC_KEYS if key in attributes}
+    """:returns: the attributes of *attributes* that metrics carry (ids and sizes would give
+    every message a time series of its own); a shared dict: copy it to change it."""
+    return _metric_set(*(attributes.get(key) for key in _METRIC_KEYS))
+
+
+@functools.lru_cache(maxsize=1024)
+def _metric_set(*values: Any) -> dict[str, Any]:
+    return {key: value for key, value in zip(_METRIC_KEYS, values) if value is not None}
 
 
 def _text_headers(headers: Mapping[str, Any]) -> dict[str, str]:
@@ -299,7 +305,9 @@ def _text_headers(headers: Mapping[str, Any]) -> dict[str, str]:
     return carrier
 
 
+@functools.cache
 def _tracer() -> Any:
+    # the API's proxy tracer: it follows a tracer provider set after this call
     return trace.get_tracer(_SCOPE)
 
 
