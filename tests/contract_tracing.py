@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Iterator
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import pytest
 
@@ -41,10 +41,17 @@ class Otel(NamedTuple):
     spans: InMemorySpanExporter
     metrics: InMemoryMetricReader
 
-    async def trace_of(self, root: Any, kind: str, count: int = 2) -> list[ReadableSpan]:
+    async def trace_of(
+        self,
+        root: Any,
+        kind: str,
+        count: int = 2,
+        until: Callable[[list[ReadableSpan]], bool] = lambda _spans: True,
+    ) -> list[ReadableSpan]:
         """:returns: the *count* (or more) kiwipy spans of message *kind* in the trace of
-        *root*, waiting up to :data:`~tests.contract.TIMEOUT` seconds (a consumer span ends
-        once the reply is sent and the task acknowledged, possibly after the sender had it)."""
+        *root* (and for which *until* is true), waiting up to
+        :data:`~tests.contract.TIMEOUT` seconds (a consumer span ends once the reply is sent
+        and the task acknowledged, possibly after the sender had it)."""
         trace_id = root.get_span_context().trace_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TIMEOUT
@@ -55,7 +62,7 @@ class Otel(NamedTuple):
                 if span.context.trace_id == trace_id
                 and (span.attributes or {}).get("kiwipy.message.kind") == kind
             ]
-            if len(found) >= count or loop.time() > deadline:
+            if (len(found) >= count and until(found)) or loop.time() > deadline:
                 return found
             await asyncio.sleep(0.01)
 
@@ -81,6 +88,15 @@ def otel_sdk() -> Otel:
     reader = InMemoryMetricReader()
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
     return Otel(exporter, reader)
+
+
+def _taken(spans: list[ReadableSpan]) -> bool:
+    """Whether a consumer span that did not reject the message has ended."""
+    return any(
+        span.kind == trace.SpanKind.CONSUMER
+        and all(event.name != "kiwipy.rejected" for event in span.events)
+        for span in spans
+    )
 
 
 def _one(spans: list[ReadableSpan], kind: trace.SpanKind) -> ReadableSpan:
@@ -187,6 +203,32 @@ class TracingContract:
             if point.attributes.get("messaging.destination.name") == self._queue(transport)
         ]
         assert [point.attributes.get("error.type") for point in failures] == ["RuntimeError"]
+
+    async def test_rejection_and_redelivery_are_span_events(
+        self, otel: Otel, transport: ContractTransport
+    ) -> None:
+        requester, picky, worker = [await transport.connect() for _ in range(3)]
+        seen = Inbox()
+
+        def reject(_c: Any, task: Any) -> None:
+            seen.put(task)
+            raise kiwipy.TaskRejected
+
+        tracer = trace.get_tracer("test")
+        await picky.add_task_subscriber(reject)
+        with tracer.start_as_current_span("root") as root:
+            first = await requester.task_send("job")
+        await seen.wait_for(1)
+        await worker.add_task_subscriber(lambda _c, task: f"{task} done")
+        assert await settle(first) == "job done"
+        spans = await otel.trace_of(root, "task", count=3, until=_taken)
+        producer = _one(spans, trace.SpanKind.PRODUCER)
+        consumers = [span for span in spans if span.kind == trace.SpanKind.CONSUMER]
+        assert all(span.parent.span_id == producer.context.span_id for span in consumers)
+        events = [[event.name for event in span.events] for span in consumers]
+        assert ["kiwipy.rejected"] in events  # picky's first (it may get it again)
+        taken = [names for names in events if "kiwipy.rejected" not in names]
+        assert taken == [["kiwipy.redelivery"]]  # the worker's: it was given back before
 
     async def test_subscriber_spans_nest_under_the_consumer_span(
         self, otel: Otel, comm: Any

@@ -52,6 +52,7 @@ class Message:
     reply_to: Optional[Connection] = None
     seq: int = 0
     rejected_by: set[int] = dataclasses.field(default_factory=set)
+    redelivered: bool = False  # given back once at least (AMQP's redelivered flag)
 
 
 @dataclasses.dataclass(eq=False)
@@ -339,6 +340,7 @@ class MemoryBroker:
             delivery.consumer.inflight -= 1
 
     def _put_back(self, message: Message, queue: str) -> None:
+        message.redelivered = True
         bisect.insort(self._queue(queue).ready, (message.seq, message))
 
     def _finish(self, delivery: Delivery, dead_reason: Optional[str]) -> None:

@@ -309,7 +309,13 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         return payload._replace(headers=headers)
 
     def _handling(
-        self, handling: Any, kind: str, destination: str, payload: Payload, correlation_id: Any
+        self,
+        handling: Any,
+        kind: str,
+        destination: str,
+        payload: Payload,
+        correlation_id: Any,
+        redelivered: bool = False,
     ) -> Any:
         """:returns: the coroutine *handling* a received message, run in the CONSUMER span
         that continues the sender's trace (*handling* itself without OpenTelemetry)."""
@@ -323,6 +329,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             payload.headers,
             correlation_id,
             payload.data,
+            redelivered=redelivered,
         )
 
     def _decode(self, payload: Payload) -> Any:

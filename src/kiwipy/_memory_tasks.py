@@ -182,7 +182,12 @@ class MemoryTaskQueue(AsyncTaskQueue):
             return
         message = delivery.message  # traced: issue 17
         serving = self._comm._handling(
-            self._serve(delivery), "task", self._name, message.payload, message.correlation_id
+            self._serve(delivery),
+            "task",
+            self._name,
+            message.payload,
+            message.correlation_id,
+            message.redelivered,
         )
         self._comm._spawn(serving)
 

@@ -73,3 +73,33 @@ async def test_traceparent_header_of_task_rpc_and_broadcast(communicator, raw, n
         message = await asyncio.wait_for(_next(queue), WAIT)
         headers = message.headers or {}
         assert headers.get("traceparent") == _traceparent(_producer_of(kind, trace_id)), kind
+
+
+async def test_dead_lettering_is_a_span_event_and_counted(communicator, raw, names) -> None:
+    otel = otel_sdk()
+    await communicator.add_task_subscriber(lambda _c, task: task)
+    exchange = await raw.get_exchange(names.task_exchange)
+    # not a (task, no_reply) pair: kiwipy parks it in <queue>.dead (no traceparent: a root)
+    await exchange.publish(aio_pika.Message(b"just text"), routing_key=names.task_queue)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while True:
+        spans = [
+            span
+            for span in otel.spans.get_finished_spans()
+            if span.kind == trace.SpanKind.CONSUMER
+            and (span.attributes or {}).get("messaging.destination.name") == names.task_queue
+        ]
+        if spans or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.01)
+    assert len(spans) == 1 and spans[0].parent is None
+    events = [(event.name, dict(event.attributes or {})) for event in spans[0].events]
+    assert events == [("kiwipy.dead_lettered", {"kiwipy.reason": "malformed"})]
+    counted = [
+        point.value
+        for point in otel.metric_points("kiwipy.dead_lettered")
+        if point.attributes["messaging.destination.name"] == names.task_queue
+    ]
+    assert counted == [1]
+    await raw.queue_delete(f"{names.task_queue}.dead")
