@@ -332,6 +332,13 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             redelivered=redelivered,
         )
 
+    def _handling_task(self, handling: Any, queue: str, message: Message) -> Any:
+        """:meth:`_handling` for a task *message* of *queue*."""
+        if not _tracing.ENABLED:
+            return handling
+        payload, correlation_id = message.payload, message.correlation_id
+        return self._handling(handling, "task", queue, payload, correlation_id, message.redelivered)
+
     def _decode(self, payload: Payload) -> Any:
         if payload.encoder is None:
             return payload.data

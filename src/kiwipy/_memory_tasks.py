@@ -180,16 +180,8 @@ class MemoryTaskQueue(AsyncTaskQueue):
         if self._comm._closed or delivery.consumer is not self._consumer:
             self._comm.broker.requeue(delivery)  # no subscriber here any more
             return
-        message = delivery.message  # traced: issue 17
-        serving = self._comm._handling(
-            self._serve(delivery),
-            "task",
-            self._name,
-            message.payload,
-            message.correlation_id,
-            message.redelivered,
-        )
-        self._comm._spawn(serving)
+        serving = self._comm._handling_task(self._serve(delivery), self._name, delivery.message)
+        self._comm._spawn(serving)  # traced: issue 17
 
     async def _serve(self, delivery: Delivery) -> None:
         comm = self._comm
