@@ -31,8 +31,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler, SamplingResult
 
-__all__ = ("Otel", "TracingContract", "otel_sdk")
+__all__ = ("Otel", "TracingContract", "otel_sdk", "stop_sampling")
 
 
 class Otel(NamedTuple):
@@ -78,11 +79,39 @@ class Otel(NamedTuple):
         return points
 
 
-@functools.cache
+class _Switch(Sampler):
+    """Samples only while a test that reads spans runs (:func:`otel_sdk` turns it on,
+    ``tests/conftest.py`` off after each test): the global provider cannot be removed once
+    set, and the other tests should not pay for recording spans."""
+
+    on = False
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return (ALWAYS_ON if self.on else ALWAYS_OFF).should_sample(*args, **kwargs)
+
+    def get_description(self) -> str:
+        return "on while a tracing test runs"
+
+
+_SWITCH = _Switch()
+
+
 def otel_sdk() -> Otel:
-    """Install the SDK as the global providers, once per process."""
+    """The SDK as the global providers (installed once per process), recording spans until
+    the end of the current test."""
+    _SWITCH.on = True
+    return _install()
+
+
+def stop_sampling() -> None:
+    """Record no more spans (called after each test)."""
+    _SWITCH.on = False
+
+
+@functools.cache
+def _install() -> Otel:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider(sampler=_SWITCH)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     reader = InMemoryMetricReader()
