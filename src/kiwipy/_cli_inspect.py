@@ -56,6 +56,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     check_url(url)
     if args.management_url and not args.management_url.startswith(("http://", "https://")):
         raise CliError("--management-url must start with http:// or https://", EXIT_USAGE)
+    if getattr(args, "count", None) is not None and not args.watch:
+        raise CliError("--count goes with --watch", EXIT_USAGE)
     if getattr(args, "watch", False):
         from ._cli_watch import cmd_watch
 

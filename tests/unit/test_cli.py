@@ -615,3 +615,8 @@ def test_inspect_watch_memory(output: Output, url: str) -> None:
 def test_inspect_watch_refuses_bad_numbers(output: Output, url: str, option: str, value: str):
     assert cli.main(["inspect", "--watch", option, value, "--url", url]) != 0
     assert option in output.read().err
+
+
+def test_inspect_count_needs_watch(output: Output, url: str) -> None:
+    assert cli.main(["inspect", "--count", "2", "--url", url]) != 0
+    assert "--count goes with --watch" in output.read().err
