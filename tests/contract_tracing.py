@@ -184,6 +184,13 @@ class TracingContract:
         attributes = dict(consumer.attributes or {})
         conversation = attributes["messaging.message.conversation_id"]
         assert conversation == dict(producer.attributes or {})["messaging.message.conversation_id"]
+        sizes = {
+            dict(s.attributes or {}).get("messaging.message.body.size")
+            for s in (producer, consumer)
+        }
+        assert len(sizes) == 1 and sizes.pop() > 0  # the same encoded body on both sides
+        if self.system == "rabbitmq":  # memory:// messages have no message id
+            assert attributes["messaging.message.id"]
         assert consumer.status.status_code != trace.StatusCode.ERROR
 
     async def test_rpc_is_one_trace(
