@@ -32,6 +32,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
     parser.add_argument("--kiwipy09-python", help="interpreter with kiwipy 0.9 installed")
     parser.add_argument("--list", action="store_true", help="list cases, implementations, targets")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="measure what OpenTelemetry tracing costs (off / API only / SDK) instead; "
+        "see benchmarks/tracing.py (with --repeat and --quick)",
+    )
     return parser.parse_args(argv)
 
 
@@ -89,6 +95,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         list_everything()
         return 0
     repeat = args.repeat or (1 if args.quick else 5)
+    if args.tracing:
+        from . import tracing
+
+        quick = ["--n-memory", "500", "--n-rmq", "100"] if args.quick else []
+        return tracing.main(["--repeat", str(args.repeat or 3), *quick])
     cases = [c for c in CASES if not args.only or c.name in args.only]
     plan = Plan(cases, args.impl, repeat, args.quick)
     k09, k09_error = kiwipy09_python(args.kiwipy09_python)

@@ -6,12 +6,23 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 import uuid
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
 
 from ._ci import require
+
+
+@pytest.fixture(autouse=True)
+def _tracing_off_after_the_test() -> Iterator[None]:
+    """Spans are recorded only in the tests that ask for them (``tests/contract_tracing.py``)."""
+    yield
+    tracing = sys.modules.get("tests.contract_tracing")
+    if tracing is not None:
+        tracing.stop_sampling()
 
 
 @pytest.fixture

@@ -9,10 +9,9 @@ missing entity closes its channel, so each check gets a channel of its own.
 
 AMQP cannot list queues, so without ``--queue`` the queues come from the management HTTP
 API when the broker has it (:mod:`kiwipy._cli_management`); when it does not, the report
-says so and shows the default task queue, which it can name.
-missing entity closes its channel, so each check gets a channel of its own. A task queue's
-arguments are found by redeclaring it exactly as kiwipy would (:mod:`kiwipy._cli_declarations`),
-which changes nothing.
+says so and shows the default task queue, which it can name. A task queue's arguments are
+found by redeclaring it exactly as kiwipy would (:mod:`kiwipy._cli_declarations`), which
+changes nothing. ``--watch`` refreshes the view (:mod:`kiwipy._cli_watch`).
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from ._cli_common import (
 )
 from ._cli_management import ManagementUnavailable, list_queues, management_url
 
-__all__ = ("cmd_inspect",)
+__all__ = ("cmd_inspect", "queue_state", "queues_to_inspect")
 
 _DEAD_SUFFIX = ".dead"
 
@@ -59,6 +58,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     check_url(url)
     if args.management_url and not args.management_url.startswith(("http://", "https://")):
         raise CliError("--management-url must start with http:// or https://", EXIT_USAGE)
+    if getattr(args, "count", None) is not None and not args.watch:
+        raise CliError("--count goes with --watch", EXIT_USAGE)
+    if getattr(args, "watch", False):
+        from ._cli_watch import cmd_watch
+
+        return cmd_watch(args)
     if url.startswith("memory://"):
         report = _inspect_memory(args)
     else:
@@ -90,7 +95,7 @@ async def _inspect_amqp(args: argparse.Namespace) -> dict[str, Any]:
             )
         ]
         if args.queue:
-            queues = [await _queue(connection, name) for name in queues_to_inspect(args)]
+            queues = [await queue_state(connection, name) for name in queues_to_inspect(args)]
             listing = None
         else:
             queues, listing = await _every_queue(connection, args)
@@ -123,7 +128,7 @@ async def _every_queue(
     try:
         queues = await asyncio.to_thread(list_queues, args.url, base)
     except ManagementUnavailable as exc:
-        queues = [await _queue(connection, name) for name in queues_to_inspect(args)]
+        queues = [await queue_state(connection, name) for name in queues_to_inspect(args)]
         note = f"{exc}. AMQP cannot list queues, so only the default task queue is shown "
         note += "(name others with --queue)"
         return queues, {"source": "default queue only", "note": note}
@@ -151,7 +156,8 @@ async def _exchange(connection: Any, name: str) -> dict[str, Any]:
     return {"name": name, "exists": True}
 
 
-async def _queue(connection: Any, name: str) -> dict[str, Any]:
+async def queue_state(connection: Any, name: str) -> dict[str, Any]:
+    """:returns: queue *name*'s ready messages and consumers, from a passive declare."""
     import aiormq
 
     channel = await connection.channel()

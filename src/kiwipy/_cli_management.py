@@ -16,12 +16,21 @@ import urllib.parse
 import urllib.request
 from typing import Any, Optional
 
-__all__ = ("DEFAULT_PORT", "ManagementUnavailable", "list_queues", "management_url")
+__all__ = (
+    "DEFAULT_PORT",
+    "ManagementUnavailable",
+    "count_connections",
+    "list_queues",
+    "management_url",
+)
 
 #: The management plugin's default HTTP port.
 DEFAULT_PORT = 15672
 _TIMEOUT = 3.0
-_COLUMNS = "name,messages_ready,messages_unacknowledged,consumers,type"
+_COLUMNS = (
+    "name,messages_ready,messages_unacknowledged,consumers,type,"
+    "message_stats.publish,message_stats.deliver_get"
+)
 
 
 class ManagementUnavailable(Exception):
@@ -47,17 +56,29 @@ def list_queues(amqp_url: str, base: Optional[str] = None) -> list[dict[str, Any
     :raises ManagementUnavailable: saying why the API could not answer.
     """
     parts = urllib.parse.urlsplit(amqp_url)
-    base = base or management_url(amqp_url)
     vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    url = urllib.parse.urljoin(
-        base, f"api/queues/{urllib.parse.quote(vhost, safe='')}?columns={_COLUMNS}"
-    )
+    path = f"api/queues/{urllib.parse.quote(vhost, safe='')}?columns={_COLUMNS}"
+    rows = _get_path(amqp_url, base, path)
+    return sorted((_row(row) for row in rows if isinstance(row, dict)), key=lambda q: q["name"])
+
+
+def count_connections(amqp_url: str, base: Optional[str] = None) -> int:
+    """:returns: how many client connections the broker has (every vhost the user sees).
+
+    :raises ManagementUnavailable: saying why the API could not answer.
+    """
+    return len(_get_path(amqp_url, base, "api/connections?columns=name"))
+
+
+def _get_path(amqp_url: str, base: Optional[str], path: str) -> list[Any]:
+    parts = urllib.parse.urlsplit(amqp_url)
+    base = base or management_url(amqp_url)
     user = urllib.parse.unquote(parts.username or "guest")
     password = urllib.parse.unquote(parts.password or "guest")
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    url = urllib.parse.urljoin(base, path)
     request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
-    rows = _get(request, base, user)
-    return sorted((_row(row) for row in rows if isinstance(row, dict)), key=lambda q: q["name"])
+    return _get(request, base, user)
 
 
 def _get(request: urllib.request.Request, base: str, user: str) -> list[Any]:
@@ -84,6 +105,8 @@ def _get(request: urllib.request.Request, base: str, user: str) -> list[Any]:
 
 
 def _row(row: dict[str, Any]) -> dict[str, Any]:
+    stats = row.get("message_stats")
+    stats = stats if isinstance(stats, dict) else {}
     return {
         "name": row.get("name"),
         "exists": True,
@@ -91,4 +114,6 @@ def _row(row: dict[str, Any]) -> dict[str, Any]:
         "unacked": row.get("messages_unacknowledged"),
         "consumers": row.get("consumers"),
         "type": row.get("type"),
+        "published": stats.get("publish", 0),  # ever, for kiwipy inspect --watch's rates
+        "delivered": stats.get("deliver_get", 0),
     }

@@ -26,7 +26,7 @@ import itertools
 import threading
 from typing import Any, Callable, NamedTuple, Optional
 
-from . import _unroutable, exceptions
+from . import _tracing, _unroutable, exceptions
 from .encoders import Encoder
 
 __all__ = ("Connection", "Consumer", "Delivery", "MemoryBroker", "Message", "Payload")
@@ -35,10 +35,12 @@ _Post = tuple["Connection", Callable[..., None], tuple[Any, ...]]
 
 
 class Payload(NamedTuple):
-    """A message body: bytes made by *encoder*, or the object itself when *encoder* is None."""
+    """A message body: bytes made by *encoder*, or the object itself when *encoder* is None;
+    *headers* carry the trace context (:mod:`kiwipy._tracing`), as AMQP headers do."""
 
     data: Any
     encoder: Optional[Encoder]
+    headers: Optional[dict[str, str]] = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -50,6 +52,7 @@ class Message:
     reply_to: Optional[Connection] = None
     seq: int = 0
     rejected_by: set[int] = dataclasses.field(default_factory=set)
+    redelivered: bool = False  # given back once at least (AMQP's redelivered flag)
 
 
 @dataclasses.dataclass(eq=False)
@@ -246,6 +249,7 @@ class MemoryBroker:
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Remove the message from circulation, keeping it with *reason* for inspection."""
+        _tracing.dead_lettered(_tracing.MEMORY, delivery.queue, reason)
         self._finish(delivery, reason)
 
     def queue_stats(self, queue: str) -> tuple[int, int]:
@@ -336,6 +340,7 @@ class MemoryBroker:
             delivery.consumer.inflight -= 1
 
     def _put_back(self, message: Message, queue: str) -> None:
+        message.redelivered = True
         bisect.insort(self._queue(queue).ready, (message.seq, message))
 
     def _finish(self, delivery: Delivery, dead_reason: Optional[str]) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import shortuuid
 from typing_extensions import Unpack
 
-from . import _broadcasts, _limits, encoders, exceptions
+from . import _broadcasts, _limits, _tracing, encoders, exceptions
 from . import _memory_outcome as outcome
 from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
 from ._memory_options import MemoryOptions, check_options
@@ -38,6 +38,9 @@ from .communications import (
 )
 
 __all__ = ("DEFAULT_TASK_QUEUE", "AsyncMemoryCommunicator")
+
+#: The destination name of broadcasts in traces (RabbitMQ's is the message exchange).
+_BROADCASTS = "broadcast"
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         self._connection: Optional[Connection] = None
         self._closed = False
         self._replies: dict[str, asyncio.Future[Any]] = {}
+        _tracing.count_replies(self, _tracing.MEMORY, _waiting_count)
         self._rpc: dict[str, RpcSubscriber] = {}
         self._broadcast: dict[Any, BroadcastSubscriber] = {}
         self._queues: dict[str, MemoryTaskQueue] = {}
@@ -264,7 +268,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         :raises EncodeError: if the broadcast cannot be encoded."""
         self._open()
         envelope = _broadcasts.envelope(body, sender, subject, correlation_id)
-        self._broker.broadcast(self._encode(envelope))
+        self._broker.broadcast(self._traced(self._encode(envelope), "broadcast", _BROADCASTS))
         return True
 
     async def broadcast_send_many(
@@ -278,7 +282,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         arguments = [_broadcasts.batch_arguments(item) for item in broadcasts]
         payloads = [self._encode(_broadcasts.envelope(*each)) for each in arguments]
         for payload in payloads:
-            self._broker.broadcast(payload)
+            self._broker.broadcast(self._traced(payload, "broadcast", _BROADCASTS))
 
     # Helpers shared with the task queues (package-private)
 
@@ -305,11 +309,13 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         self, queue: str, payload: Payload, no_reply: bool, connection: Connection
     ) -> Optional[asyncio.Future[Any]]:
         correlation_id = str(uuid.uuid4())
+        payload = self._traced(payload, "task", queue, correlation_id)
         self._broker.publish(queue, Message(payload, correlation_id, connection))
         return None if no_reply else self._expect(correlation_id)
 
     def _send_rpc(self, key: str, payload: Payload, connection: Connection) -> asyncio.Future[Any]:
         correlation_id = str(uuid.uuid4())
+        payload = self._traced(payload, "rpc", key, correlation_id)
         self._broker.send_rpc(key, Message(payload, correlation_id, connection))
         # Replies are posted to this loop, so none can arrive before the future is registered.
         return self._expect(correlation_id)
@@ -319,6 +325,47 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             return Payload(obj, None)
         data = _limits.check_size(self._encoder.encode(obj), self._max_size)
         return Payload(data, self._encoder)
+
+    def _traced(
+        self, payload: Payload, kind: str, destination: str, correlation_id: Optional[str] = None
+    ) -> Payload:
+        """:returns: *payload* with the trace context headers of its PRODUCER span (itself
+        without OpenTelemetry): the one place a memory send is traced."""
+        if not _tracing.ENABLED:
+            return payload
+        headers = _tracing.produce(_tracing.MEMORY, kind, destination, correlation_id, payload.data)
+        return payload._replace(headers=headers)
+
+    def _handling(
+        self,
+        handling: Any,
+        kind: str,
+        destination: str,
+        payload: Payload,
+        correlation_id: Any,
+        redelivered: bool = False,
+    ) -> Any:
+        """:returns: the coroutine *handling* a received message, run in the CONSUMER span
+        that continues the sender's trace (*handling* itself without OpenTelemetry)."""
+        if not _tracing.ENABLED:
+            return handling
+        return _tracing.process(
+            handling,
+            _tracing.MEMORY,
+            kind,
+            destination,
+            payload.headers,
+            correlation_id,
+            payload.data,
+            redelivered=redelivered,
+        )
+
+    def _handling_task(self, handling: Any, queue: str, message: Message) -> Any:
+        """:meth:`_handling` for a task *message* of *queue*."""
+        if not _tracing.ENABLED:
+            return handling
+        payload, correlation_id = message.payload, message.correlation_id
+        return self._handling(handling, "task", queue, payload, correlation_id, message.redelivered)
 
     def _decode(self, payload: Payload) -> Any:
         if payload.encoder is None:
@@ -389,7 +436,10 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         if self._closed or subscriber is None:
             self._reply(message, outcome.lost_reply(f"the RPC subscriber '{key}' is gone"))
         else:
-            job = self._spawn(self._serve_rpc(subscriber, message))
+            serving = self._serve_rpc(subscriber, message)
+            job = self._spawn(
+                self._handling(serving, "rpc", key, message.payload, message.correlation_id)
+            )
             self._rpc_jobs.add(job)
             job.add_done_callback(self._rpc_jobs.discard)
 
@@ -398,10 +448,13 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             try:
                 msg = self._decode(message.payload)
             except exceptions.DecodeError as exc:
+                _tracing.failed(exc)
                 self._reply(message, outcome.exception_reply(exc))
                 return
             pending = functools.partial(self._reply_pending, message)
             result = await invoke(subscriber, (self, msg), pending)
+            if result.kind == EXCEPTION:
+                _tracing.failed(result.value)
             self._reply(message, outcome.outcome_reply(result))
         except asyncio.CancelledError:
             if self._closed:
@@ -421,16 +474,22 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         for subscriber in list(self._broadcast.values()):
             # Counted as the delivery arrives, before the handler runs (kiwipy._thread).
             self._broadcast_tally.started()
-            handler = self._spawn(self._call_broadcast(subscriber, args))
+            calling = self._call_broadcast(subscriber, args)
+            handler = self._spawn(self._handling(calling, "broadcast", _BROADCASTS, payload, None))
             handler.add_done_callback(self._broadcast_tally.finished)
 
     async def _call_broadcast(self, subscriber: BroadcastSubscriber, args: tuple[Any, ...]) -> None:
         result = await invoke(subscriber, (self, *args))
         if result.kind == EXCEPTION:
             error = result.value
+            _tracing.failed(error)
             _LOGGER.error(
                 "Exception in broadcast receiver %r: %r",
                 subscriber,
                 error,
                 exc_info=(type(error), error, error.__traceback__),
             )
+
+
+def _waiting_count(communicator: AsyncMemoryCommunicator) -> int:
+    return len(communicator._replies)

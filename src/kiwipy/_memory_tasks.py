@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import shortuuid
 
-from . import exceptions
+from . import _tracing, exceptions
 from ._memory_broker import Consumer, Delivery
 from ._memory_outcome import exception_reply
-from ._outcome import REJECTED, invoke, outcome_of
+from ._outcome import EXCEPTION, REJECTED, invoke, outcome_of
 from ._raised import set_exception
 from ._task_state import (
     TASK_FINISHED,
@@ -185,7 +185,8 @@ class MemoryTaskQueue(AsyncTaskQueue):
         if self._comm._closed or delivery.consumer is not self._consumer:
             self._comm.broker.requeue(delivery)  # no subscriber here any more
             return
-        self._comm._spawn(self._serve(delivery))
+        serving = self._comm._handling_task(self._serve(delivery), self._name, delivery.message)
+        self._comm._spawn(serving)  # traced: issue 17
 
     async def _serve(self, delivery: Delivery) -> None:
         comm = self._comm
@@ -198,8 +199,11 @@ class MemoryTaskQueue(AsyncTaskQueue):
         for subscriber in list(self._subscribers.values()):
             outcome = await invoke(subscriber, (comm, task), pending)
             if outcome.kind != REJECTED:
+                if outcome.kind == EXCEPTION:
+                    _tracing.failed(outcome.value)  # issue 17
                 comm._conclude_task(delivery, no_reply, outcome)
                 return
+        _tracing.rejected()  # issue 17
         comm.broker.requeue(delivery, reject=True)
 
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, Callable, Optional, TypeVar
 
-from . import _broadcasts, _quick, exceptions
+from . import _broadcasts, _quick, _tracing, exceptions
 from ._dispatch import OFFLOADED, Dispatcher
 from ._portal import LoopThread, thread_world, to_asyncio
 from ._raised import set_exception
@@ -157,7 +157,8 @@ class _Bridge:
         on the pool (serialised per *lane* unless it is ``None``)."""
 
         async def run(_core: Any, *args: Any) -> Any:
-            call = functools.partial(subscriber, owner, *args)
+            # run in this handler's trace context on the worker thread (issue 17)
+            call = _tracing.carry(functools.partial(subscriber, owner, *args))
             if lane is None:
                 result = await self.dispatch.run(call)
             else:

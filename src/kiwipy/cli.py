@@ -384,7 +384,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="the management API's base URL (default: http://<the --url host>:15672/; "
         "https for amqps), used with the --url user and password",
     )
-    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument(
+        "--json", action="store_true", help="machine-readable output (one line per refresh)"
+    )
+    inspect.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live view: refresh every --interval seconds with each queue's depth, "
+        "consumers and rates, until Ctrl-C",
+    )
+    inspect.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between refreshes of --watch (default: %(default)s)",
+    )
+    inspect.add_argument(
+        "--count", type=int, metavar="N", help="with --watch, stop after N refreshes"
+    )
     _exchanges(inspect, queue=False)
     _common(inspect)
 

@@ -8,6 +8,7 @@ import pytest
 
 from kiwipy import rmq
 from tests.contract import ALL, AsyncTransport, BlockingTransport, CommunicatorContract
+from tests.contract_tracing import TracingContract
 
 
 def rmq_options(namespace: str) -> dict[str, Any]:
@@ -34,6 +35,30 @@ class TestRmqCommunicatorContract(CommunicatorContract):
 class TestRmqThreadCommunicatorContract(CommunicatorContract):
     capabilities = ALL
 
+    @pytest.fixture
+    async def transport(self, names, rmq_uri):
+        def factory() -> rmq.RmqThreadCommunicator:
+            return rmq.connect(rmq_uri, **rmq_options(names.prefix))
+
+        async with BlockingTransport(factory, namespace=names.prefix) as transport:
+            yield transport
+
+
+class _RmqTracing(TracingContract):
+    system = "rabbitmq"
+
+
+class TestRmqTracing(_RmqTracing):
+    @pytest.fixture
+    async def transport(self, names, rmq_uri):
+        async def factory() -> rmq.RmqCommunicator:
+            return await rmq.async_connect(rmq_uri, **rmq_options(names.prefix))
+
+        async with AsyncTransport(factory, namespace=names.prefix) as transport:
+            yield transport
+
+
+class TestRmqThreadTracing(_RmqTracing):
     @pytest.fixture
     async def transport(self, names, rmq_uri):
         def factory() -> rmq.RmqThreadCommunicator:

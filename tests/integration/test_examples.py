@@ -171,3 +171,16 @@ def test_emit_and_receive_logs_with_topic_filters(env: dict[str, str]) -> None:
         " [x] 'kern.info':'kernel says hi'",
         " [x] 'app.critical':'disk full'",
     ]
+
+
+def test_trace_task_over_rabbitmq(env: dict[str, str], unique_name: str) -> None:
+    lines = run(env, "trace_task.py")
+    assert "result: 45" in lines
+    assert lines[-5:] == [
+        "trace:",
+        "  notebook cell [-]",
+        f"    send {unique_name}.tasks [PRODUCER]",
+        f"      process {unique_name}.tasks [CONSUMER]",
+        "        simulate [-]",
+    ]
+    assert '        "messaging.system": "rabbitmq",' in lines

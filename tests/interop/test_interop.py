@@ -12,6 +12,7 @@ import asyncio
 import os
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -166,3 +167,69 @@ def test_kiwipy09_broadcasts_to_our_subscriber(prefix: str, ours: rmq.RmqThreadC
         done.result(WAIT)
     assert all(event["acked"] for event in sent)
     assert received == [("a", "peer09", "subject.0", 0), ("b", "peer09", "subject.1", 1)]
+
+
+# Traced (issue 17): kiwipy 0.9 ignores the trace context headers, both ways.
+
+
+def _kiwipy_spans(kind: str, span_kind: Any) -> list[Any]:
+    from opentelemetry import trace
+
+    from ..contract_tracing import otel_sdk
+
+    wanted = getattr(trace.SpanKind, span_kind)
+    return [
+        span
+        for span in otel_sdk().spans.get_finished_spans()
+        if span.kind == wanted and (span.attributes or {}).get("kiwipy.message.kind") == kind
+    ]
+
+
+def test_traced_sends_to_kiwipy09_peers(prefix: str, ours: rmq.RmqThreadCommunicator) -> None:
+    from opentelemetry import trace
+
+    from ..contract_tracing import otel_sdk
+
+    otel_sdk()
+    tracer = trace.get_tracer("interop")
+    with Peer09("worker", url=URL, exchange_prefix=prefix) as worker:
+        worker.wait_for("ready")
+        with tracer.start_as_current_span("to 0.9 worker") as root:
+            assert ours.task_send("t").result(WAIT) == {"echo": "t", "by": "kiwipy-0.9"}
+    with Peer09("rpc-server", url=URL, exchange_prefix=prefix, identifier="old") as server:
+        server.wait_for("ready")
+        with tracer.start_as_current_span("to 0.9 server"):
+            assert ours.rpc_send("old", "r").result(WAIT) == {"echo": "r", "by": "kiwipy-0.9"}
+    with Peer09("listener", url=URL, exchange_prefix=prefix) as listener:
+        listener.wait_for("ready")
+        with tracer.start_as_current_span("to 0.9 listener"):
+            assert ours.broadcast_send("b", sender="new", subject="news.traced")
+        assert listener.wait_for("broadcast", WAIT)["body"] == "b"
+    trace_id = root.get_span_context().trace_id
+    assert [s.context.trace_id for s in _kiwipy_spans("task", "PRODUCER")].count(trace_id) == 1
+    assert _kiwipy_spans("rpc", "PRODUCER") and _kiwipy_spans("broadcast", "PRODUCER")
+
+
+def test_untraced_kiwipy09_messages_start_a_trace_here(
+    prefix: str, ours: rmq.RmqThreadCommunicator
+) -> None:
+    from ..contract_tracing import otel_sdk
+
+    otel_sdk()
+    queue = f"{prefix}.tasks"
+    ours.add_task_subscriber(_echo)
+    with Peer09("send-tasks", url=URL, exchange_prefix=prefix, bodies=["traced?"]) as sender:
+        result = sender.wait_for("result", WAIT)
+    assert result["result"] == {"echo": "traced?", "by": BY}
+    deadline = time.monotonic() + WAIT  # the span ends once the task is acknowledged
+    while True:
+        ours_consumed = [
+            span
+            for span in _kiwipy_spans("task", "CONSUMER")
+            if (span.attributes or {}).get("messaging.destination.name") == queue
+        ]
+        if ours_consumed or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert len(ours_consumed) == 1
+    assert ours_consumed[0].parent is None  # no traceparent from 0.9: a trace of its own

@@ -595,3 +595,28 @@ def test_long_running_commands_stop_cleanly_on_signals(
     assert process.returncode == 0, err
     assert "kiwipy worker: stopped; 0 tasks handled" in err
     assert "Traceback" not in err
+
+
+def test_inspect_watch_memory(output: Output, url: str) -> None:
+    for body in ("1", "2"):
+        assert cli.main(["send", body, "--url", url]) == 0
+    argv = ["inspect", "--watch", "--json", "--count", "2", "--interval", "0.05", "--url", url]
+    assert cli.main(argv) == 0
+    first, second = (json.loads(line) for line in output.read().out.splitlines())
+    assert [q["name"] for q in second["queues"]] == ["kiwipy.tasks", "kiwipy.tasks.dead"]
+    assert second["queues"][0]["messages"] == 2 and second["queues"][0]["depth_rate"] == 0
+    assert first["queues"][0]["depth_rate"] is None
+    assert second["queues"][1]["dead_letter"] is True
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--interval", "0"), ("--interval", "-1"), ("--count", "0")]
+)
+def test_inspect_watch_refuses_bad_numbers(output: Output, url: str, option: str, value: str):
+    assert cli.main(["inspect", "--watch", option, value, "--url", url]) != 0
+    assert option in output.read().err
+
+
+def test_inspect_count_needs_watch(output: Output, url: str) -> None:
+    assert cli.main(["inspect", "--count", "2", "--url", url]) != 0
+    assert "--count goes with --watch" in output.read().err

@@ -17,6 +17,7 @@ from tests.contract import (
     CommunicatorContract,
     ContractTransport,
 )
+from tests.contract_tracing import TracingContract
 
 
 class TestLocalCommunicator(CommunicatorContract):
@@ -70,3 +71,35 @@ class TestThreadMemoryJson(_MemoryContract):
     capabilities = ALL
     flavour = "thread"
     encoder = "json"
+
+
+class _MemoryTracing(TracingContract):
+    system = "kiwipy.memory"
+    flavour = "async"
+
+    @pytest.fixture
+    async def transport(self, unique_name: str) -> AsyncIterator[ContractTransport]:
+        uri = f"memory://{unique_name}"
+        queue = f"{unique_name}.tasks"
+        if self.flavour == "async":
+
+            async def create() -> memory.AsyncMemoryCommunicator:
+                return await memory.async_connect(uri, encoder="json", task_queue=queue)
+
+            made: ContractTransport = AsyncTransport(create, namespace=unique_name)
+        else:
+            made = BlockingTransport(
+                lambda: memory.connect(uri, encoder="json", task_queue=queue),
+                namespace=unique_name,
+            )
+        async with made as transport:
+            yield transport
+        memory.drop_broker(unique_name)
+
+
+class TestAsyncMemoryTracing(_MemoryTracing):
+    pass
+
+
+class TestThreadMemoryTracing(_MemoryTracing):
+    flavour = "thread"

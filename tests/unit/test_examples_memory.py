@@ -37,3 +37,20 @@ def test_readme_thirty_second_example() -> None:
     code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert code is not None
     assert run_python(["-c", code.group(1)]) == ["42", "Hello, Ada!"]
+
+
+TRACE_TREE = [
+    "trace:",
+    "  notebook cell [-]",
+    "    send trace-example.tasks [PRODUCER]",
+    "      process trace-example.tasks [CONSUMER]",
+    "        simulate [-]",
+]
+
+
+def test_trace_task_example() -> None:
+    """docs/observability.md's example: one trace from the script's span to the worker's."""
+    lines = run_python([str(ROOT / "examples" / "trace_task.py")])
+    assert "result: 45" in lines
+    assert lines[-5:] == TRACE_TREE
+    assert '        "messaging.system": "kiwipy.memory",' in lines  # the console exporter's

@@ -12,7 +12,9 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Optional
+
+from .. import _tracing
 
 __all__ = (
     "CLOSED",
@@ -92,6 +94,7 @@ class Events:
     def __init__(self, describe: Callable[[], str]) -> None:
         self._describe = describe
         self._listeners: list[Listener] = []
+        self._down_since: Optional[float] = None  # for the time-to-recover metric
 
     def add(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -104,6 +107,7 @@ class Events:
         event = ConnectionEvent(name, detail)
         suffix = f": {detail}" if detail else ""
         _LOGGER.log(_LEVELS.get(name, logging.INFO), "%s %s%s", self._describe(), name, suffix)
+        self._down_since = _tracing.connection_event(name, self._down_since)
         for listener in list(self._listeners):
             try:
                 listener(event)

@@ -24,7 +24,7 @@ import aiormq.abc
 
 from .. import exceptions
 from .._outcome import encode_reply
-from . import _amqp, _outcome, protocol
+from . import _amqp, _outcome, _traced, protocol
 from ._replies import decode_body, send_reply
 from ._session import Session
 
@@ -92,6 +92,7 @@ class MessageHandling:
             closed = "the RPC subscriber was closed before it answered"
             await self.reply(message, protocol.lost_response(closed))
             raise
+        _traced.outcome(outcome)  # issue 17
         await self.reply(message, _outcome.to_response(outcome))
 
     async def broadcast(
@@ -106,6 +107,7 @@ class MessageHandling:
         args = (self._owner, broadcast.body, broadcast.sender, broadcast.subject)
         for subscriber in subscribers:
             outcome = await _outcome.invoke(subscriber, (*args, broadcast.correlation_id))
+            _traced.outcome(outcome)  # issue 17
             if outcome.kind == _outcome.EXCEPTION:
                 error = outcome.value
                 _LOGGER.error(

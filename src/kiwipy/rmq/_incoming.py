@@ -41,7 +41,7 @@ from typing import Any, Optional
 import aiormq.abc
 from pamqp import commands as spec
 
-from .. import exceptions
+from .. import _tracing, exceptions
 from .._outcome import encode_reply
 from .._raised import set_exception
 from .._task_state import (
@@ -192,6 +192,7 @@ class TaskResponder:
             _LOGGER.error("could not park the task (%s); it goes back to the queue", exc)
             await self.give_back(message)
             return
+        _tracing.dead_lettered(_tracing.RABBITMQ, self.queue, reason)  # issue 17
         await self.reply(message, protocol.exception_response(error))
         await self.settle(message, requeue=None)
 

@@ -5,7 +5,8 @@ A task, an RPC request and a broadcast are sent by the core (``task_send``, ``rp
 batches (:mod:`kiwipy.rmq._batch`). All of them build their messages here, so the three
 ways cannot drift apart: kiwipy 0.9's exchanges and routing keys, tasks persistent and
 mandatory, RPC requests transient and mandatory, broadcasts transient and not mandatory,
-each request with a fresh correlation id and the reply queue.
+each request with a fresh correlation id and the reply queue, each message with its trace
+context headers when OpenTelemetry is installed (:mod:`kiwipy.rmq._traced`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Optional
 
 from .. import exceptions
-from . import _amqp, _offload, defaults, protocol
+from . import _amqp, _offload, _traced, defaults, protocol
 from ._fastpublish import Outgoing
 from ._replies import ReplyQueue
 from ._session import Session
@@ -62,6 +63,7 @@ def task(target: TaskTarget, body: bytes) -> tuple[Outgoing, str]:
         correlation_id=correlation_id,
         reply_to=target.replies.name,
         content_type=target.content_type,
+        headers=_traced.headers("task", target.queue, correlation_id, body),
     )
     return Outgoing(target.exchange, target.queue, body, props, True), correlation_id
 
@@ -76,6 +78,7 @@ def rpc(target: MessageTarget, recipient_id: Any, body: bytes) -> tuple[Outgoing
         correlation_id=correlation_id,
         reply_to=target.replies.name,
         content_type=target.content_type,
+        headers=_traced.headers("rpc", routing_key, correlation_id, body),
     )
     watch = protocol.rpc_queue_name(target.exchange, recipient_id)
     return Outgoing(target.exchange, routing_key, body, props, True), correlation_id, watch
@@ -83,5 +86,6 @@ def rpc(target: MessageTarget, recipient_id: Any, body: bytes) -> tuple[Outgoing
 
 def broadcast(target: MessageTarget, body: bytes) -> Outgoing:
     """:returns: the broadcast carrying *body* (an encoded envelope)."""
-    props = _amqp.properties(content_type=target.content_type)
+    headers = _traced.headers("broadcast", target.exchange, None, body)
+    props = _amqp.properties(content_type=target.content_type, headers=headers)
     return Outgoing(target.exchange, defaults.BROADCAST_TOPIC, body, props, False)

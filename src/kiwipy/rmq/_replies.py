@@ -44,7 +44,7 @@ import aiormq.abc
 from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
 
-from .. import exceptions
+from .. import _tracing, exceptions
 from . import _acks, _amqp, _events, protocol
 from ._liveness import ResponderCheck
 from ._session import PROBE, Session
@@ -159,6 +159,7 @@ class ReplyQueue:
         self._started: Optional[asyncio.Future[None]] = None
         self._check = ResponderCheck(session, self._watched, self._fail_watching)
         self._handled = _Recent()
+        _tracing.count_replies(self, _tracing.RABBITMQ, _waiting_count)
 
     async def bind(self, exchange: str, exchange_params: dict[str, Any]) -> None:
         """Receive replies published on *exchange* (declaring and consuming the queue on
@@ -328,3 +329,7 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
 def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # an ack lost with its channel: the reply comes again
+
+
+def _waiting_count(replies: ReplyQueue) -> int:
+    return len(replies._waiting)

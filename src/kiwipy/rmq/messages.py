@@ -40,7 +40,7 @@ import shortuuid
 from aiormq import exceptions as amqp_errors
 
 from .. import _broadcasts, _limits, exceptions
-from . import _amqp, _batch, _offload, _outgoing, defaults, protocol
+from . import _amqp, _batch, _offload, _outgoing, _traced, defaults, protocol
 from ._handlers import MessageHandling
 from ._identities import TakenIdentities
 from ._recovery import RestoreLater
@@ -310,7 +310,8 @@ class RmqSubscriber:
     def _on_rpc(self, identifier: Any, message: aiormq.abc.DeliveredMessage) -> None:
         rpc = self._rpc.get(identifier)  # None: removed while the request was on its way
         subscriber = None if rpc is None else rpc.subscriber
-        self._handling.spawn(self._handling.rpc(identifier, subscriber, message))
+        handling = self._handling.rpc(identifier, subscriber, message)
+        self._handling.spawn(_traced.delivery(handling, "rpc", message.routing_key or "", message))
 
     async def _bind(self, queue: str, routing_key: str) -> None:
         # Declared again first: in testing mode the exchange auto-deletes when its last
@@ -407,7 +408,10 @@ class RmqSubscriber:
         # wakes up, and a handler spawned but not yet running counts (kiwipy._thread).
         subscribers = list(self._broadcast.values())
         self._tally.started()
-        handler = self._handling.spawn(self._handling.broadcast(subscribers, message))
+        handling = self._handling.broadcast(subscribers, message)
+        handler = self._handling.spawn(
+            _traced.delivery(handling, "broadcast", message.exchange or "", message)
+        )
         handler.add_done_callback(self._tally.finished)
 
     # Life cycle

@@ -28,7 +28,7 @@ import shortuuid
 
 from .. import exceptions
 from ..communications import AsyncTaskQueue
-from . import _amqp, _batch, _offload, _outcome, _outgoing, defaults, protocol
+from . import _amqp, _batch, _offload, _outcome, _outgoing, _traced, defaults, protocol
 from ._incoming import (
     TASK_FINISHED,
     TASK_PENDING,
@@ -227,14 +227,15 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
             await self._consumer.stop()
 
     async def _on_task(self, message: aiormq.abc.DeliveredMessage) -> None:
+        handling = _traced.delivery(self._handle(message), "task", self._queue_name, message)
         if not self.responder.leases.settings.enabled:
             with _outcome.tracked(self._handlers):
-                await self._handle(message)
+                await handling
             return
         # aiormq runs this callback in a task of the channel, cancelled when the channel
         # closes: a run that may outlive its delivery (a lease, a channel closed for a
         # delivery timeout) runs in a task of its own, cancelled only by disconnect().
-        run = asyncio.ensure_future(self._handle(message))
+        run = asyncio.ensure_future(handling)
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)
 
@@ -251,6 +252,7 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
             running.on_leased = functools.partial(self._consumer.task_leased, slot)
         try:
             outcome = await self._run_subscribers(incoming, message)
+            _traced.outcome(outcome)
             if outcome is None:
                 await incoming.give_back()
             else:
