@@ -240,7 +240,11 @@ class _Sender:
         # in the same step as the publish: no reply can come before
         for index, pending in enumerate(window, first):
             if pending.reply is not None:
-                self.futures[index] = self._replies.expect(pending.correlation_id, *pending.reply)
+                recipient, watch = pending.reply
+                resend = pending.message if watch is None else None  # a task (not an RPC)
+                self.futures[index] = self._replies.expect(
+                    pending.correlation_id, recipient, watch, resend
+                )
         sending = _Window(first, confirms, _all_done(self._loop, confirms))
         if drained is not None:
             await asyncio.wait((drained,))  # don't outrun the socket; its failure shows below
