@@ -91,6 +91,19 @@ async def _answered(comm: rmq.RmqCommunicator, identifier: str, msg: Any, until:
             await asyncio.sleep(0.05)
 
 
+def _hear(tally: Tally) -> Any:
+    def hear(_c: Any, body: Any, *_: Any) -> None:
+        tally.add(body)
+
+    return hear
+
+
+async def _task(sender: rmq.RmqCommunicator, task: Any) -> asyncio.Future[Any]:
+    future = await sender.task_send(task)
+    assert future is not None
+    return future
+
+
 async def test_rpc_server_and_listeners_fail_over(
     cluster: PrivateCluster, clients: Clients
 ) -> None:
@@ -103,7 +116,7 @@ async def test_rpc_server_and_listeners_fail_over(
     heard = [Tally(), Tally()]
     await server.add_rpc_subscriber(lambda _c, msg: msg * 2, identifier)
     for listener, tally in zip(listeners, heard):
-        await listener.add_broadcast_subscriber(lambda _c, body, *_, t=tally: t.add(body))
+        await listener.add_broadcast_subscriber(_hear(tally))
     assert await asyncio.wait_for(await client.rpc_send(identifier, 1), 5) == 2
 
     killed = await _kill(cluster.nodes[0])
@@ -146,7 +159,7 @@ async def test_sender_fails_over_with_replies_outstanding(
     await worker.add_task_subscriber(work)
     sender = await clients.on("sender", 0, **options)
     ids = [f"t{n}" for n in range(50)]
-    futures = [await sender.task_send(each) for each in ids]
+    futures = [await _task(sender, each) for each in ids]
 
     killed = await _kill(cluster.nodes[0])
     await clients.events["sender"].wait_for("reconnected", FAILOVER, after=killed)
