@@ -177,3 +177,111 @@ async def test_sender_fails_over_with_replies_outstanding(
             (clients.events["sender"].first("reconnected", killed) or 0) - killed, 2
         ),
     )
+
+
+class Flow:
+    """Sends tasks a few at a time and records what became of each send."""
+
+    IN_FLIGHT = 10
+
+    def __init__(self, sender: rmq.RmqCommunicator, ids: list[str]) -> None:
+        self.sender = sender
+        self.ids = ids
+        self.confirmed: dict[str, asyncio.Future[Any]] = {}
+        self.raised: dict[str, BaseException] = {}
+        self.confirmed_at: list[float] = []
+
+    async def run(self) -> None:
+        slots = asyncio.Semaphore(self.IN_FLIGHT)
+
+        async def send(ident: str) -> None:
+            async with slots:
+                try:
+                    self.confirmed[ident] = await _task(self.sender, ident)
+                    self.confirmed_at.append(time.monotonic())
+                except kiwipy.KiwiError as exc:
+                    self.raised[ident] = exc
+
+        await asyncio.gather(*(send(each) for each in self.ids))
+
+    def recovered_after(self, killed: float) -> float:
+        """Seconds from *killed* to the first confirm after it."""
+        return min((at for at in self.confirmed_at if at > killed), default=float("nan")) - killed
+
+
+async def _flow_through_kill(
+    cluster: PrivateCluster, sender: rmq.RmqCommunicator, victim: ClusterNode, processed: Tally
+) -> dict[str, Any]:
+    """Send :data:`TASKS` tasks, SIGKILL *victim* a third of the way, restart it once every
+    send ended; then every confirmed task must have its reply. :returns: the figures."""
+    flow = Flow(sender, [f"f{n}" for n in range(TASKS)])
+    sending = asyncio.ensure_future(flow.run())
+    await wait_until(lambda: len(flow.confirmed) >= TASKS // 3, 60, "a third confirmed")
+    killed = await _kill(victim)
+    await asyncio.wait_for(sending, 60)
+    loop = asyncio.get_running_loop()
+    restart_s = await loop.run_in_executor(None, victim.start)
+    # no future may still wait: every confirmed task has its reply (duplicates allowed)
+    futures = list(flow.confirmed.values())
+    done, waiting = await asyncio.wait(futures, timeout=45)
+    assert not waiting, f"{len(waiting)} replies still awaited"
+    outcomes = {
+        ident: future.exception() or future.result() for ident, future in flow.confirmed.items()
+    }
+    failed = {ident: out for ident, out in outcomes.items() if out != ident}
+    assert not failed, f"confirmed tasks without their reply: {list(failed.items())[:5]}"
+    assert all(isinstance(exc, kiwipy.KiwiError) for exc in flow.raised.values())
+    lost = processed.missing(list(flow.confirmed))
+    assert not lost
+    return {
+        "sent": TASKS,
+        "confirmed": len(flow.confirmed),
+        "raised": len(flow.raised),
+        "processed": sum(processed.seen.values()),
+        "lost": len(lost),
+        "duplicates": processed.duplicates,
+        "recover_s": round(flow.recovered_after(killed), 2),
+        "node_restart_s": round(restart_s, 1),
+    }
+
+
+def _work(processed: Tally) -> Any:
+    def work(_c: Any, task: str) -> str:
+        processed.add(task)
+        return task
+
+    return work
+
+
+async def test_node_of_worker_and_sender_killed_while_tasks_flow(
+    cluster: PrivateCluster, clients: Clients
+) -> None:
+    """Issue 15: the node a worker and a sender are connected to is SIGKILLed while tasks
+    flow, then restarted: every task whose send returned is processed and its reply
+    received, or its send raised a kiwipy error; none lost."""
+    options = {"task_queue_type": "quorum", "task_prefetch_count": 20}
+    declarer = await clients.on("declarer", 2, **options)
+    await declarer.get_default_task_queue()  # its leader on node 2: not the one killed
+    processed = Tally()
+    worker = await clients.on("worker", 0, **options)
+    await worker.add_task_subscriber(_work(processed))
+    sender = await clients.on("sender", 0, **options)
+    figures = await _flow_through_kill(cluster, sender, cluster.nodes[0], processed)
+    report("cluster: the node of a worker and a sender killed while tasks flow", **figures)
+
+
+async def test_quorum_leader_killed_while_tasks_flow(
+    cluster: PrivateCluster, clients: Clients
+) -> None:
+    """Issue 15: the quorum task queue's leader node is SIGKILLed while tasks flow: same
+    verdict (sends nacked during the election are retried until it settles)."""
+    options = {"task_queue_type": "quorum", "task_prefetch_count": 20}
+    declarer = await clients.on("declarer", 0, **options)
+    await declarer.get_default_task_queue()  # a quorum queue's leader: the declaring node
+    processed = Tally()
+    worker = await clients.on("worker", 1, **options)
+    await worker.add_task_subscriber(_work(processed))
+    sender = await clients.on("sender", 2, **options)
+    figures = await _flow_through_kill(cluster, sender, cluster.nodes[0], processed)
+    assert figures["raised"] == 0  # the sender's own node lived: a nack is retried, not raised
+    report("cluster: the quorum queue's leader killed while tasks flow", **figures)
