@@ -289,3 +289,37 @@ async def test_quorum_leader_killed_while_tasks_flow(
     figures = await _flow_through_kill(cluster, sender, cluster.nodes[0], processed)
     assert figures["raised"] == 0
     report("cluster: the quorum queue's leader killed while tasks flow", **figures)
+
+
+async def test_classic_task_queue_node_down(cluster: PrivateCluster, clients: Clients) -> None:
+    """The node holding a classic task queue dies: the broker cancels the worker's consumer
+    (``basic.cancel``), which is reported and retried until the node is back; a send made
+    meanwhile raises (a mandatory publish comes back), never confirmed and lost."""
+    declarer = await clients.on("declarer", 2)
+    await declarer.get_default_task_queue()  # a classic queue lives on the declaring node
+    processed = Tally()
+    worker = await clients.on("worker", 0)
+    await worker.add_task_subscriber(_work(processed))
+    sender = await clients.on("sender", 1)
+    assert await asyncio.wait_for(await _task(sender, "before"), 10) == "before"
+
+    killed = await _kill(cluster.nodes[2])
+    cancelled_at = await clients.events["worker"].wait_for("consumer-cancelled", FAILOVER, killed)
+    with pytest.raises(kiwipy.UnroutableError):
+        await sender.task_send("during")
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, cluster.nodes[2].start)
+    back = time.monotonic()
+    # the consumer is restored by its retries (at most 10 s apart): the task sent now runs
+    after = await _task(sender, "after")
+    assert await asyncio.wait_for(after, 30) == "after"
+    assert "during" not in processed.seen
+    report(
+        "cluster: the node of a classic task queue dies",
+        cancelled_s=round(cancelled_at - killed, 2),
+        consumer_cancelled=clients.events["worker"].count("consumer-cancelled"),
+        restore_failed=clients.events["worker"].count("restore-failed"),
+        sent_while_down=1,
+        raised=1,
+        processed_after_restart_s=round(time.monotonic() - back, 2),
+    )
