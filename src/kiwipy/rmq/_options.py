@@ -121,7 +121,9 @@ class RmqOptions(TypedDict, total=False):
     the ``connect`` functions, which make the connection."""
     task_delivery_limit: Optional[int]
     """Quorum task queues only: deliveries after the first before a task is dead-lettered
-    with reason ``delivery_limit`` (``x-delivery-limit``; 20; ``None``: the broker's)."""
+    with reason ``delivery_limit`` (``x-delivery-limit``: a task is delivered at most this
+    plus one times). ``None`` (the default): no limit, on RabbitMQ 3.x and 4.x alike (4.0
+    would otherwise impose 20, and a crashed worker's deliveries count toward it)."""
 
 
 DEFAULTS: RmqOptions = {
@@ -149,7 +151,7 @@ DEFAULTS: RmqOptions = {
     "lease_check_timeout": 5.0,
     "task_message_ttl": None,
     "task_queue_type": "classic",
-    "task_delivery_limit": 20,
+    "task_delivery_limit": None,
     "shuffle_endpoints": True,
 }
 
@@ -179,6 +181,9 @@ def _check_task_options(options: RmqOptions) -> None:
         raise ValueError("task_queue_compat declares kiwipy 0.9's classic queues only")
     if options["lease_interval"] <= 0 or options["lease_check_timeout"] <= 0:
         raise ValueError("lease_interval and lease_check_timeout must be positive")
+    limit = options["task_delivery_limit"]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError("task_delivery_limit must be a whole number, 0 or more, or None")
     if options["lease_strikes"] < 1:
         raise ValueError("lease_strikes must be at least 1")
     after = options["task_lease_after"]

@@ -137,9 +137,14 @@ class _Waiting(NamedTuple):
     resend: Optional[Outgoing]  # a task: sent again if the reply queue has to move
 
 
+#: How RabbitMQ says that a queue exists but its node is down (killed: "home node ... is
+#: down or inaccessible") or stopping (a graceful stop: "process is stopped by supervisor").
+_NODE_DOWN = ("down or inaccessible", "stopped by supervisor")
+
+
 def _home_node_down(exc: BaseException) -> bool:
     """Whether *exc* (a channel error) says the queue's node is down, not that it is gone."""
-    return "down or inaccessible" in str(exc)
+    return any(text in str(exc) for text in _NODE_DOWN)
 
 
 class ReplyQueue:
