@@ -147,3 +147,11 @@ def test_the_connect_error_names_every_endpoint_and_no_password() -> None:
     text = str(error)
     assert PW not in text
     assert "h:1: " in text and "h:2: no answer from h:2 in time" in text
+
+
+def test_the_command_line_takes_several_hosts() -> None:
+    from kiwipy._cli_common import CliError, check_url
+
+    check_url("amqp://guest:guest@h1:5701,h2:5702,h3/")
+    with pytest.raises(CliError, match="port can't be converted"):
+        check_url(f"amqp://guest:{PW}@h1:5701,h2:x/")
