@@ -31,6 +31,8 @@ FAILOVER = 10.0
 TASKS = int(os.environ.get("KIWIPY_CLUSTER_TASKS", "300"))
 #: Seconds between two tasks of the rolling restart (issue 15 sent 3,000 in all).
 ROLLING_PAUSE = float(os.environ.get("KIWIPY_CLUSTER_PAUSE", "0.02"))
+#: Sends in flight at a time during the rolling restart.
+ROLLING_SENDS = int(os.environ.get("KIWIPY_CLUSTER_SENDS", "1"))
 
 
 class Clients:
@@ -358,7 +360,7 @@ async def test_rolling_restart_while_tasks_flow(cluster: PrivateCluster, clients
     await worker.add_task_subscriber(_work(processed))
     sender = await clients.on("sender", 2, **options)
     flow, rolled = Flow(sender, []), asyncio.Event()
-    sending = asyncio.ensure_future(flow.paced(rolled, ROLLING_PAUSE))
+    sending = asyncio.gather(*(flow.paced(rolled, ROLLING_PAUSE) for _ in range(ROLLING_SENDS)))
     loop = asyncio.get_running_loop()
     began = time.monotonic()
     for node in cluster.nodes:
