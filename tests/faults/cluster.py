@@ -174,6 +174,11 @@ class PrivateCluster:
         self.base = Path(tempfile.mkdtemp(prefix=f"kiwicluster{self.slot}-"))
         self._epmd: Optional[subprocess.Popen[bytes]] = None
         self.nodes = [ClusterNode(self, index) for index in range(SIZE)]
+        busy = [p for n in self.nodes for p in (n.amqp_port, n.dist_port) if not _port_free(p)]
+        if busy:
+            self._lock.close()
+            shutil.rmtree(self.base, ignore_errors=True)
+            raise RuntimeError(f"ports of the private cluster are taken: {busy}")
         self.start_seconds: Optional[float] = None
         self._write_files(consumer_timeout_ms)
         atexit.register(self.close)
