@@ -10,6 +10,7 @@ time budget; the figures in docs/cluster.md come from the full sizes, run by han
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -270,6 +271,14 @@ async def _verdict(flow: Flow, processed: Tally) -> dict[str, Any]:
     }
 
 
+async def _queue_types(node: ClusterNode, names: tuple[str, ...]) -> dict[str, str]:
+    """:returns: the type of each queue of *names*, as *node* lists them."""
+    listing = await asyncio.get_running_loop().run_in_executor(
+        None, node.rabbitmqctl, "list_queues", "-q", "--formatter", "json", "name", "type"
+    )
+    return {row["name"]: row["type"] for row in json.loads(listing) if row["name"] in names}
+
+
 def _work(processed: Tally) -> Any:
     def work(_c: Any, task: str) -> str:
         processed.add(task)
@@ -312,6 +321,9 @@ async def test_quorum_leader_killed_while_tasks_flow(
     sender = await clients.on("sender", 0, **options)
     figures = await _flow_through_kill(cluster, sender, cluster.nodes[0], processed)
     assert figures["raised"] == 0
+    queue = clients.names.task_queue
+    types = await _queue_types(cluster.nodes[1], (queue, f"{queue}.dead"))
+    assert types == {queue: "quorum", f"{queue}.dead": "quorum"}
     report("cluster: the quorum queue's leader killed while tasks flow", **figures)
 
 
