@@ -122,13 +122,16 @@ def check_url(url: str) -> None:
             EXIT_USAGE,
         )
     if _is_amqp(url):
-        try:
-            parts = urllib.parse.urlsplit(url)
-            _ = parts.port  # raises ValueError for a port that is not a number
+        from .rmq._options import endpoint_urls
+
+        try:  # one endpoint per host: amqp://u:p@host1:5672,host2:5672/ (docs/cluster.md)
+            for endpoint in endpoint_urls(url):
+                parts = urllib.parse.urlsplit(endpoint)
+                _ = parts.port  # raises ValueError for a port that is not a number
+                if not parts.hostname:
+                    raise ValueError("it names no host")
         except ValueError as exc:
             raise CliError(f"bad URL {mask_url(url)!r}: {exc}", EXIT_USAGE) from None
-        if not parts.hostname:
-            raise CliError(f"bad URL {mask_url(url)!r}: it names no host", EXIT_USAGE)
     try:
         _check_query(url)
     except ValueError as exc:

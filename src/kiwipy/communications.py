@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import shortuuid
 
@@ -535,15 +535,24 @@ _SCHEMES = ("amqp://", "amqps://", "memory://")
 DEFAULT_COMM_URI = "amqp://guest:guest@127.0.0.1/"
 
 
-def connect(uri: str = DEFAULT_COMM_URI, **kwargs: Any) -> Communicator:
+def connect(uri: Union[str, Sequence[str]] = DEFAULT_COMM_URI, **kwargs: Any) -> Communicator:
     """Connect a thread communicator.
 
     :param uri: ``amqp://`` or ``amqps://`` for RabbitMQ (the keyword arguments go to
         :func:`kiwipy.rmq.connect`), or ``memory://[name]`` for the in-process transport
         (communicators connected to the same name share queues; see
-        :func:`kiwipy.memory.connect`).
+        :func:`kiwipy.memory.connect`). The nodes of a RabbitMQ cluster may be given as
+        several hosts in one URL (``amqp://u:p@host1:5672,host2:5672/``) or as a list of
+        URLs (docs/cluster.md).
     :raises ValueError: for any other scheme.
     """
+    if not isinstance(uri, str):
+        urls = list(uri)
+        if urls and all(isinstance(u, str) and u.startswith(_SCHEMES[:2]) for u in urls):
+            from . import rmq
+
+            return rmq.connect(connection_params=urls, **kwargs)
+        raise ValueError(f"a list of URIs must hold amqp:// or amqps:// URLs only, not {uri!r}")
     if uri.startswith(("amqp://", "amqps://")):
         from . import rmq
 

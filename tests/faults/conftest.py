@@ -19,6 +19,7 @@ import pytest
 
 from .._ci import require
 from .broker import PrivateBroker, find_epmd, find_rmq_bin
+from .cluster import PrivateCluster
 from .proxy import TcpProxy
 
 _HERE = Path(__file__).parent
@@ -107,3 +108,16 @@ def proxy_to() -> Iterator[Callable[..., TcpProxy]]:
     yield make
     for each in made:
         each.close()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[PrivateCluster]:
+    """A private 3-node cluster shared by the session (docs/cluster.md); tests may kill and
+    restart its nodes, and must leave all three running."""
+    installed = find_rmq_bin() is not None and find_epmd() is not None
+    require(installed, "RabbitMQ is not installed (rabbitmq-server and epmd not found)")
+    made = PrivateCluster()
+    try:
+        yield made.start()
+    finally:
+        made.close()

@@ -235,10 +235,11 @@ async def test_sends_raise_when_the_connection_stays_down(proxy: TcpProxy) -> No
         await peer.disconnect()
 
 
-async def test_a_nacked_task_is_sent_once_more_then_raises(caplog) -> None:
+async def test_a_nacked_task_is_retried_until_recovery_timeout_then_raises(caplog) -> None:
     """The broker nacks publishes to a full queue with ``x-overflow: reject-publish``: the
-    send is retried once on a fresh channel, then raises PublishNacked; it never reports
-    success for a message the broker refused."""
+    send is retried on fresh channels with backoff (a quorum queue electing a leader nacks
+    for a while, docs/cluster.md) until ``recovery_timeout``, then raises PublishNacked; it
+    never reports success for a message the broker refused."""
     caplog.set_level(logging.INFO, logger="kiwipy.rmq.communicator")
     names = Names()
     raw = await aiormq.connect(SHARED_URL)
@@ -247,17 +248,27 @@ async def test_a_nacked_task_is_sent_once_more_then_raises(caplog) -> None:
         channel = await raw.channel()
         arguments = {"x-max-length": 1, "x-overflow": "reject-publish", "x-expires": 30000}
         await channel.queue_declare(names.task_queue, durable=True, arguments=arguments)
-        comm = await rmq.async_connect(SHARED_URL, **names.options())
+        comm = await rmq.async_connect(SHARED_URL, **names.options(recovery_timeout=1.0))
         first = await comm.task_send("fits", no_reply=True)
         assert first is None
+        began = time.monotonic()
         with pytest.raises(kiwipy.PublishNacked):
             await comm.task_send("refused", no_reply=True)
-        nacked = [r for r in caplog.records if "was nacked" in r.getMessage()]
-        assert len(nacked) == 1  # one more attempt, on a fresh channel
+        took = time.monotonic() - began
+        assert 0.9 < took < 2.5  # retried until recovery_timeout, not given up at once
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("was nacked" in m for m in messages) == 1  # said once per send
+        gave_up = [m for m in messages if "still nacked after" in m]
+        assert len(gave_up) == 1
+        attempts = int(gave_up[0].split("still nacked after ")[1].split()[0])
+        assert attempts >= 4
         got = await channel.basic_get(names.task_queue, no_ack=True)
         assert b"fits" in got.body
         await comm.task_send("fits now", no_reply=True)
-        report("nacked-send", sent=3, confirmed=2, nacked=1, retries=1, reported_success=2)
+        report(
+            "nacked-send", sent=3, confirmed=2, nacked=1, attempts=attempts,
+            raised_after_s=round(took, 2), reported_success=2,
+        )  # fmt: skip
     finally:
         if comm is not None:
             await comm.disconnect()

@@ -167,6 +167,31 @@ class TestQueueArguments:
         assert lease["x-dead-letter-strategy"] == "at-least-once"
         assert lease["x-overflow"] == "reject-publish"
 
+    @pytest.mark.parametrize(
+        ("limit", "version", "expected"),
+        [
+            (None, "3.10.8", None),  # 3.x: no default limit, and -1 is refused
+            (None, "4.0.5", -1),  # 4.x: its default of 20 turned off
+            (None, "", None),
+            (3, "3.10.8", 3),
+            (3, "4.1.0", 3),
+            (0, "4.1.0", 0),
+        ],
+    )
+    def test_delivery_limit_is_what_was_configured(
+        self, limit: Optional[int], version: str, expected: Optional[int]
+    ) -> None:
+        options = self.options(task_queue_type="quorum", task_delivery_limit=limit)
+        arguments = task_queue_arguments("q", options, version)
+        assert arguments.get("x-delivery-limit") == expected
+        assert arguments["x-dead-letter-strategy"] == "at-least-once"
+        assert arguments["x-overflow"] == "reject-publish"
+
+    @pytest.mark.parametrize("limit", [-1, 2.5, True, "3"])
+    def test_bad_delivery_limit(self, limit: Any) -> None:
+        with pytest.raises(ValueError, match="task_delivery_limit"):
+            self.options(task_queue_type="quorum", task_delivery_limit=limit)
+
     def test_compat_is_kiwipy09(self) -> None:
         arguments = task_queue_arguments("q", self.options(task_queue_compat=True))
         assert arguments == {"x-message-ttl": 604800000}

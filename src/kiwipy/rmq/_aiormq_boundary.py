@@ -19,6 +19,8 @@ libraries (the ranges pinned in ``pyproject.toml``, extra ``rmq``):
   to ``aiormq.connect`` and its private ``_on_connection_close`` hook, which together let
   :class:`RobustConnection` close the sockets aiormq leaks and reset a stalled one;
 * aio-pika's ``reconnect_interval`` (read at every attempt, so it can be paced) and ``loop``;
+* aio-pika's ``_on_connected`` hook, where a connection to one of several endpoints learns
+  which node it reached (:mod:`kiwipy.rmq._endpoints`);
 * aiormq's ``ChannelClosed(None, None)`` for a channel *we* closed, told apart from the
   broker's ``channel.close`` (:func:`closed_by_broker`).
 
@@ -37,6 +39,8 @@ import aiormq.abc
 import aiormq.connection
 from aiormq import exceptions as amqp_errors
 from yarl import URL
+
+from . import _endpoints
 
 __all__ = (
     "RobustConnection",
@@ -201,15 +205,23 @@ class _Transports(aiormq.TransportFactory):
     and that nobody closed, or with ``everything``, every socket still open.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, endpoints: Optional[_endpoints.Endpoints] = None) -> None:
         # Strong references: a leaked socket must still be here when we sweep, not collected
         # first (its collection is what warns). Sweeps drop the closed ones.
         self._opened: dict[asyncio.StreamWriter, asyncio.StreamReader] = {}
+        self.endpoints = endpoints
 
     async def create(
         self, url: URL, **kwargs: Any
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         self.sweep()
+        if self.endpoints is None:
+            return await self._create(url, kwargs)
+        return await self.endpoints.open(url, lambda target: self._create(target, kwargs))
+
+    async def _create(
+        self, url: URL, kwargs: dict[str, Any]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         inner: aiormq.TransportFactory
         if url.scheme == "amqps":
             inner = aiormq.connection.TLSTransportFactory()
@@ -234,14 +246,27 @@ class _Transports(aiormq.TransportFactory):
 
 class RobustConnection(aio_pika.RobustConnection):
     """aio-pika's reconnecting connection whose failed connection attempts leak no socket
-    (see :class:`_Transports`). What :func:`kiwipy.rmq.async_connect` uses by default, with
-    a bound on each attempt (``kiwipy.rmq._amqp.CONNECT_TIMEOUT``)."""
+    (see :class:`_Transports`), and which with *endpoints* connects to whichever node of a
+    cluster answers (:mod:`kiwipy.rmq._endpoints`). What :func:`kiwipy.rmq.async_connect`
+    uses by default, with a bound on each attempt (``kiwipy.rmq._amqp.CONNECT_TIMEOUT``)."""
 
-    def __init__(self, url: URL, loop: Optional[asyncio.AbstractEventLoop] = None, **kwargs: Any):
+    def __init__(
+        self,
+        url: URL,
+        loop: Optional[asyncio.AbstractEventLoop] = None,
+        endpoints: Optional[_endpoints.Endpoints] = None,
+        **kwargs: Any,
+    ):
         super().__init__(url, loop=loop, **kwargs)
-        self._transports = _Transports()
+        self._transports = _Transports(endpoints)
         # aio-pika hands its kwargs to aiormq.connect at each attempt.
         self.kwargs["transport_factory"] = self._transports
+
+    async def _on_connected(self) -> None:
+        endpoints = self._transports.endpoints
+        if endpoints is not None:  # name the node we are on (logs, events); the next
+            self.url = endpoints.current  # attempt aims at the next one anyway
+        await super()._on_connected()
 
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
         # The connection, or an attempt to make one, failed: no socket of ours is in use

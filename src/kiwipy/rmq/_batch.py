@@ -292,7 +292,11 @@ class _Sender:
         # in the same step as the publish: no reply can come before
         for index, pending in enumerate(window, first):
             if pending.reply is not None:
-                self.futures[index] = self._replies.expect(pending.correlation_id, *pending.reply)
+                recipient, watch = pending.reply
+                resend = pending.message if watch is None else None  # a task (not an RPC)
+                self.futures[index] = self._replies.expect(
+                    pending.correlation_id, recipient, watch, resend
+                )
         done = _all_done(self._loop, confirms)
         self._in_flight.append(_Window(first, confirms, done, self._loop.time()))
         self._sent += len(confirms)

@@ -19,7 +19,7 @@ import contextvars
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Optional, TypeVar
 
 from aiormq import exceptions as amqp_errors
@@ -29,7 +29,8 @@ from yarl import URL
 
 from .. import exceptions
 from ._access import SEE_PERMISSIONS, LoginRefused, TlsFailure, tls_hint
-from ._options import ConnectionParams
+from ._endpoints import EndpointsUnreachable
+from ._options import ConnectionParams, endpoint_urls
 
 __all__ = ("connect_error", "opening", "target_url")
 
@@ -91,6 +92,9 @@ async def opening(params: ConnectionParams, attempt: Awaitable[T]) -> T:
     except exceptions.KiwiError:
         raise  # said in words already
     except CONNECT_ERRORS as exc:
+        urls = endpoint_urls(params)
+        if len(urls) > 1:
+            raise connect_error(exc, URL(urls[0]), shown=",".join(urls)) from exc
         raise connect_error(exc, target_url(params)) from exc
     finally:
         current.active = False
@@ -102,10 +106,13 @@ def target_url(params: ConnectionParams) -> URL:
     to, with aio-pika's defaults filled in."""
     if params is None or isinstance(params, str):
         return URL(params or "amqp://guest:guest@localhost/")
+    if isinstance(params, Sequence):
+        return URL(endpoint_urls(params)[0])
     if not isinstance(params, Mapping):
         return URL(str(params))
     if params.get("url"):
-        return URL(str(params["url"]))
+        urls = endpoint_urls(params)
+        return URL(urls[0] if urls else str(params["url"]))
     vhost = str(params.get("virtualhost", "/"))
     return URL.build(
         scheme="amqps" if params.get("ssl") else "amqp",
@@ -117,9 +124,16 @@ def target_url(params: ConnectionParams) -> URL:
     )
 
 
-def connect_error(exc: BaseException, url: URL) -> exceptions.ConnectFailed:
-    """:returns: the kiwipy error saying why connecting to *url* failed with *exc*."""
+def connect_error(
+    exc: BaseException, url: URL, shown: Optional[str] = None
+) -> exceptions.ConnectFailed:
+    """:returns: the kiwipy error saying why connecting to *url* failed with *exc*.
+
+    :param shown: what to call the target instead of *url* (several endpoints).
+    """
     masked = str(url.with_password("***")) if url.password else str(url)
+    if shown is not None:
+        masked = shown.replace(f":{url.password}@", ":***@") if url.password else shown
     reason = _reason(exc, url)
     if url.password:
         reason = reason.replace(url.password, "***")
@@ -151,6 +165,11 @@ def _close_frame(exc: BaseException) -> Optional[spec.Connection.Close]:
 
 def _reason(exc: BaseException, url: URL) -> str:
     """:returns: what went wrong, for a person who can fix it."""
+    if isinstance(exc, EndpointsUnreachable):
+        each = (
+            f"{tried.host}:{tried.port}: {_reason(error, tried)}" for tried, error in exc.failures
+        )
+        return "no endpoint could be reached (" + "; ".join(each) + ")"
     address = f"{url.host}:{url.port}"
     close = _close_frame(exc)
     if isinstance(exc, _LOGIN_REFUSED):

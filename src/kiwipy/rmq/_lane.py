@@ -69,7 +69,9 @@ class TaskLane:
             return False
         message, correlation_id = _outgoing.task(target, body)
         (confirm,), _ = _fastpublish.start(channel, (message,))
-        reply = None if no_reply else target.replies.expect(correlation_id, target.queue)
+        reply = (
+            None if no_reply else target.replies.expect(correlation_id, target.queue, None, message)
+        )
 
         def confirmed(future: asyncio.Future[Any]) -> None:
             error = _outcome(future, target)

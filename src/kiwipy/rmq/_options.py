@@ -9,11 +9,12 @@ five times and lost ``queue_expires`` and ``async_task_timeout`` on the way: bug
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Callable, Optional, Union
 from urllib.parse import parse_qsl, urlsplit
 
 from typing_extensions import TypedDict
+from yarl import URL
 
 from .. import _limits, encoders
 from . import defaults
@@ -26,12 +27,14 @@ __all__ = (
     "URL_PARAMETERS",
     "RmqOptions",
     "check_url_query",
+    "endpoint_urls",
     "resolve_options",
 )
 
-#: ``connection_params``: a URL string (passed positionally to the factory) or a dict of
-#: keyword arguments (e.g. ``{'url': 'amqp://...'}``); ``None`` means ``{}``.
-ConnectionParams = Union[str, Mapping[str, Any], None]
+#: ``connection_params``: a URL string (passed positionally to the factory), a list of URLs
+#: (the nodes of one cluster), or a dict of keyword arguments (e.g. ``{'url': 'amqp://...'}``);
+#: ``None`` means ``{}``. A URL may name several hosts: ``amqp://u:p@h1:5672,h2:5673/vhost``.
+ConnectionParams = Union[str, Sequence[str], Mapping[str, Any], None]
 #: Makes an aio-pika connection, e.g. :func:`aio_pika.connect_robust` (the default).
 ConnectionFactory = Callable[..., Awaitable[Any]]
 
@@ -128,9 +131,15 @@ class RmqOptions(TypedDict, total=False):
     task_queue_type: str
     """``'classic'`` or ``'quorum'``: the type of *new* task queues (and of their ``.dead``
     and ``.leases`` queues); existing queues are used as they are."""
+    shuffle_endpoints: bool
+    """With several endpoints (docs/cluster.md), try them in a random order, so clients
+    spread over the nodes of a cluster (``True``); ``False`` keeps the given order. Used by
+    the ``connect`` functions, which make the connection."""
     task_delivery_limit: Optional[int]
     """Quorum task queues only: deliveries after the first before a task is dead-lettered
-    with reason ``delivery_limit`` (``x-delivery-limit``; 20; ``None``: the broker's)."""
+    with reason ``delivery_limit`` (``x-delivery-limit``: a task is delivered at most this
+    plus one times). ``None`` (the default): no limit, on RabbitMQ 3.x and 4.x alike (4.0
+    would otherwise impose 20, and a crashed worker's deliveries count toward it)."""
 
 
 DEFAULTS: RmqOptions = {
@@ -159,7 +168,8 @@ DEFAULTS: RmqOptions = {
     "lease_check_timeout": 5.0,
     "task_message_ttl": None,
     "task_queue_type": "classic",
-    "task_delivery_limit": 20,
+    "task_delivery_limit": None,
+    "shuffle_endpoints": True,
 }
 
 #: The task queue types this library can declare.
@@ -202,6 +212,9 @@ def _check_task_options(options: RmqOptions) -> None:
     budget = options["max_decode_memory"]
     if budget is not None and budget <= 0:
         raise ValueError("max_decode_memory must be positive or None")
+    limit = options["task_delivery_limit"]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError("task_delivery_limit must be a whole number, 0 or more, or None")
     if options["lease_strikes"] < 1:
         raise ValueError("lease_strikes must be at least 1")
     after = options["task_lease_after"]
@@ -264,14 +277,22 @@ URL_PARAMETERS: dict[str, tuple[Callable[[str], bool], str]] = {
 
 
 def check_url_query(params: ConnectionParams) -> None:
-    """Check the query parameters of a connection URL (``params`` itself, or its ``url``).
+    """Check the query parameters of a connection URL (``params`` itself, or its ``url``;
+    each URL of a list).
 
     :raises ValueError: naming the first parameter that is unknown or has a value the
         transport cannot use (which aiormq would otherwise replace or ignore silently).
     """
     url = params.get("url") if isinstance(params, Mapping) else params
-    if not isinstance(url, str):
-        return
+    if isinstance(url, str):
+        _check_query(url)
+    elif isinstance(url, Sequence):
+        for each in url:
+            if isinstance(each, str):
+                _check_query(each)
+
+
+def _check_query(url: str) -> None:
     for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
         known = URL_PARAMETERS.get(name)
         if known is None:
@@ -281,3 +302,93 @@ def check_url_query(params: ConnectionParams) -> None:
         check, expected = known
         if not check(value):
             raise ValueError(f"URL parameter {name}={value!r} is invalid: it must be {expected}")
+
+
+# Several endpoints (the nodes of a cluster: docs/cluster.md)
+#
+# yarl (and so aio-pika and aiormq) reads ``h1:5672,h2:5673`` as one host with the port
+# ``5672,h2:5673`` and fails ("port can't be converted to integer"), and takes no list. The
+# endpoints are split here into one URL per host; the connection is made to one of them at a
+# time (:class:`kiwipy.rmq._amqp.RobustConnection`).
+
+
+def endpoint_urls(params: ConnectionParams) -> list[str]:
+    """:returns: one URL per endpoint that *params* names (a URL whose host part may list
+    several ``host[:port]`` separated by commas, a list of such URLs, or a dict whose
+    ``url`` is either), in the given order; ``[]`` if *params* names no URL (keyword
+    arguments such as ``{'host': ...}``).
+
+    :raises ValueError: for an endpoint that is not a valid URL (an empty host, a port that
+        is not a number), an empty list, or endpoints that differ in anything but host and
+        port: the nodes of one cluster share its users, virtual hosts and settings.
+    """
+    url = params.get("url") if isinstance(params, Mapping) else params
+    if url is None:
+        return []
+    if isinstance(url, (str, URL)):
+        urls = _split_hosts(str(url))
+    elif isinstance(url, Sequence):
+        if not url:
+            raise ValueError("an empty list of URLs names no broker to connect to")
+        urls = [one for each in url for one in _split_hosts(_url_text(each))]
+    else:
+        raise ValueError(f"a connection URL must be a string or a list of strings, not {url!r}")
+    _check_shared(urls)
+    return urls
+
+
+def _url_text(url: object) -> str:
+    if not isinstance(url, (str, URL)):
+        raise ValueError(f"a connection URL must be a string, not {url!r}")
+    return str(url)
+
+
+def _split_hosts(url: str) -> list[str]:
+    """:returns: *url* as one URL per host of its (comma-separated) host part."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return [_checked(url, url)]
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
+              default=len(rest))  # fmt: skip
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = netloc.rpartition("@")
+    if "," not in hosts:
+        return [_checked(url, url)]
+    prefix = f"{scheme}://{userinfo}{at}"
+    return [_checked(f"{prefix}{host.strip()}{tail}", url) for host in hosts.split(",")]
+
+
+def _checked(endpoint: str, whole: str) -> str:
+    """:returns: *endpoint* once yarl can read its host and port."""
+    try:
+        parsed = URL(endpoint)
+        port = parsed.port
+    except ValueError as exc:
+        raise ValueError(f"bad endpoint in {_masked(whole)!r}: {exc}") from None
+    if parsed.scheme in ("amqp", "amqps") and not parsed.host:
+        raise ValueError(f"bad endpoint in {_masked(whole)!r}: it names no host")
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"bad endpoint in {_masked(whole)!r}: port {port} out of range")
+    return endpoint
+
+
+def _check_shared(urls: list[str]) -> None:
+    def shared(url: str) -> tuple[Any, ...]:
+        parsed = URL(url)
+        return parsed.scheme, parsed.user, parsed.password, parsed.path or "/", parsed.query_string
+
+    first = shared(urls[0])
+    for url in urls[1:]:
+        if shared(url) != first:
+            raise ValueError(
+                f"the endpoints {_masked(urls[0])!r} and {_masked(url)!r} differ in more than "
+                "host and port: the nodes of one cluster share the scheme, user, password, "
+                "virtual host and URL parameters"
+            )
+
+
+def _masked(url: str) -> str:
+    userinfo, at, rest = url.partition("@")
+    if not at or ":" not in userinfo.partition("://")[2]:
+        return url
+    return f"{userinfo.rsplit(':', 1)[0]}:***@{rest}"

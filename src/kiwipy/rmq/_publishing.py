@@ -7,8 +7,13 @@ Invariants:
 * ``basic.return`` (no queue bound) raises :class:`~kiwipy.UnroutableError` and a message the
   broker refused because of itself (its exchange is missing) the translated error: sending
   those again cannot help.
-* With ``retry``: a nack is sent again once, on a fresh channel (rabbitmq-testing.md: a
-  quorum queue nacks everything on a channel opened during its leader election); a publish
+* With ``retry``: a nack is sent again on a fresh channel, after a pause that doubles from
+  0.05 s up to 1 s, until the deadline (a quorum queue nacks every publish on a channel
+  opened during its leader election, which lasts about 0.2 s after its leader's node died,
+  and can keep nacking for as long as that node stays down; a fresh channel gets confirms
+  once the election settled: docs/cluster.md); a queue that keeps refusing (``x-overflow:
+  reject-publish`` on a full queue) raises :class:`~kiwipy.PublishNacked` at the deadline. A
+  publish
   whose channel the broker closed because of *another* message is sent again once; one whose
   connection broke is sent again after the reconnection, as often as the deadline allows.
   The receiver may see such a message twice, never zero times.
@@ -38,6 +43,8 @@ _LOGGER = logging.getLogger("kiwipy.rmq.communicator")
 
 #: Pause before sending again after a failure, so a failure that repeats cannot spin.
 _PAUSE = 0.05
+#: Longest pause between two attempts of a nacked publish.
+_NACK_PAUSE_MAX = 1.0
 #: Seconds a replaced publish channel may take to receive its last confirms.
 _DRAIN_TIMEOUT = 10.0
 
@@ -49,7 +56,7 @@ class PublishAttempt:
         self._session = session
         self._exchange = exchange
         self._retry = retry
-        self._nacked = False
+        self._nacks = 0
         self._channel_failed = False
         self.timeout = session.options["recovery_timeout"]
         self.deadline = session.loop.time() + self.timeout
@@ -74,11 +81,16 @@ class PublishAttempt:
         """The publish on *channel* raised *exc*: return to send it again, or raise the
         translated error."""
         failure = _amqp.publish_failure(exc, self._exchange)
-        if failure == _amqp.NACKED and self._retry and not self._nacked:
-            self._nacked = True
-            _LOGGER.info("%s was nacked; sending it again on a fresh channel", self.what)
+        if failure == _amqp.NACKED and self._retry and self._may_retry():
+            self._nacks += 1
+            if self._nacks == 1:
+                _LOGGER.info("%s was nacked; sending it again on a fresh channel", self.what)
             self._session.renew_publish_channel(channel)
+            pause = min(_PAUSE * 2 ** (self._nacks - 1), _NACK_PAUSE_MAX)
+            await asyncio.sleep(min(pause, self.remaining()))
             return
+        if failure == _amqp.NACKED and self._nacks:
+            _LOGGER.info("%s still nacked after %d attempts; giving up", self.what, self._nacks + 1)
         if failure != _amqp.BROKEN:
             raise _amqp.translate(exc, self.what, "basic_publish") from exc
         if isinstance(exc, asyncio.TimeoutError) and self.remaining() <= 0.001:

@@ -12,7 +12,16 @@ Invariants:
 * Its restorer is idempotent (it consumes only when not consuming) and finds out whether the
   queue outlived the outage: if it expired or was deleted meanwhile, replies sent in between
   are lost, so every waiting future ends with :class:`~kiwipy.ReplyLost` before the queue is
-  declared again. Replies are acknowledged once handled, so one on its way when the
+  declared again.
+* In a cluster the queue lives on one node, and while that node is down nobody can use or
+  declare it (docs/cluster.md). After failing over to another node, the restorer then
+  *moves*: a new queue (a new name) is declared, consumed, and bound with the routing keys of
+  the old ones as well, so replies sent to an old name from now on arrive here; replies sent
+  before that may be lost, so every task still waiting for its reply is sent again with the
+  new queue as ``reply_to`` (the worker may run it twice: duplicates are allowed, a lost
+  reply is not), and every RPC still waiting ends with :class:`~kiwipy.ReplyLost` (an RPC is
+  not repeated). The old queue expires on its own (``reply_queue_expires``) once its node is
+  back. Replies are acknowledged once handled, so one on its way when the
   connection drops comes again; copies (same ``message_id``) are dropped.
 * Every waiting future is registered with its recipient before the request is published
   (the reply may beat the confirm) and removed when the publish fails. ``fail_all`` ends
@@ -46,6 +55,7 @@ from pamqp import commands as spec
 
 from .. import _tracing, exceptions
 from . import _acks, _amqp, _events, protocol
+from ._fastpublish import Outgoing
 from ._liveness import ResponderCheck
 from ._session import PROBE, Session
 
@@ -141,6 +151,17 @@ class _Waiting(NamedTuple):
     future: asyncio.Future[Any]
     recipient: str  # routing key the request went to
     watch: Optional[str]  # the queue whose existence tells the responder is alive
+    resend: Optional[Outgoing]  # a task: sent again if the reply queue has to move
+
+
+#: How RabbitMQ says that a queue exists but its node is down (killed: "home node ... is
+#: down or inaccessible") or stopping (a graceful stop: "process is stopped by supervisor").
+_NODE_DOWN = ("down or inaccessible", "stopped by supervisor")
+
+
+def _home_node_down(exc: BaseException) -> bool:
+    """Whether *exc* (a channel error) says the queue's node is down, not that it is gone."""
+    return any(text in str(exc) for text in _NODE_DOWN)
 
 
 class ReplyQueue:
@@ -152,7 +173,10 @@ class ReplyQueue:
 
     def __init__(self, session: Session, prefix: str) -> None:
         self._session = session
+        self._prefix = prefix
         self.name = f"{prefix}-reply-{uuid.uuid4()}"
+        self._aliases: list[str] = []  # the names of earlier queues (module doc: moving)
+        self._resend_due = False
         self._waiting: dict[str, _Waiting] = {}
         self._exchanges: dict[str, dict[str, Any]] = {}
         self._consumer_tag: Optional[str] = None
@@ -160,6 +184,7 @@ class ReplyQueue:
         self._check = ResponderCheck(session, self._watched, self._fail_watching)
         self._handled = _Recent()
         _tracing.count_replies(self, _tracing.RABBITMQ, _waiting_count)
+        self._resending: set[asyncio.Future[Any]] = set()
 
     async def bind(self, exchange: str, exchange_params: dict[str, Any]) -> None:
         """Receive replies published on *exchange* (declaring and consuming the queue on
@@ -192,13 +217,14 @@ class ReplyQueue:
     async def _bind(self, exchange: str) -> None:
         # Declared again first (it may have auto-deleted in testing mode): see messages.py.
         await self._session.declare_exchange(exchange, self._exchanges[exchange])
-        await self._session.call(
-            "binding the reply queue",
-            "queue_bind",
-            queue=self.name,
-            exchange=exchange,
-            routing_key=self.name,
-        )
+        for routing_key in (self.name, *self._aliases):
+            await self._session.call(
+                "binding the reply queue",
+                "queue_bind",
+                queue=self.name,
+                exchange=exchange,
+                routing_key=routing_key,
+            )
 
     async def _consume(self) -> None:
         # Acknowledged once handled: a reply on its way when the connection drops is
@@ -206,13 +232,64 @@ class ReplyQueue:
         self._consumer_tag = await self._session.consume(REPLIES, self.name, self._on_reply)
 
     async def _restore(self) -> None:
-        if not await self._session.passive_declare(self.name, PROBE):
-            self._queue_vanished()
+        try:
+            await self._session.call(
+                "checking the reply queue", "queue_declare", purpose=PROBE, queue=self.name,
+                passive=True,
+            )  # fmt: skip
+        except amqp_errors.ChannelNotFoundEntity as exc:
+            if _home_node_down(exc):
+                self._move(exc)
+            else:
+                self._queue_vanished()
         await self._declare()
         for exchange in self._exchanges:  # bindings to a non-durable exchange die with it
             await self._bind(exchange)
         if not self._session.is_consuming(REPLIES, self._consumer_tag):
             await self._consume()
+        if self._resend_due:
+            self._resend_due = False
+            self._resend_waiting()
+
+    def _move(self, why: BaseException) -> None:
+        """Switch to a new queue name (module doc); the restorer then declares, binds and
+        consumes it, and sends the waiting tasks again."""
+        old, self.name = self.name, f"{self._prefix}-reply-{uuid.uuid4()}"
+        self._aliases.append(old)
+        self._consumer_tag = None
+        self._resend_due = True
+        _LOGGER.warning("reply queue %s unusable (%s); replies now come to %s", old, why, self.name)
+
+    def _resend_waiting(self) -> None:
+        lost = exceptions.ReplyLost(
+            "the node of the reply queue went down while this RPC was waiting; its reply "
+            "may be lost (RPCs are not repeated)"
+        )
+        for correlation_id, each in list(self._waiting.items()):
+            if each.resend is None:
+                del self._waiting[correlation_id]
+                _fail(each.future, lost)
+            else:
+                task = asyncio.ensure_future(self._resend(correlation_id, each.resend))
+                self._resending.add(task)
+                task.add_done_callback(self._resending.discard)
+
+    async def _resend(self, correlation_id: str, message: Outgoing) -> None:
+        props = message.properties
+        props = _amqp.properties(
+            persistent=True,
+            correlation_id=props.correlation_id,
+            reply_to=self.name,
+            content_type=props.content_type,
+            headers=props.headers,
+        )
+        try:
+            await self._session.publish(message.exchange, message.routing_key, message.body,
+                                        props, message.mandatory)  # fmt: skip
+        except exceptions.KiwiError as exc:
+            waiting = self._waiting.pop(correlation_id, None)
+            if waiting is not None:
+                _fail(waiting.future, exc)
 
     def _queue_vanished(self) -> None:
         if self._waiting:
@@ -230,15 +307,21 @@ class ReplyQueue:
     # Waiting futures
 
     def expect(
-        self, correlation_id: str, recipient: str, watch: Optional[str] = None
+        self,
+        correlation_id: str,
+        recipient: str,
+        watch: Optional[str] = None,
+        resend: Optional[Outgoing] = None,
     ) -> asyncio.Future[Any]:
         """:returns: a future for the reply to *correlation_id* (sent to *recipient*).
 
         :param watch: the queue of the RPC subscriber the reply is awaited from: the reply
             ends with :class:`~kiwipy.ReplyLost` once that queue is gone (module doc).
+        :param resend: the task message, sent again if the reply queue has to move to
+            another node (module doc); without it, a move ends the wait with ``ReplyLost``.
         """
         future: asyncio.Future[Any] = self._session.loop.create_future()
-        self._waiting[correlation_id] = _Waiting(future, recipient, watch)
+        self._waiting[correlation_id] = _Waiting(future, recipient, watch, resend)
         if watch is not None:
             self._check.watch(watch)
         return future
@@ -307,6 +390,8 @@ class ReplyQueue:
     async def close(self) -> None:
         """Stop consuming and delete the queue (best effort: it expires anyway)."""
         self._session.remove_restorer(REPLIES, self)
+        for task in list(self._resending):
+            task.cancel()
         await self._check.stop()
         if self._consumer_tag is not None:
             await self._session.cancel(REPLIES, self._consumer_tag)

@@ -11,9 +11,10 @@ Invariants:
   connection to be back *and restored*; every send ends within ``recovery_timeout`` seconds,
   confirmed or with a typed error (:class:`~kiwipy.ConnectionLost` when the outcome is
   unknown). With ``retry`` (the default: tasks, replies, parking), a send whose channel or
-  connection broke under it is sent again after the reconnection, and a nacked one once
-  more on a fresh channel (a quorum queue electing a leader nacks every publish on a channel
-  opened meanwhile): the receiver may get it twice, never zero times. RPC requests and
+  connection broke under it is sent again after the reconnection, and a nacked one again on
+  fresh channels with backoff until ``recovery_timeout`` (a quorum queue electing a leader
+  nacks every publish on a channel opened meanwhile; :mod:`kiwipy.rmq._publishing`): the
+  receiver may get it twice, never zero times. RPC requests and
   broadcasts are not repeated (``retry=False``): they raise instead.
 * The session keeps no topology of its own: components register restorers
   (:mod:`kiwipy.rmq._recovery`). After aio-pika reconnects every purpose is restored, then
@@ -327,8 +328,8 @@ class Session:
     ) -> Any:
         """Publish *body* and wait for the broker's confirm (module doc).
 
-        :param retry: send it again if its channel or connection broke under it, or once
-            more if it was nacked (the receiver may see it twice).
+        :param retry: send it again if its channel or connection broke under it, or if it
+            was nacked, until ``recovery_timeout`` (the receiver may see it twice).
         :returns: the confirm frame (``pamqp.commands.Basic.Ack``).
         :raises MessageTooLarge: before publishing, if *body* is over ``max_message_size``.
         :raises UnroutableError: for a mandatory message no queue is bound for.

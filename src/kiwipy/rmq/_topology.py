@@ -15,9 +15,12 @@ Rules (see :mod:`kiwipy.rmq.tasks` and ``docs/long-tasks.md``):
    in testing mode) gives exactly what kiwipy 0.9 declares instead: ``x-message-ttl`` 7
    days, and in testing mode a transient queue with ``x-expires`` 10 s, since a 0.9 peer
    redeclares the queue and RabbitMQ refuses any difference (``PRECONDITION_FAILED``).
-4. ``task_queue_type='quorum'`` makes the three queues quorum queues; the task queue gets
-   ``x-delivery-limit`` and the lease queue dead-letters *at least once* (a quorum queue's
-   default is at most once, which could drop a lease copy on its way back).
+4. ``task_queue_type='quorum'`` makes the three queues quorum queues; the task queue and the
+   lease queue dead-letter *at least once* (a quorum queue's default is at most once, which
+   could drop a dead task, or a lease copy on its way back, when a node dies). The task
+   queue's delivery limit is exactly ``task_delivery_limit``: without one, none, on every
+   RabbitMQ version (4.0 made 20 the default for quorum queues: ``x-delivery-limit = -1``
+   turns that off there; 3.x has no default and refuses -1, so nothing is set).
 5. The lease queue has no consumer: its ``x-message-ttl`` (``lease_interval``) sends every
    copy back to the task queue after one interval, where a worker checks it. One TTL per queue
    keeps expiry in FIFO order.
@@ -40,6 +43,7 @@ __all__ = (
     "dead_queue_arguments",
     "declare_lease_queue",
     "declare_task_queue",
+    "broker_version",
     "ensure_queue",
     "lease_queue_arguments",
     "task_queue_arguments",
@@ -63,8 +67,14 @@ def _testing(arguments: dict[str, Any], options: Mapping[str, Any], expires: int
 KIWIPY09_TASK_QUEUE: Mapping[str, Any] = {"x-message-ttl": defaults.TASK_MESSAGE_TTL}
 
 
-def task_queue_arguments(queue: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """:returns: the arguments a *new* task queue is declared with (rules 2-4)."""
+def task_queue_arguments(
+    queue: str, options: Mapping[str, Any], broker_version: str = ""
+) -> dict[str, Any]:
+    """:returns: the arguments a *new* task queue is declared with (rules 2-4).
+
+    :param broker_version: the RabbitMQ version (``server_properties['version']``), which
+        decides how "no delivery limit" is said (rule 4).
+    """
     if options["task_queue_compat"]:
         arguments: dict[str, Any] = dict(KIWIPY09_TASK_QUEUE)
     else:
@@ -72,9 +82,12 @@ def task_queue_arguments(queue: str, options: Mapping[str, Any]) -> dict[str, An
         if options["task_message_ttl"]:
             arguments["x-message-ttl"] = int(options["task_message_ttl"])
         if _quorum(options):
-            arguments["x-queue-type"] = "quorum"
-            if options["task_delivery_limit"] is not None:
-                arguments["x-delivery-limit"] = int(options["task_delivery_limit"])
+            arguments.update(_AT_LEAST_ONCE)
+            limit = options["task_delivery_limit"]
+            if limit is not None:
+                arguments["x-delivery-limit"] = int(limit)
+            elif _major(broker_version) >= 4:
+                arguments["x-delivery-limit"] = -1  # no limit (4.0 would set 20)
     _testing(arguments, options, defaults.TEST_QUEUE_EXPIRES)
     return arguments
 
@@ -83,6 +96,28 @@ def task_queue_durable(options: Mapping[str, Any]) -> bool:
     """:returns: whether a *new* task queue is durable: kiwipy 0.9 declares it transient in
     testing mode, so with ``task_queue_compat`` this library does too (rule 3)."""
     return not (options["task_queue_compat"] and options["testing_mode"])
+
+
+#: A quorum queue that dead-letters at least once (rule 4); reject-publish is required.
+_AT_LEAST_ONCE = {
+    "x-queue-type": "quorum",
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+
+
+def _major(version: str) -> int:
+    """:returns: the major number of a RabbitMQ *version* (0 if unknown)."""
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def broker_version(session: Session) -> str:
+    """:returns: the version the broker announced, ``''`` if unknown (not connected)."""
+    connection = session.live_connection()
+    properties = getattr(connection, "server_properties", None) or {}
+    version = properties.get("version", "")
+    return version.decode() if isinstance(version, bytes) else str(version)
 
 
 def dead_queue_arguments(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,13 +136,7 @@ def lease_queue_arguments(queue: str, options: Mapping[str, Any]) -> dict[str, A
         "x-dead-letter-routing-key": queue,
     }
     if _quorum(options):
-        arguments.update(
-            {
-                "x-queue-type": "quorum",
-                "x-dead-letter-strategy": "at-least-once",
-                "x-overflow": "reject-publish",  # required by at-least-once
-            }
-        )
+        arguments.update(_AT_LEAST_ONCE)
     # Copies only pass through; parking declares it again in testing mode (see
     # declare_lease_queue), so it lives while leases cycle and vanishes after.
     _testing(arguments, options, 4 * settings.interval_ms)
@@ -136,7 +165,7 @@ async def declare_task_queue(session: Session, exchange: str, queue: str) -> Non
     """Make sure *queue* exists, bound to *exchange*, with its ``.dead`` queue."""
     options = session.options
     await ensure_queue(session, dead_queue(queue), dead_queue_arguments(options))
-    arguments = task_queue_arguments(queue, options)
+    arguments = task_queue_arguments(queue, options, broker_version(session))
     await ensure_queue(session, queue, arguments, task_queue_durable(options))
     await session.call(
         "binding a task queue", "queue_bind", queue=queue, exchange=exchange, routing_key=queue

@@ -32,12 +32,14 @@ from ..communications import (
 )
 from . import _aiormq_boundary, _amqp, _connecting
 from ._batch import MessageTarget, TaskTarget
+from ._endpoints import Endpoints
 from ._lane import MessageLane, TaskLane
 from ._options import (
     ConnectionFactory,
     ConnectionParams,
     RmqOptions,
     check_url_query,
+    endpoint_urls,
     resolve_options,
 )
 from ._recovery import ReconnectPacing
@@ -382,6 +384,16 @@ async def _open_connection(params: ConnectionParams, factory: ConnectionFactory)
     return await factory(params)
 
 
+def _one_url(params: ConnectionParams, urls: list[str]) -> ConnectionParams:
+    """:returns: *params* with one URL for aio-pika: the first endpoint's (the endpoint of
+    each attempt is chosen later: :mod:`kiwipy.rmq._endpoints`)."""
+    if not urls:
+        return params
+    if isinstance(params, Mapping):
+        return {**params, "url": urls[0]}
+    return urls[0]
+
+
 def _paced(params: ConnectionParams, options: dict[str, Any]) -> ConnectionParams:
     """:returns: *params* for :func:`aio_pika.connect_robust` with a first
     ``reconnect_interval`` of 0.1 s, unless the user chose one.
@@ -398,7 +410,7 @@ def _paced(params: ConnectionParams, options: dict[str, Any]) -> ConnectionParam
             return params
         options.setdefault("reconnect_max_interval", _AIO_PIKA_INTERVAL)
         return {**params, "reconnect_interval": first}
-    url = URL(params or "amqp://guest:guest@localhost/")
+    url = URL(str(params or "amqp://guest:guest@localhost/"))  # one URL: see _one_url
     if "reconnect_interval" in url.query:
         return params
     options.setdefault("reconnect_max_interval", _AIO_PIKA_INTERVAL)
@@ -413,30 +425,49 @@ async def async_connect(
     """Open a connection and return a connected :class:`RmqCommunicator`.
 
     :param connection_params: a URL (``'amqp://guest:guest@127.0.0.1/?heartbeat=30'``) or
-        keyword arguments for *connection_factory* (``{'url': ...}``).
+        keyword arguments for *connection_factory* (``{'url': ...}``). The nodes of a
+        cluster may be given as several hosts in one URL
+        (``'amqp://u:p@host1:5672,host2:5673/vhost'``) or as a list of URLs: each connection
+        attempt goes to one of them (``shuffle_endpoints``; docs/cluster.md).
     :param connection_factory: makes the aio-pika connection; the default,
         :func:`aio_pika.connect_robust`, reconnects by itself after the connection is lost
         (with a quick first ``reconnect_interval`` unless the URL sets one, each attempt
         bounded by :data:`~kiwipy.rmq._amqp.CONNECT_TIMEOUT`, and no socket leaked by a
         failed attempt: :class:`~kiwipy.rmq._amqp.RobustConnection`).
     :param options: see :class:`RmqCommunicator`.
-    :raises ValueError: for a bad option, or (with the default factory) a URL query
-        parameter that is unknown or malformed (``?heartbeat=abc``).
+    :raises ValueError: for a bad option, a bad endpoint, or (with the default factory) a URL
+        query parameter that is unknown or malformed (``?heartbeat=abc``).
     :raises ConnectFailed: if the connection cannot be opened; the message says why.
         :class:`~kiwipy.AccessRefused` when the broker refused the user or the virtual host,
         :class:`~kiwipy.TlsError` when the TLS handshake failed (untrusted certificate,
         wrong host name).
     """
-    _limits.check_options(resolve_options(options))  # fail on a bad option before connecting
+    resolved = resolve_options(options)
+    _limits.check_options(resolved)  # fail on a bad option before connecting
     asked = connection_params  # for error messages: before the pacing below adds to it
+    urls = endpoint_urls(connection_params)
     if connection_factory is aio_pika.connect_robust:
         check_url_query(connection_params)  # aiormq would ignore a bad one silently
+        connection_params = _one_url(connection_params, urls)
         connection_params = _paced(connection_params, cast(dict[str, Any], options))
+        endpoints = None
+        if len(urls) > 1:
+            shuffle = resolved["shuffle_endpoints"]
+            endpoints = Endpoints(urls, shuffle, _amqp.CONNECT_TIMEOUT)
         connection_factory = functools.partial(
             aio_pika.connect_robust,
-            connection_class=_amqp.RobustConnection,
+            connection_class=cast(
+                type[_amqp.RobustConnection],
+                functools.partial(_amqp.RobustConnection, endpoints=endpoints),
+            ),
             timeout=_amqp.CONNECT_TIMEOUT,
         )
+    elif len(urls) > 1:
+        raise ValueError(
+            "several endpoints need the default connection factory (aio_pika.connect_robust)"
+        )
+    else:
+        connection_params = _one_url(connection_params, urls)
     connection = await _connecting.opening(
         asked, _open_connection(connection_params, connection_factory)
     )

@@ -120,7 +120,11 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
         # large tasks are encoded off the loop (issue 6)
         body = await _offload.encode(self._session, protocol.encode_task(task, no_reply))
         message, correlation_id = _outgoing.task(self.target(), body)
-        future = None if no_reply else self._replies.expect(correlation_id, self._queue_name)
+        future = (
+            None
+            if no_reply
+            else self._replies.expect(correlation_id, self._queue_name, None, message)
+        )
         try:
             await self._session.publish(*message)
         except BaseException:
