@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import shortuuid
 
 from . import exceptions, futures
+from ._error_text import exception_text
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -305,7 +306,7 @@ def _remote_exception(exc: BaseException) -> exceptions.RemoteException:
     import traceback
 
     return exceptions.RemoteException(
-        str(exc),
+        exception_text(exc),
         remote_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
         remote_traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
     )

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
 from .. import _broadcasts, exceptions
+from .._error_text import exception_text
 
 __all__ = (
     "BROADCAST_TOPIC",
@@ -170,7 +171,7 @@ def result_response(result: Any) -> dict[str, Any]:
 def exception_response(exception: BaseException, trace: Any = None) -> dict[str, Any]:
     """:returns: the reply for *exception*: its text (kiwipy 0.9's key) plus its type and
     traceback (keys kiwipy 0.9 ignores)."""
-    message = str(exception)
+    message = exception_text(exception)
     if trace is not None:
         message += "\n" + "".join(traceback.format_tb(trace))
     exc_type = type(exception)
