@@ -30,12 +30,8 @@ Import ``tests.contract``, not this module: the two import each other.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import inspect
 import os
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Optional
 
 import pytest
@@ -46,20 +42,21 @@ import kiwipy
 from tests import _battery_inputs as inputs
 from tests import contract
 from tests._battery_inputs import Behaviour, Drawn, fixed
+from tests._battery_rig import (
+    CALL_BOUND,
+    CONTROL_BOUND,
+    FUTURE_BOUND,
+    REFUSALS,
+    SEND_REFUSALS,
+    Rig,
+    call,
+    echo,
+    must,
+    outcome_of,
+    send_natively,
+)
 
 __all__ = ("CALL_BOUND", "CONTROL_BOUND", "FUTURE_BOUND", "BatteryContract")
-
-#: Seconds a call (a send, adding or removing a subscriber, ``task_queue``) may take.
-CALL_BOUND = 5.0
-#: Seconds each level of a returned future may take to resolve.
-FUTURE_BOUND = 5.0
-#: Seconds the control round (one task, one RPC) may take after an example.
-CONTROL_BOUND = 3.0
-
-#: What a call may raise to refuse a name or an identifier.
-REFUSALS = (kiwipy.KiwiError, ValueError, TypeError)
-#: What a send may raise to refuse a body.
-SEND_REFUSALS = (kiwipy.KiwiError,)
 
 
 def _battery_settings() -> settings:
@@ -87,146 +84,6 @@ def _battery_settings() -> settings:
 BATTERY = _battery_settings()
 
 
-# -- bounded calls and outcomes ----------------------------------------------------------------
-
-
-async def call(what: str, awaitable: Any, refusals: tuple[type[BaseException], ...]) -> Any:
-    """:returns: ``(True, result)``, or ``(False, error)`` if it raised one of *refusals*.
-    Fails the example if it takes over :data:`CALL_BOUND` seconds or raises anything else."""
-    try:
-        return True, await asyncio.wait_for(awaitable, CALL_BOUND)
-    except refusals as exc:
-        return False, exc
-    except TimeoutError as exc:  # asyncio's, or the thread facade's kiwipy.TimeoutError
-        raise AssertionError(f"{what}: no answer within {CALL_BOUND} s ({exc!r})") from exc
-    except BaseException as exc:
-        allowed = ", ".join(refusal.__name__ for refusal in refusals)
-        why = f", not a refusal ({allowed})" if refusals else ""
-        raise AssertionError(f"{what} raised {exc!r}{why}") from exc
-
-
-async def must(what: str, awaitable: Any) -> Any:
-    """:returns: what *awaitable* gives; fails the example if it raises or takes too long."""
-    ok, got = await call(what, awaitable, ())
-    assert ok
-    return got
-
-
-class Outcome:
-    """How a (nested) future ended: ``kind`` is ``'result'``, ``'error'`` or ``'cancelled'``."""
-
-    def __init__(self, kind: str, value: Any = None) -> None:
-        self.kind = kind
-        self.value = value
-
-    def __repr__(self) -> str:
-        return f"Outcome({self.kind}, {self.value!r})"[:300]
-
-
-async def outcome_of(what: str, future: Any) -> Outcome:
-    """Follow *future* level by level (a future resolving to a future) to its end; fails the
-    example if a level does not resolve within :data:`FUTURE_BOUND` seconds."""
-    level = 1
-    while True:
-        done, _ = await asyncio.wait({future}, timeout=FUTURE_BOUND)
-        assert done, f"{what}: level {level} of the future not resolved in {FUTURE_BOUND} s"
-        if future.cancelled():
-            return Outcome("cancelled")
-        if future.exception() is not None:
-            return Outcome("error", future.exception())
-        if not asyncio.isfuture(future.result()):
-            return Outcome("result", future.result())
-        future, level = future.result(), level + 1
-
-
-async def send_natively(view: Any, name: str, *args: Any) -> Any:
-    """``view.native.<name>(*args)``, bounded: the communicator's own future (a
-    ``concurrent.futures.Future`` for a blocking communicator), which the sender may cancel."""
-    method = getattr(view.native, name)
-    if inspect.iscoroutinefunction(method):
-        return await must(name, method(*args))
-    return await must(name, asyncio.to_thread(method, *args))
-
-
-def _echo(_comm: Any, msg: Any) -> Any:
-    return msg
-
-
-def _control_task(_comm: Any, task: Any) -> Any:
-    # Also answers what earlier examples left in the queue; only the token matters.
-    return f"control {task}" if isinstance(task, str) else None
-
-
-# -- the communicator pair ----------------------------------------------------------------------
-
-
-class Rig:
-    """The communicators one battery test uses across its examples: a sender and a worker
-    (the same communicator where the transport shares nothing between communicators)."""
-
-    def __init__(self, transport: contract.ContractTransport, capabilities: frozenset[str]):
-        self.transport = transport
-        self.capabilities = capabilities
-        self.sender: Any = None
-        self.worker: Any = None
-        self.control_rpc = ""
-        self.broken = True
-        self._serial = 0
-
-    def has(self, capability: str) -> bool:
-        return capability in self.capabilities
-
-    def unique(self, what: str) -> str:
-        """:returns: a task queue name or RPC identifier no other example of the test uses."""
-        self._serial += 1
-        return self.transport.name(f"battery-{what}{self._serial}")
-
-    @property
-    def subscribers_on_sender_loop(self) -> bool:
-        """Whether subscribers run on the test's loop (an asyncio communicator)."""
-        return inspect.iscoroutinefunction(self.worker.native.rpc_send)
-
-    async def ensure_connected(self) -> None:
-        """Make a working pair if there is none (the last example broke it)."""
-        if self.broken:
-            await self._replace()
-            self.broken = False
-
-    @contextlib.asynccontextmanager
-    async def example(self) -> AsyncIterator[Rig]:
-        """One example: a working pair before it, and the control round after it."""
-        await self.ensure_connected()
-        self.broken = True  # until the control round says otherwise
-        yield self
-        await asyncio.wait_for(self.control_round(), CONTROL_BOUND)
-        self.broken = False
-
-    async def control_round(self) -> None:
-        """One task and one RPC, answered."""
-        token = uuid.uuid4().hex
-        ident = await must(
-            "control add_task_subscriber", self.worker.add_task_subscriber(_control_task)
-        )
-        task = await must("control task_send", self.sender.task_send(token))
-        assert await contract.settle(task, CONTROL_BOUND) == f"control {token}"
-        await must("control remove_task_subscriber", self.worker.remove_task_subscriber(ident))
-        answer = await must("control rpc_send", self.sender.rpc_send(self.control_rpc, token))
-        assert await contract.settle(answer, CONTROL_BOUND) == token
-
-    async def _replace(self) -> None:
-        for old in {id(v): v for v in (self.sender, self.worker) if v is not None}.values():
-            with contextlib.suppress(BaseException):  # it failed an example: close what can be
-                await asyncio.wait_for(old.close(), CALL_BOUND)
-        self.worker = await asyncio.wait_for(self.transport.connect(), CALL_BOUND)
-        self.sender = self.worker
-        if self.has(contract.SHARED):
-            self.sender = await asyncio.wait_for(self.transport.connect(), CALL_BOUND)
-        self.control_rpc = await must(
-            "add the control RPC subscriber",
-            self.worker.add_rpc_subscriber(_echo, self.unique("control")),
-        )
-
-
 # -- what each example does -----------------------------------------------------------------
 
 
@@ -234,7 +91,7 @@ async def check_rpc_identifier(rig: Rig, ident: Any) -> None:
     """An identifier is refused at once, or it works (and nobody else's calls reach it)."""
     added, got = await call(
         f"add_rpc_subscriber(echo, {ident!r})",
-        rig.worker.add_rpc_subscriber(_echo, ident),
+        rig.worker.add_rpc_subscriber(echo, ident),
         REFUSALS,
     )
     if not added:
@@ -286,7 +143,7 @@ async def check_task_queue(rig: Rig, name: Any) -> None:
     if not made:
         assert not inputs.is_plain_name(name), f"a plain queue name was refused: {queue!r}"
         return
-    ident = await must("add_task_subscriber", queue.add_task_subscriber(_echo))
+    ident = await must("add_task_subscriber", queue.add_task_subscriber(echo))
     sending = await must("the sender's task_queue", rig.sender.task_queue(name))
     outcome = await outcome_of("task_send", await must("task_send", sending.task_send("ping")))
     assert (outcome.kind, outcome.value) == ("result", "ping"), outcome
@@ -299,11 +156,11 @@ async def check_body(rig: Rig, kind: str, body: Drawn) -> None:
         await _check_broadcast_body(rig, body)
         return
     if kind == "task":
-        ident = await must("add_task_subscriber", rig.worker.add_task_subscriber(_echo))
+        ident = await must("add_task_subscriber", rig.worker.add_task_subscriber(echo))
         sending = rig.sender.task_send(body.make())
     else:
         ident = await must(
-            "add_rpc_subscriber", rig.worker.add_rpc_subscriber(_echo, rig.unique("body"))
+            "add_rpc_subscriber", rig.worker.add_rpc_subscriber(echo, rig.unique("body"))
         )
         sending = rig.sender.rpc_send(ident, body.make())
     sent, future = await call(f"{kind}_send", sending, SEND_REFUSALS)
