@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import uuid
 from collections.abc import AsyncIterator
@@ -152,11 +153,17 @@ class Rig:
         """One example: a working pair before it, and the control round after it."""
         await self.ensure_connected()
         self.broken = True  # until the control round says otherwise
-        yield self
         try:
-            await asyncio.wait_for(self.control_round(), CONTROL_BOUND)
-        except TimeoutError:
-            raise AssertionError(f"the control round took over {CONTROL_BOUND} s") from None
+            yield self
+            try:
+                await asyncio.wait_for(self.control_round(), CONTROL_BOUND)
+            except TimeoutError:
+                raise AssertionError(f"the control round took over {CONTROL_BOUND} s") from None
+        except BaseException:
+            # What the failure left (tasks and futures holding exceptions) is collected now,
+            # not while pytest reports the failure (see BatteryContract.battery_garbage).
+            gc.collect()
+            raise
         self.broken = False
 
     async def control_round(self) -> None:

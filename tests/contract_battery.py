@@ -40,8 +40,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import gc
 import os
-from collections.abc import Awaitable
+import sys
+from collections.abc import Awaitable, Iterator
 from typing import Any, Callable, ClassVar, Optional
 
 import pytest
@@ -215,8 +217,27 @@ class BatteryContract:
     message_limit: ClassVar[Optional[int]] = None
 
     @pytest.fixture
+    def battery_garbage(self) -> Iterator[None]:
+        """Collect the garbage a battery test leaves, once its communicators are closed.
+
+        A failed case leaves futures holding exceptions (kept alive by the failure, which
+        pytest keeps in ``sys.last_value``). Collected later, their finalizers log the
+        exception, and on Python 3.11 formatting a traceback parses source: if that happens
+        while pytest itself parses source to report the next failure, the nested parse
+        breaks the outer one's recursion count and ends the whole session with
+        ``SystemError: AST constructor recursion depth mismatch``. So they go here."""
+        yield
+        for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+            if hasattr(sys, name):
+                setattr(sys, name, None)
+        gc.collect()
+
+    @pytest.fixture
     async def battery_rig(
-        self, request: pytest.FixtureRequest, transport: contract.ContractTransport
+        self,
+        battery_garbage: None,  # first: torn down after the transport
+        request: pytest.FixtureRequest,
+        transport: contract.ContractTransport,
     ) -> Rig:
         for capability in getattr(request.function, "battery_needs", ()):
             if capability not in self.capabilities:
