@@ -142,6 +142,7 @@ _BEHAVIOURS = {
     "raise-unprintable": Behaviour(inputs.RAISE, inputs.UnprintableError),
     "coroutine-raise-unprintable": Behaviour(inputs.RAISE, inputs.UnprintableError, coroutine=True),
     "future-fails-StopIteration": Behaviour(inputs.FUTURE_FAILS, StopIteration, late=True),
+    "future-fails-GeneratorExit": Behaviour(inputs.FUTURE_FAILS, GeneratorExit, late=True),
     "future-cancelled": Behaviour(inputs.FUTURE_CANCELLED, late=True),
     "coroutine-future-object": Behaviour(
         inputs.FUTURE_RESULT, value=Drawn("object()", object), coroutine=True, late=True
