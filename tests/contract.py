@@ -138,6 +138,7 @@ from typing import Any, Callable, ClassVar, Optional
 import pytest
 
 import kiwipy
+from tests.contract_battery import BatteryContract
 
 __all__ = (
     "ALL",
@@ -270,6 +271,10 @@ def _to_asyncio(value: Any) -> Any:
             return
         if done.cancelled():
             target.cancel()
+        elif isinstance(done.exception(), StopIteration):
+            # an asyncio future refuses StopIteration (TypeError), as a coroutine does (PEP 479)
+            error = RuntimeError(f"the future failed with {done.exception()!r}")
+            target.set_exception(error.with_traceback(None))
         elif done.exception() is not None:
             target.set_exception(done.exception())  # type: ignore[arg-type]
         else:
@@ -616,8 +621,9 @@ def _blocking_native(comm: Any, transport: ContractTransport) -> Any:
     return comm.native
 
 
-class CommunicatorContract:
-    """The contract suite; see the module docstring for how to run it against a transport."""
+class CommunicatorContract(BatteryContract):
+    """The contract suite; see the module docstring for how to run it against a transport.
+    It includes the hostile battery of :class:`tests.contract_battery.BatteryContract`."""
 
     capabilities: ClassVar[frozenset[str]] = ALL
 

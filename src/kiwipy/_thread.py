@@ -244,7 +244,7 @@ class ThreadCommunicator(Communicator):
         self._bridge.close(self._core.disconnect)
 
     def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: Any = None) -> Any:
-        lane = ("rpc", identifier if identifier is not None else id(subscriber))
+        lane = ("rpc", _lane_key(identifier, subscriber))
         wrapped = self._bridge.wrap(self, subscriber, lane)
         return self._bridge.call(self._core.add_rpc_subscriber, wrapped, identifier)
 
@@ -261,7 +261,7 @@ class ThreadCommunicator(Communicator):
     def add_broadcast_subscriber(
         self, subscriber: BroadcastSubscriber, identifier: Any = None
     ) -> Any:
-        lane = ("broadcast", identifier if identifier is not None else id(subscriber))
+        lane = ("broadcast", _lane_key(identifier, subscriber))
         wrapped = self._bridge.wrap(self, subscriber, lane)
         return self._bridge.call(self._core.add_broadcast_subscriber, wrapped, identifier)
 
@@ -489,3 +489,9 @@ def _settle(outcome: asyncio.Future[Any], done: concurrent.futures.Future[Any], 
         if isinstance(result, concurrent.futures.Future):
             result = to_asyncio(result, loop)
         outcome.set_result(result)
+
+
+def _lane_key(identifier: Any, subscriber: Any) -> Any:
+    """:returns: the key serialising one subscriber's calls: its identifier as a string (the
+    cores compare identifiers as strings, and any value is accepted, unhashable ones too)."""
+    return id(subscriber) if identifier is None else str(identifier)

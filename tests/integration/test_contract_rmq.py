@@ -10,6 +10,10 @@ from kiwipy import rmq
 from tests.contract import ALL, AsyncTransport, BlockingTransport, CommunicatorContract
 from tests.contract_tracing import TracingContract
 
+#: ``max_message_size`` of the communicators here: low, so that the battery's message over
+#: the limit is quick to build and send.
+MESSAGE_LIMIT = 8 * 1024 * 1024
+
 
 def rmq_options(namespace: str) -> dict[str, Any]:
     return {
@@ -17,11 +21,13 @@ def rmq_options(namespace: str) -> dict[str, Any]:
         "task_exchange": f"{namespace}.tasks",
         "task_queue": f"{namespace}.tasks",
         "testing_mode": True,
+        "max_message_size": MESSAGE_LIMIT,
     }
 
 
 class TestRmqCommunicatorContract(CommunicatorContract):
     capabilities = ALL
+    message_limit = MESSAGE_LIMIT
 
     @pytest.fixture
     async def transport(self, names, rmq_uri):
@@ -34,6 +40,7 @@ class TestRmqCommunicatorContract(CommunicatorContract):
 
 class TestRmqThreadCommunicatorContract(CommunicatorContract):
     capabilities = ALL
+    message_limit = MESSAGE_LIMIT
 
     @pytest.fixture
     async def transport(self, names, rmq_uri):

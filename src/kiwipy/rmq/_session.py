@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
@@ -283,8 +284,12 @@ class Session:
     ) -> str:
         """Consume *queue* on the *purpose* channel. :returns: the consumer tag."""
         channel = await self.channel(purpose)
+        # Our own tag: aiormq's default draws it from the global ``random``, which the user's
+        # code may seed (a repeated seed repeats the tag: DuplicateConsumerTag).
+        tag = f"ctag{channel.number}.{uuid.uuid4().hex}"
         try:
-            ok = await _amqp.guarded(channel, channel.basic_consume(queue, callback, no_ack=no_ack))
+            consuming = channel.basic_consume(queue, callback, no_ack=no_ack, consumer_tag=tag)
+            ok = await _amqp.guarded(channel, consuming)
         except _amqp.LINK_ERRORS as exc:
             raise _amqp.translate(exc, f"consuming {queue!r}", "basic_consume") from exc
         tag = str(ok.consumer_tag)
