@@ -109,8 +109,15 @@ def _non_strings() -> st.SearchStrategy[Drawn]:
 
 def is_plain_name(name: Any) -> bool:
     """:returns: whether *name* is a name every transport must accept (dotted words of
-    ASCII letters, digits, ``_`` and ``-``, at most 200 characters)."""
-    return isinstance(name, str) and len(name) <= 200 and bool(_PLAIN_NAME.fullmatch(name))
+    ASCII letters, digits, ``_`` and ``-``, at most 200 characters, not starting with
+    ``amq.``, which AMQP brokers reserve: ``kiwipy.InvalidName`` refuses it on every
+    transport)."""
+    return (
+        isinstance(name, str)
+        and len(name) <= 200
+        and bool(_PLAIN_NAME.fullmatch(name))
+        and not name.startswith("amq.")
+    )
 
 
 def identifiers() -> st.SearchStrategy[Drawn]:

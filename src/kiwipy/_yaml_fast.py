@@ -27,11 +27,18 @@ some keys become ``? `` complex keys, a top-level scalar gets no ``...`` end mar
   document libyaml would not parse, are handled exactly as before.
 
 Without libyaml (``yaml.__with_libyaml__`` false) both fall back to pure Python.
+
+Everything else is dumped by ``yaml.Dumper`` itself, with one check added: a value that
+``yaml.Dumper`` can only write as a ``!!python/object...`` tag that ``yaml.FullLoader``
+cannot construct (an arbitrary object: ``object()``, a lambda's closure, an instance of a
+class nobody registered) raises instead. kiwipy 0.9 sent such a message, which no receiver
+could decode: a broadcast was dropped by every listener without a word (issue 11).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any, Optional
 
 import yaml
@@ -146,12 +153,63 @@ def _sync(target: type[Any], source: type[Any], names: tuple[str, ...]) -> None:
         setattr(target, name, getattr(source, name))
 
 
+_PYTHON_TAG = "tag:yaml.org,2002:python/"
+_PYTHON_NAME_TAG = _PYTHON_TAG + "name:"
+
+
+def _decodable(tag: str) -> bool:
+    """Whether ``yaml.FullLoader`` (the decoder of this format) can construct *tag*."""
+    loader = yaml.FullLoader
+    if tag in loader.yaml_constructors:
+        return True
+    return any(tag.startswith(prefix) for prefix in loader.yaml_multi_constructors if prefix)
+
+
+def _findable(tag: str) -> bool:
+    """Whether ``yaml.FullLoader`` finds the object a ``!!python/name:`` *tag* names: its
+    module must be imported and have it as an attribute (a lambda or a nested function is
+    written with a name nobody can look up)."""
+    name = tag[len(_PYTHON_NAME_TAG) :]
+    module, _, attribute = name.rpartition(".")
+    found = sys.modules.get(module or "builtins")
+    return found is not None and hasattr(found, attribute)
+
+
+def _represent_checked(self: Any, data: Any) -> Any:
+    node = yaml.Dumper.represent_data(self, data)
+    tag = node.tag
+    if tag.startswith(_PYTHON_NAME_TAG) and not _findable(tag):
+        raise TypeError(
+            f"{data!r} would be written as {tag[len('tag:yaml.org,2002:') :]}, a name the YAML "
+            "decoder cannot look up"
+        )
+    if tag.startswith(_PYTHON_TAG) and not _decodable(tag):
+        raise TypeError(
+            f"a {type(data).__qualname__} would be written as {tag[len('tag:yaml.org,2002:') :]}"
+            ", which the YAML decoder cannot read (send plain data, or register a representer "
+            "and a constructor for the type with yaml.add_representer/add_constructor)"
+        )
+    return node
+
+
+#: ``yaml.Dumper`` with the check above; its registries are those of ``yaml.Dumper``, read
+#: at each call (plumpy registers representers on ``yaml.Dumper`` after import).
+_CHECKED_DUMPER = type(
+    "_KiwipyCheckedDumper", (yaml.Dumper,), {"represent_data": _represent_checked}
+)
+
+
+def _dump_checked(obj: Any) -> bytes:
+    _sync(_CHECKED_DUMPER, yaml.Dumper, _REGISTRIES)
+    return _as_bytes(yaml.dump(obj, encoding="utf-8", Dumper=_CHECKED_DUMPER))
+
+
 def dump(obj: Any) -> bytes:
     """:returns: ``yaml.dump(obj, encoding='utf-8')``, computed by libyaml when that gives
     the same bytes."""
     dumper = _FAST_DUMPER
     if dumper is None:
-        return _as_bytes(yaml.dump(obj, encoding="utf-8"))
+        return _dump_checked(obj)
     if is_plain(obj) and _dumper_is_standard():
         _sync(dumper, yaml.Dumper, _REGISTRIES)
         return _as_bytes(yaml.dump(obj, encoding="utf-8", Dumper=dumper))
@@ -160,7 +218,7 @@ def dump(obj: Any) -> bytes:
         data = _as_bytes(yaml.dump(obj, encoding="utf-8", Dumper=dumper))
         # yaml.Dumper ends a document that is one unquoted scalar with "...", libyaml not
         return data if data[:1] in (b"'", b'"') else data + b"...\n"
-    return _as_bytes(yaml.dump(obj, encoding="utf-8"))
+    return _dump_checked(obj)
 
 
 def load(data: bytes) -> Any:

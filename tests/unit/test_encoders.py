@@ -94,9 +94,13 @@ def test_yaml_honours_hooks_registered_the_kiwipy_09_way() -> None:
 
 
 def test_yaml_refuses_arbitrary_objects() -> None:
-    data = YAML.encode(uuid.UUID(int=1))  # the default Dumper writes python/object tags...
+    """The default Dumper writes python/object tags that FullLoader refuses: kiwipy 0.9 sent
+    them and no receiver could read them; here the sender gets the error."""
+    with pytest.raises(kiwipy.EncodeError, match="python/object:uuid.UUID"):
+        YAML.encode(uuid.UUID(int=1))
+    data = yaml.dump(uuid.UUID(int=1), encoding="utf-8")  # what kiwipy 0.9 would send
     with pytest.raises(kiwipy.DecodeError):
-        YAML.decode(data)  # ...that FullLoader refuses, as in kiwipy 0.9
+        YAML.decode(data)
 
 
 def test_callable_pair() -> None:
