@@ -58,6 +58,7 @@ nitpick_ignore_regex = [
     (r"py:class", r"(bool|dict|list|tuple|set|type|object|memoryview|bytearray)"),
     (r"py:class", r"(AbstractAsyncContextManager|AbstractContextManager|Unpack|Self)"),
     (r"py:class", r"(EncodeFn|DecodeFn|_Matcher|_Bridge|kiwipy\._.*)"),
+    (r"py:class", r"_[a-z_]+\..*"),  # a private module's class named in a signature
     (r"py:(exc|class)", r"(InvalidStateError|CancelledError)"),
     (r"py:class", r"_asyncio\..*"),
     # kiwipy's aliases of standard-library objects (kiwipy.TimeoutError is the builtin, ...)
