@@ -89,3 +89,16 @@ async def test_other_errors_pass_through() -> None:
 
     with pytest.raises(KeyError):
         await _connecting.opening("amqp://h/", broken())
+
+
+def test_a_password_that_is_also_a_word_of_the_message_hides_nothing_else() -> None:
+    """Only outside text is masked: with ``guest:guest`` the user is still named, and a
+    password such as ``wrong`` does not blank the word in the explanation."""
+    refused = amqp_errors.ProbableAuthenticationError("ACCESS_REFUSED - Login was refused")
+    error = _connecting.connect_error(refused, URL("amqp://guest:guest@h.example/"))
+    assert "access refused for user 'guest'" in str(error)
+    assert error.url == "amqp://guest:***@h.example/"
+    error = _connecting.connect_error(refused, URL("amqp://bob:wrong@h.example/"))
+    assert "wrong user name or password" in str(error)
+    leaked = amqp_errors.AMQPConnectionError("failed for amqp://bob:wrong@h.example/")
+    assert "bob:wrong@" not in str(_connecting.connect_error(leaked, URL("amqp://bob:wrong@h/")))

@@ -135,8 +135,6 @@ def connect_error(
     if shown is not None:
         masked = shown.replace(f":{url.password}@", ":***@") if url.password else shown
     reason = _reason(exc, url)
-    if url.password:
-        reason = reason.replace(url.password, "***")
     message = f"cannot connect to {masked}: {reason}"
     user, vhost = url.user or "guest", url.path[1:] or "/"
     if isinstance(exc, _LOGIN_REFUSED):  # also aiormq's error, as kiwipy 0.9 let it through
@@ -176,7 +174,7 @@ def _reason(exc: BaseException, url: URL) -> str:
         return (
             f"access refused for user {url.user or 'guest'!r}: the broker refused the login "
             f"(wrong user name or password, or the user may not log in from this host: "
-            f"{_first_arg(exc)})"
+            f"{_first_arg(exc, url)})"
         )
     if close is not None:
         return _refusal(close, url)
@@ -184,7 +182,7 @@ def _reason(exc: BaseException, url: URL) -> str:
         return f"no answer from {address} in time (a firewall dropping packets?)"
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     if isinstance(cause, socket.gaierror):
-        return f"host name {url.host!r} not found ({cause.strerror or cause})"
+        return f"host name {url.host!r} not found ({cause.strerror or _first_arg(cause, url)})"
     if isinstance(cause, ConnectionRefusedError):
         return f"nothing listening on {address}"
     tls = _tls_error(exc)
@@ -202,7 +200,7 @@ def _reason(exc: BaseException, url: URL) -> str:
         return f"{address} does not speak AMQP ({_HINT_PORTS})"
     if isinstance(cause, OSError) and cause.strerror:
         return f"{address}: {cause.strerror}"
-    return f"{type(exc).__name__}: {_first_arg(exc)}"
+    return f"{type(exc).__name__}: {_first_arg(exc, url)}"
 
 
 def _refusal(close: spec.Connection.Close, url: URL) -> str:
@@ -242,5 +240,9 @@ def _not_amqp(exc: BaseException, cause: BaseException) -> bool:
     return isinstance(exc, pamqp_errors.AMQPInternalError)
 
 
-def _first_arg(exc: BaseException) -> str:
-    return str(exc.args[0]) if exc.args else str(exc)
+def _first_arg(exc: BaseException, url: URL) -> str:
+    """:returns: the text of *exc* (a library's words, which may quote the URL) with *url*'s
+    password masked. Only such outside text is masked: masking the whole message would
+    also hide a user name or a word that happens to equal the password (``guest:guest``)."""
+    text = str(exc.args[0]) if exc.args else str(exc)
+    return text.replace(url.password, "***") if url.password else text
