@@ -479,7 +479,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             handler.add_done_callback(self._broadcast_tally.finished)
 
     async def _call_broadcast(self, subscriber: BroadcastSubscriber, args: tuple[Any, ...]) -> None:
-        result = await invoke(subscriber, (self, *args))
+        result = await invoke(subscriber, (self, *args), futures=False)
         if result.kind == EXCEPTION:
             error = result.value
             _tracing.failed(error)

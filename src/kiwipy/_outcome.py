@@ -68,15 +68,21 @@ async def invoke(
     subscriber: Callable[..., Any],
     args: Sequence[Any],
     on_pending: Optional[Callable[[], Awaitable[Any]]] = None,
+    *,
+    futures: bool = True,
 ) -> Outcome:
     """Call ``subscriber(*args)`` and follow its return value to a final :class:`Outcome`.
     While it runs, :func:`in_subscriber_call` is true (in the tasks it starts too).
 
     :param on_pending: awaited once per level of returned future.
+    :param futures: whether a returned future is waited for. A broadcast subscriber's is
+        not (its outcome goes nowhere, and kiwipy 0.9 ignored it): plumpy's subscribers
+        return a future that resolves on plumpy's own loop, which may be the very thread
+        waiting in ``broadcast_send`` for this communicator's subscribers to be called.
     """
     token = _HANDLER.set(asyncio.current_task())
     try:
-        return await _follow(subscriber, args, on_pending)
+        return await _follow(subscriber, args, on_pending, futures)
     finally:
         _HANDLER.reset(token)
 
@@ -130,6 +136,7 @@ async def _follow(
     subscriber: Callable[..., Any],
     args: Sequence[Any],
     on_pending: Optional[Callable[[], Awaitable[Any]]],
+    futures: bool = True,
 ) -> Outcome:
     try:
         value = subscriber(*args)
@@ -147,7 +154,7 @@ async def _follow(
             if isinstance(value, _Raised):
                 return from_exception(value.exc)
             continue
-        if not _is_future(value):
+        if not futures or not _is_future(value):
             return Outcome(RESULT, value)
         if on_pending is not None:
             await on_pending()

@@ -136,6 +136,30 @@ def test_broadcast_send_waits_at_most_the_call_timeout_for_own_subscribers(uri: 
         comm.close()
 
 
+def test_broadcast_send_does_not_wait_for_a_future_its_subscriber_returned(uri: str) -> None:
+    """plumpy's broadcast subscribers return a future that plumpy's own loop resolves later,
+    and that loop is the thread calling broadcast_send (every AiiDA state change): waiting
+    for it would cost each broadcast the whole call timeout. kiwipy 0.9 ignored it too."""
+    timeout = 2.0
+    comm = memory.connect(uri, async_task_timeout=timeout)
+    later: concurrent.futures.Future[None] = concurrent.futures.Future()
+    called = threading.Event()
+
+    def subscriber(*_args: object) -> concurrent.futures.Future[None]:
+        called.set()
+        return later
+
+    try:
+        comm.add_broadcast_subscriber(subscriber)
+        started = time.monotonic()
+        assert comm.broadcast_send("state_changed") is True
+        assert called.is_set()  # the barrier still waits for the call itself
+        assert time.monotonic() - started < timeout / 2
+    finally:
+        later.set_result(None)
+        comm.close()
+
+
 def test_broadcast_send_from_an_own_subscriber_does_not_wait_for_itself(uri: str) -> None:
     """Its own broadcast queues behind the subscriber sending it: waiting for it would take
     the whole call timeout."""

@@ -106,7 +106,9 @@ class MessageHandling:
             return
         args = (self._owner, broadcast.body, broadcast.sender, broadcast.subject)
         for subscriber in subscribers:
-            outcome = await _outcome.invoke(subscriber, (*args, broadcast.correlation_id))
+            outcome = await _outcome.invoke(
+                subscriber, (*args, broadcast.correlation_id), futures=False
+            )
             _traced.outcome(outcome)  # issue 17
             if outcome.kind == _outcome.EXCEPTION:
                 error = outcome.value
