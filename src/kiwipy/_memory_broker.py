@@ -53,6 +53,7 @@ class Message:
     seq: int = 0
     rejected_by: set[int] = dataclasses.field(default_factory=set)
     redelivered: bool = False  # given back once at least (AMQP's redelivered flag)
+    deadline: Optional[float] = None  # epoch seconds after which it is not started
 
 
 @dataclasses.dataclass(eq=False)

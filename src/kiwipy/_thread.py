@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, Callable, Optional, TypeVar
 
-from . import _broadcasts, _quick, _tracing, exceptions
+from . import _broadcasts, _deadlines, _quick, _tracing, exceptions
 from ._dispatch import OFFLOADED, Dispatcher
 from ._portal import LoopThread, thread_world, to_asyncio
 from ._raised import set_exception
@@ -159,6 +159,8 @@ class _Bridge:
         async def run(_core: Any, *args: Any) -> Any:
             # run in this handler's trace context on the worker thread (issue 17)
             call = _tracing.carry(functools.partial(subscriber, owner, *args))
+            # the request's deadline: seen on the worker thread, and checked when it starts
+            call = _deadlines.guarded(call)
             if lane is None:
                 result = await self.dispatch.run(call)
             else:
@@ -269,12 +271,14 @@ class ThreadCommunicator(Communicator):
         self._bridge.call(self._core.remove_broadcast_subscriber, identifier)
 
     def task_send(
-        self, task: Any, no_reply: bool = False
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> Optional[concurrent.futures.Future[Any]]:
         lane = self._task_lane
-        if lane is None:
+        if lane is None or timeout is not None:
+            # a request with a deadline takes the core's path, which carries it
+            send = functools.partial(self._core.task_send, timeout=timeout)
             result: Optional[concurrent.futures.Future[Any]] = self._bridge.send(
-                self._core.task_send, task, no_reply
+                send, task, no_reply
             )
             return result
         body = lane.encode(task, no_reply)
@@ -292,10 +296,16 @@ class ThreadCommunicator(Communicator):
         :class:`~kiwipy.BatchSendError` says which tasks went out)."""
         return self._bridge.send_many(self._core, "task_send_many", tasks, no_reply)
 
-    def rpc_send(self, recipient_id: Any, msg: Any) -> concurrent.futures.Future[Any]:
+    def rpc_send(
+        self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
+    ) -> concurrent.futures.Future[Any]:
         lane, send = self._message_lane, self._core.rpc_send
-        if lane is None:
-            result: concurrent.futures.Future[Any] = self._bridge.send(send, recipient_id, msg)
+        if lane is None or timeout is not None:
+            # a request with a deadline takes the core's path, which carries it
+            with_deadline = functools.partial(send, timeout=timeout)
+            result: concurrent.futures.Future[Any] = self._bridge.send(
+                with_deadline, recipient_id, msg
+            )
             return result
         body = lane.encode(msg)
         start = functools.partial(lane.start_rpc, recipient_id, body)
@@ -369,11 +379,10 @@ class ThreadTaskQueue:
                 self._bridge.call(aclose)
 
     def task_send(
-        self, task: Any, no_reply: bool = False
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> Optional[concurrent.futures.Future[Any]]:
-        result: Optional[concurrent.futures.Future[Any]] = self._bridge.send(
-            self._core.task_send, task, no_reply
-        )
+        send = functools.partial(self._core.task_send, timeout=timeout)
+        result: Optional[concurrent.futures.Future[Any]] = self._bridge.send(send, task, no_reply)
         return result
 
     def task_send_many(

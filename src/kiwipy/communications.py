@@ -127,9 +127,14 @@ class Communicator(abc.ABC):
         """:raises ValueError: if no broadcast subscriber has this identifier."""
 
     @abc.abstractmethod
-    def task_send(self, task: Any, no_reply: bool = False) -> Optional[futures.Future[Any]]:
+    def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[futures.Future[Any]]:
         """Queue *task* for a worker.
 
+        :param timeout: seconds the task may take to finish: then its future fails with
+            :class:`~kiwipy.DeadlineExceeded`, and a task no worker started by then never
+            runs (``docs/concepts.md``). ``None`` (the default): no deadline.
         :returns: a future for the task's outcome, or ``None`` when *no_reply* is true.
         """
 
@@ -152,9 +157,14 @@ class Communicator(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no task_send_many")
 
     @abc.abstractmethod
-    def rpc_send(self, recipient_id: Any, msg: Any) -> futures.Future[Any]:
+    def rpc_send(
+        self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
+    ) -> futures.Future[Any]:
         """Call the RPC subscriber *recipient_id* with *msg*.
 
+        :param timeout: seconds the reply may take: then the future fails with
+            :class:`~kiwipy.DeadlineExceeded`, and a request not started by then never is
+            (``docs/concepts.md``). ``None`` (the default): no deadline.
         :returns: a future for the call's outcome.
         :raises UnroutableError: if nobody holds *recipient_id*.
         """
@@ -394,7 +404,9 @@ class AsyncTaskQueue(abc.ABC):
     """A named task queue, for sending and for consuming in push or pull mode."""
 
     @abc.abstractmethod
-    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[asyncio.Future[Any]]:
         """Queue *task*; see :meth:`Communicator.task_send`."""
 
     @abc.abstractmethod
@@ -483,7 +495,9 @@ class AsyncCommunicator(abc.ABC):
         """See :meth:`Communicator.remove_broadcast_subscriber`."""
 
     @abc.abstractmethod
-    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[asyncio.Future[Any]]:
         """See :meth:`Communicator.task_send`."""
 
     async def task_send_many(
@@ -499,7 +513,9 @@ class AsyncCommunicator(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no task_send_many")
 
     @abc.abstractmethod
-    async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
+    async def rpc_send(
+        self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
+    ) -> asyncio.Future[Any]:
         """See :meth:`Communicator.rpc_send`."""
 
     async def rpc_send_many(

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import aiormq.abc
 
-from .. import exceptions
+from .. import _deadlines, exceptions
 from .._outcome import encode_reply
 from . import _amqp, _outcome, _traced, protocol
 from ._replies import decode_body, send_reply
@@ -70,6 +70,12 @@ class MessageHandling:
         self, identifier: Any, subscriber: Optional[Any], message: aiormq.abc.DeliveredMessage
     ) -> None:
         """Run *subscriber* (``None``: it was removed meanwhile) on an RPC request, reply."""
+        at = _deadlines.from_headers(message.header.properties.headers)
+        if _deadlines.expired(at):
+            # it waited past its deadline (in a prefetch buffer): its caller has
+            # DeadlineExceeded already, and a request past it is never started
+            _LOGGER.info("not starting an RPC for %r: past its deadline", identifier)
+            return
         try:
             msg = await decode_body(self._session, message.body)
         except exceptions.KiwiError as exc:
@@ -85,7 +91,8 @@ class MessageHandling:
             await self.reply(message, protocol.pending_response())
 
         try:
-            outcome = await _outcome.invoke(subscriber, (self._owner, msg), pending)
+            invoking = _outcome.invoke(subscriber, (self._owner, msg), pending)
+            outcome = await _deadlines.bounded(at, invoking)
         except asyncio.CancelledError:
             # Only closing cancels a handler (drain): the caller learns it now, not from its
             # liveness check seconds later.
@@ -93,7 +100,8 @@ class MessageHandling:
             await self.reply(message, protocol.lost_response(closed))
             raise
         _traced.outcome(outcome)  # issue 17
-        await self.reply(message, _outcome.to_response(outcome))
+        if not _deadlines.cut_short(outcome):
+            await self.reply(message, _outcome.to_response(outcome))
 
     async def broadcast(
         self, subscribers: Sequence[Any], message: aiormq.abc.DeliveredMessage

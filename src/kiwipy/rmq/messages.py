@@ -39,7 +39,7 @@ import aiormq.abc
 import shortuuid
 from aiormq import exceptions as amqp_errors
 
-from .. import _broadcasts, _limits, exceptions
+from .. import _broadcasts, _deadlines, _limits, exceptions
 from . import _amqp, _batch, _offload, _outgoing, _traced, defaults, protocol
 from ._handlers import MessageHandling
 from ._identities import TakenIdentities
@@ -157,24 +157,33 @@ class RmqPublisher(BasePublisherWithReplyQueue):
         if self._owns_session:
             await self._session.close()
 
-    async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
+    async def rpc_send(
+        self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
+    ) -> asyncio.Future[Any]:
         """Send *msg* to the RPC subscriber *recipient_id*.
 
+        :param timeout: seconds the reply may take: then the future fails with
+            :class:`~kiwipy.DeadlineExceeded`, and the request is not started any more
+            (:mod:`kiwipy._deadlines`). ``None``: no deadline.
         :returns: once the broker confirmed the request, a future for the reply.
         :raises UnroutableError: if nobody holds *recipient_id*.
         :raises InvalidName: if *recipient_id* breaks the naming rules (:mod:`kiwipy._limits`).
         :raises MessageTooLarge: if *msg* encodes to more than ``max_message_size``.
         """
+        timeout = _deadlines.check_timeout(timeout)
         _limits.rpc_identifier(recipient_id)  # before the work of encoding
         # large messages are encoded off the loop, as tasks are (issue 11)
         body = await _offload.encode(self._session, msg)
-        message, correlation_id, watch = _outgoing.rpc(self.target(), recipient_id, body)
+        message, correlation_id, watch = _outgoing.rpc(self.target(), recipient_id, body, timeout)
         _LOGGER.debug("Sending RPC %s to %r: %r", correlation_id, message.routing_key, msg)
         future = self._replies.expect(correlation_id, message.routing_key, watch)
+        # armed now, when the deadline in the message was computed
+        self._replies.deadline(correlation_id, future, timeout)
         try:
             await self._session.publish(*message, retry=False)
         except BaseException:
             self._replies.forget(correlation_id)
+            future.cancel()  # nobody has it: no timer may fail it unseen
             raise
         return future
 

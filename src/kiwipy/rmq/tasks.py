@@ -26,7 +26,7 @@ from typing import Any, Optional
 import aiormq.abc
 import shortuuid
 
-from .. import exceptions
+from .. import _deadlines, exceptions
 from ..communications import AsyncTaskQueue
 from . import _amqp, _batch, _offload, _outcome, _outgoing, _traced, defaults, protocol
 from ._incoming import (
@@ -108,9 +108,14 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
         if self._owns_session:
             await self._session.close()
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[asyncio.Future[Any]]:
         """Queue *task* (persistent, confirmed by the broker before this returns).
 
+        :param timeout: seconds the task may take to finish: then the future fails with
+            :class:`~kiwipy.DeadlineExceeded`, and a task not started by then never is (it
+            is dead-lettered; :mod:`kiwipy._deadlines`). ``None``: no deadline.
         :returns: a future for the task's outcome, or ``None`` with *no_reply*.
         :raises UnroutableError: (also an ``aio_pika.exceptions.DeliveryError``) if no queue
             is bound for it.
@@ -118,17 +123,22 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
         """
         _LOGGER.debug("Sending task to %r (reply=%r): %r", self._queue_name, not no_reply, task)
         # large tasks are encoded off the loop (issue 6)
+        timeout = _deadlines.check_timeout(timeout)
         body = await _offload.encode(self._session, protocol.encode_task(task, no_reply))
-        message, correlation_id = _outgoing.task(self.target(), body)
+        message, correlation_id = _outgoing.task(self.target(), body, timeout)
         future = (
             None
             if no_reply
             else self._replies.expect(correlation_id, self._queue_name, None, message)
         )
+        if future is not None:  # armed now, when the deadline in the message was computed
+            self._replies.deadline(correlation_id, future, timeout)
         try:
             await self._session.publish(*message)
         except BaseException:
             self._replies.forget(correlation_id)
+            if future is not None:
+                future.cancel()  # nobody has it: no timer may fail it unseen
             raise
         return future
 
@@ -269,11 +279,16 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
         self, incoming: RmqIncomingTask, message: aiormq.abc.DeliveredMessage
     ) -> Optional[_outcome.Outcome]:
         pending = None
+        headers = message.header.properties.headers
+        taken_over = read_lease(headers) is not None
         # A take-over does not say 'pending' again: the sender may already have had it.
-        if not incoming.no_reply and read_lease(message.header.properties.headers) is None:
+        if not incoming.no_reply and not taken_over:
             pending = functools.partial(self.responder.reply, message, protocol.pending_response())
+        # a taken-over task started in time: its deadline no longer counts
+        at = None if taken_over else _deadlines.from_headers(headers)
         for subscriber in list(self._subscribers.values()):
-            outcome = await _outcome.invoke(subscriber, (self._owner, incoming.body), pending)
+            invoking = _outcome.invoke(subscriber, (self._owner, incoming.body), pending)
+            outcome = await _deadlines.bounded(at, invoking)
             if outcome.kind != _outcome.REJECTED:
                 return outcome
         return None  # nobody here took it
@@ -386,8 +401,10 @@ class RmqTaskQueue(AsyncTaskQueue):
         async for task in self._subscriber:
             yield task
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
-        return await self._publisher.task_send(task, no_reply)
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[asyncio.Future[Any]]:
+        return await self._publisher.task_send(task, no_reply, timeout=timeout)
 
     async def task_send_many(
         self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
