@@ -404,6 +404,14 @@ class _View:
     async def _run_with(self, method: Callable[..., Any], *args: Any) -> Any:
         raise NotImplementedError
 
+    async def native_call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """:returns: what the native method *name* returns, not converted (a blocking
+        communicator's ``concurrent.futures.Future`` itself, to cancel it)."""
+        method = functools.partial(getattr(self.native, name), **kwargs)
+        if isinstance(self, _AsyncView):
+            return await method(*args)
+        return await asyncio.to_thread(method, *args)
+
     async def close(self) -> None:
         raise NotImplementedError
 

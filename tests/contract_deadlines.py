@@ -201,3 +201,30 @@ class DeadlinesContract:
         assert await contract.settle(busy) == "busy"
         assert await contract.settle(await comm.rpc_send(ident, "control")) == "control"
         assert started.items == ["busy", "control"]
+
+    @_needs_deadlines
+    async def test_cancelling_an_rpc_cancels_a_coroutine_handler(
+        self, comm: Any, transport: Any
+    ) -> None:
+        events = contract.Inbox()
+
+        async def slow(_comm: Any, msg: Any) -> Any:
+            events.put("started")
+            try:
+                await asyncio.sleep(_SLEEP)
+            except asyncio.CancelledError:
+                events.put("cancelled")
+                raise
+            return "too late"
+
+        caller = await transport.connect()
+        ident = await comm.add_rpc_subscriber(slow, transport.name("cancel"))
+        future = await caller.native_call("rpc_send", ident, "x")  # cancel() must reach it
+        await events.wait_for(1)
+        cancelled_at = time.monotonic()
+        assert future.cancel()
+        assert await events.wait_for(2, timeout=_LATE) == ["started", "cancelled"]
+        assert time.monotonic() - cancelled_at < _LATE
+        # the responder goes on working
+        echo = await comm.add_rpc_subscriber(lambda _c, msg: msg, transport.name("echo"))
+        assert await contract.settle(await caller.rpc_send(echo, "y")) == "y"

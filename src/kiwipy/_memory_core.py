@@ -24,7 +24,7 @@ from typing import Any, Optional
 import shortuuid
 from typing_extensions import Unpack
 
-from . import _broadcasts, _deadlines, _limits, _tracing, encoders, exceptions
+from . import _broadcasts, _cancels, _deadlines, _limits, _tracing, encoders, exceptions
 from . import _memory_outcome as outcome
 from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
 from ._memory_options import MemoryOptions, check_options
@@ -80,6 +80,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         self._queues: dict[str, MemoryTaskQueue] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._rpc_jobs: set[asyncio.Task[None]] = set()  # RPC calls being handled
+        self._handlers = _cancels.RunningHandlers()  # the same, by correlation id
         self._deferred_close = DeferredClose()
         self._held: set[MemoryIncomingTask] = set()  # pull-mode tasks being processed
         self._broadcast_tally = _broadcasts.Tally()
@@ -340,7 +341,19 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         message.deadline = _deadlines.absolute(timeout)
         self._broker.send_rpc(key, message)
         # Replies are posted to this loop, so none can arrive before the future is registered.
-        return self._expect(correlation_id, timeout)
+        future = self._expect(correlation_id, timeout)
+        future.add_done_callback(functools.partial(self._on_rpc_done, key, correlation_id))
+        return future
+
+    def _on_rpc_done(self, key: str, correlation_id: str, future: asyncio.Future[Any]) -> None:
+        """A caller that cancelled its RPC cancels the handler too (:mod:`kiwipy._cancels`)."""
+        if not future.cancelled() or self._replies.pop(correlation_id, None) is None:
+            return  # answered (the future was popped with its reply), or failed here
+        cancel = Message(Payload(None, None), "", None, cancels=correlation_id)
+        try:
+            self._broker.send_rpc(key, cancel)
+        except exceptions.KiwiError:  # the responder is gone, and its handler with it
+            pass
 
     def _encode(self, obj: Any) -> Payload:
         if self._encoder is None:
@@ -459,7 +472,9 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
 
     def _on_rpc(self, key: str, message: Message) -> None:
         subscriber = self._rpc.get(key)
-        if self._closed or subscriber is None:
+        if message.cancels is not None:
+            self._handlers.cancel(message.cancels)
+        elif self._closed or subscriber is None:
             self._reply(message, outcome.lost_reply(f"the RPC subscriber '{key}' is gone"))
         elif _deadlines.expired(message.deadline):
             # its caller has DeadlineExceeded already: a request past it is never started
@@ -482,12 +497,15 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
                 return
             pending = functools.partial(self._reply_pending, message)
             invoking = invoke(subscriber, (self, msg), pending)
-            result = await _deadlines.bounded(message.deadline, invoking)
+            with self._handlers.running(message.correlation_id):
+                result = await _deadlines.bounded(message.deadline, invoking)
             if result.kind == EXCEPTION:
                 _tracing.failed(result.value)
             if not _deadlines.cut_short(result):  # its caller has DeadlineExceeded already
                 self._reply(message, outcome.outcome_reply(result))
         except asyncio.CancelledError:
+            if self._handlers.was_cancelled(message.correlation_id):
+                return  # by its caller, who has its cancelled future: no reply
             if self._closed:
                 closed = "the RPC subscriber was closed before it answered"
                 self._reply(message, outcome.lost_reply(closed))

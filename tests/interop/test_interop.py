@@ -258,3 +258,16 @@ def test_expired_task_never_reaches_a_kiwipy09_worker(
         worker.wait_for("ready")
         assert ours.task_send("fresh").result(WAIT) == {"echo": "fresh", "by": "kiwipy-0.9"}
         assert [event["body"] for event in worker.events("task")] == ["fresh"]
+
+
+def test_a_cancel_never_reaches_a_kiwipy09_server(
+    prefix: str, ours: rmq.RmqThreadCommunicator
+) -> None:
+    """Cancelling an RPC to a 0.9 responder sends it nothing it would run: 0.9 never binds
+    the cancel routing key (issue 16)."""
+    with Peer09("rpc-server", url=URL, exchange_prefix=prefix, identifier="old") as server:
+        server.wait_for("ready")
+        ours.rpc_send("old", "ping").cancel()
+        assert ours.rpc_send("old", "after").result(WAIT)["echo"] == "after"
+        server.wait_for_count("rpc", 2)
+        assert [event["body"] for event in server.events("rpc")] == ["ping", "after"]

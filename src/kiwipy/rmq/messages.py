@@ -40,7 +40,7 @@ import shortuuid
 from aiormq import exceptions as amqp_errors
 
 from .. import _broadcasts, _deadlines, _limits, exceptions
-from . import _amqp, _batch, _offload, _outgoing, _traced, defaults, protocol
+from . import _amqp, _batch, _cancel, _offload, _outgoing, _traced, defaults, protocol
 from ._handlers import MessageHandling
 from ._identities import TakenIdentities
 from ._recovery import RestoreLater
@@ -132,6 +132,7 @@ class RmqPublisher(BasePublisherWithReplyQueue):
         )
         self._replies = replies or ReplyQueue(self._session, exchange_name)
         self._content_type = self._session.encoder.content_type
+        self._cancelling: set[asyncio.Future[Any]] = set()  # cancels being sent
 
     def get_exchange_name(self) -> str:
         return self._exchange_name
@@ -185,7 +186,27 @@ class RmqPublisher(BasePublisherWithReplyQueue):
             self._replies.forget(correlation_id)
             future.cancel()  # nobody has it: no timer may fail it unseen
             raise
+        on_done = functools.partial(self._on_rpc_done, recipient_id, correlation_id)
+        future.add_done_callback(on_done)
         return future
+
+    def _on_rpc_done(
+        self, recipient_id: Any, correlation_id: str, future: asyncio.Future[Any]
+    ) -> None:
+        """A caller that cancelled its RPC cancels the handler too (:mod:`._cancel`)."""
+        if not future.cancelled():
+            return
+        self._replies.forget(correlation_id)  # no reply comes for a cancelled handler
+        cancel = _cancel.message(self._exchange_name, recipient_id, correlation_id)
+        if cancel is not None:
+            sending = asyncio.ensure_future(self._session.publish(*cancel, retry=False))
+            self._cancelling.add(sending)
+            sending.add_done_callback(self._cancel_sent)
+
+    def _cancel_sent(self, sending: asyncio.Future[Any]) -> None:
+        self._cancelling.discard(sending)
+        if not sending.cancelled() and sending.exception() is not None:
+            _LOGGER.warning("an RPC cancel was not sent: %s", sending.exception())
 
     async def rpc_send_many(
         self, calls: Iterable[tuple[Any, Any]], *, timeout: Optional[float] = None
@@ -313,10 +334,17 @@ class RmqSubscriber:
             ) from exc
         routing_key = protocol.rpc_routing_key(identifier)
         await self._bind(queue, routing_key)
+        cancels = _cancel.routing_key(identifier)
+        if cancels is not None:  # cancels of its requests (kiwipy 0.9 never binds this key)
+            await self._bind(queue, cancels)
         callback = functools.partial(self._on_rpc, identifier)
         return await self._session.consume(MESSAGES, queue, callback, no_ack=True)
 
     def _on_rpc(self, identifier: Any, message: aiormq.abc.DeliveredMessage) -> None:
+        cancelled = _cancel.cancel_of(message)
+        if cancelled is not None:
+            self._handling.cancel(cancelled)
+            return
         rpc = self._rpc.get(identifier)  # None: removed while the request was on its way
         subscriber = None if rpc is None else rpc.subscriber
         handling = self._handling.rpc(identifier, subscriber, message)
