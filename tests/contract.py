@@ -106,7 +106,11 @@ prerequisite: it is a skip under ``CI=true`` too (unlike :func:`tests._ci.requir
   at the limits work.
 * :data:`DEADLINES` - ``timeout`` on ``rpc_send`` and ``task_send`` (issue 16,
   ``tests/contract_deadlines.py``): ``DeadlineExceeded`` in time, an expired request never
-  started, an expired task dead-lettered (the transport's ``dead_letters`` reader shows it).
+  started, an expired task dead-lettered (the transport's ``dead_letters`` reader shows it),
+  a handler sees ``kiwipy.deadline()``, a coroutine handler is cancelled at its deadline and
+  when its caller cancels the RPC.
+* :data:`CANCELS_TASKS` - a task whose future was cancelled before a worker took it is never
+  started (RabbitMQ lacks it: see ``docs/concepts.md``).
 
 :data:`ALL` is every flag (the RabbitMQ communicators, and the memory ones with an encoder);
 ``LocalCommunicator`` has none of them.
@@ -142,12 +146,13 @@ import pytest
 
 import kiwipy
 from tests.contract_battery import BatteryContract
-from tests.contract_deadlines import DEADLINES, DeadlinesContract
+from tests.contract_deadlines import CANCELS_TASKS, DEADLINES, DeadlinesContract
 
 __all__ = (
     "ALL",
     "AWAITS",
     "BATCHES",
+    "CANCELS_TASKS",
     "DEADLINES",
     "ENCODES",
     "ISOLATES",
@@ -171,7 +176,9 @@ ISOLATES = "isolates"
 ENCODES = "encodes"
 BATCHES = "batches"
 NAMES = "names"
-ALL = frozenset({QUEUES, SHARED, AWAITS, ISOLATES, ENCODES, BATCHES, NAMES, DEADLINES})
+ALL = frozenset(
+    {QUEUES, SHARED, AWAITS, ISOLATES, ENCODES, BATCHES, NAMES, DEADLINES, CANCELS_TASKS}
+)
 
 #: Seconds any single outcome may take before the test fails.
 TIMEOUT = 5.0

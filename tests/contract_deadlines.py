@@ -21,10 +21,12 @@ import pytest
 import kiwipy
 from tests import contract  # partly initialised while it imports this module: use at run time
 
-__all__ = ("DEADLINES", "DeadlinesContract")
+__all__ = ("CANCELS_TASKS", "DEADLINES", "DeadlinesContract")
 
 #: The capability flag of these tests.
 DEADLINES = "deadlines"
+#: Cancelling a task's future keeps a worker from starting it.
+CANCELS_TASKS = "cancels-tasks"
 
 #: The deadline of the slow-handler tests, and how late its error may come.
 _TIMEOUT = 0.5
@@ -35,6 +37,11 @@ _SLEEP = 3.0
 
 def _needs_deadlines(test: Any) -> Any:
     test.contract_needs = frozenset({DEADLINES})
+    return test
+
+
+def _needs_task_cancels(test: Any) -> Any:
+    test.contract_needs = frozenset({DEADLINES, CANCELS_TASKS})
     return test
 
 
@@ -228,3 +235,23 @@ class DeadlinesContract:
         # the responder goes on working
         echo = await comm.add_rpc_subscriber(lambda _c, msg: msg, transport.name("echo"))
         assert await contract.settle(await caller.rpc_send(echo, "y")) == "y"
+
+    @_needs_task_cancels
+    async def test_a_cancelled_task_is_never_started(self, transport: Any) -> None:
+        """A task whose future was cancelled before any worker took it is not run by the
+        worker that comes later."""
+        sender = await transport.connect()
+        name = transport.name("cancelled")
+        queue = await sender.task_queue(name)
+        native = getattr(queue, "native", None)  # a blocking queue: cancel its real future
+        if native is None:
+            doomed = await queue.task_send("doomed")
+        else:
+            doomed = await asyncio.to_thread(native.task_send, "doomed")
+        assert doomed.cancel()
+        started = contract.Inbox()
+        worker = await transport.connect()
+        worker_queue = await worker.task_queue(name)
+        await worker_queue.add_task_subscriber(lambda _c, task: started.put(task) or task)
+        assert await contract.settle(await queue.task_send("fresh")) == "fresh"
+        assert started.items == ["fresh"]

@@ -55,6 +55,7 @@ class Message:
     redelivered: bool = False  # given back once at least (AMQP's redelivered flag)
     deadline: Optional[float] = None  # epoch seconds after which it is not started
     cancels: Optional[str] = None  # a cancel of the RPC with this correlation id (no body)
+    cancelled: bool = False  # a task its sender cancelled: not started any more
 
 
 @dataclasses.dataclass(eq=False)

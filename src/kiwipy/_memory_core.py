@@ -330,7 +330,19 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         message = Message(payload, correlation_id, connection)
         message.deadline = _deadlines.absolute(timeout)
         self._broker.publish(queue, message)
-        return None if no_reply else self._expect(correlation_id, timeout)
+        if no_reply:
+            return None
+        future = self._expect(correlation_id, timeout)
+        future.add_done_callback(functools.partial(self._on_task_done, message))
+        return future
+
+    def _on_task_done(self, message: Message, future: asyncio.Future[Any]) -> None:
+        """A task whose future its sender cancelled is not started any more: the queued
+        message itself says so (the broker is in this process), for the worker that takes
+        it; no reply is awaited for it."""
+        if future.cancelled():
+            message.cancelled = True
+            self._forget_reply(message.correlation_id)
 
     def _send_rpc(
         self, key: str, payload: Payload, connection: Connection, timeout: Optional[float] = None

@@ -181,8 +181,12 @@ class MemoryTaskQueue(AsyncTaskQueue):
         return MemoryIncomingTask(self._comm, delivery, body, no_reply)
 
     def _dead_on_arrival(self, delivery: Delivery) -> bool:
-        """:returns: whether *delivery* is past its deadline: then it is dead-lettered
-        unstarted (its sender's future failed with ``DeadlineExceeded`` already)."""
+        """:returns: whether *delivery* must not start: past its deadline (then it is
+        dead-lettered, its sender's future failed with ``DeadlineExceeded`` already), or
+        cancelled by its sender (then it is acknowledged: the sender wants it gone)."""
+        if delivery.message.cancelled:
+            self._comm.broker.ack(delivery)
+            return True
         if not _deadlines.expired(delivery.message.deadline):
             return False
         self._comm.broker.dead_letter(delivery, _deadlines.EXPIRED)

@@ -9,7 +9,13 @@ from aiormq.abc import AbstractChannel
 from pamqp import commands as spec
 
 from kiwipy import rmq
-from tests.contract import ALL, AsyncTransport, BlockingTransport, CommunicatorContract
+from tests.contract import (
+    ALL,
+    CANCELS_TASKS,
+    AsyncTransport,
+    BlockingTransport,
+    CommunicatorContract,
+)
 from tests.contract_tracing import TracingContract
 
 #: ``max_message_size`` of the communicators here: low, so that the battery's message over
@@ -47,7 +53,8 @@ def dead_letter_reader(channel: AbstractChannel) -> Any:
 
 
 class TestRmqCommunicatorContract(CommunicatorContract):
-    capabilities = ALL
+    # a task's cancel is not sent to RabbitMQ workers (docs/concepts.md)
+    capabilities = ALL - {CANCELS_TASKS}
     message_limit = MESSAGE_LIMIT
 
     @pytest.fixture
@@ -63,7 +70,7 @@ class TestRmqCommunicatorContract(CommunicatorContract):
 
 
 class TestRmqThreadCommunicatorContract(CommunicatorContract):
-    capabilities = ALL
+    capabilities = ALL - {CANCELS_TASKS}
     message_limit = MESSAGE_LIMIT
 
     @pytest.fixture
