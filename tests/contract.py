@@ -109,8 +109,8 @@ prerequisite: it is a skip under ``CI=true`` too (unlike :func:`tests._ci.requir
   started, an expired task dead-lettered (the transport's ``dead_letters`` reader shows it),
   a handler sees ``kiwipy.deadline()``, a coroutine handler is cancelled at its deadline and
   when its caller cancels the RPC.
-* :data:`CANCELS_TASKS` - a task whose future was cancelled before a worker took it is never
-  started (RabbitMQ lacks it: see ``docs/concepts.md``).
+* :data:`CANCELS_TASKS` - a task whose future was cancelled while it waited behind a busy
+  worker is never started.
 
 :data:`ALL` is every flag (the RabbitMQ communicators, and the memory ones with an encoder);
 ``LocalCommunicator`` has none of them.

@@ -188,32 +188,62 @@ def arm(
 ) -> None:
     """Fail *future* with :class:`~kiwipy.DeadlineExceeded` after *timeout* seconds unless
     it is settled by then (following a ``pending`` reply into its inner future); then call
-    *on_expire* (to stop waiting for the reply). ``None``: no deadline."""
+    *on_expire* (to stop waiting for the reply). ``None``: no deadline.
+
+    Armed just after the request's deadline was computed, it fails the future no earlier
+    than that deadline by the wall clock (an event loop may run a timer a little early), so
+    a caller that has ``DeadlineExceeded`` knows the request will not start any more."""
     if timeout is None:
         return
-    handle = future.get_loop().call_later(timeout, _expire, future, timeout, on_expire)
-    future.add_done_callback(lambda done: _disarm(done, handle))
+    _Timer(future, timeout, on_expire).start()
 
 
-def _disarm(future: asyncio.Future[Any], handle: asyncio.TimerHandle) -> None:
-    # a pending reply settles the outer future with an inner one: the deadline still holds
-    if future.cancelled() or future.exception() is not None:
-        handle.cancel()
-    elif not isinstance(future.result(), asyncio.Future):
-        handle.cancel()
+class _Timer:
+    """The deadline of one caller's future (:func:`arm`)."""
 
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        timeout: float,
+        on_expire: Optional[Callable[[], None]],
+    ) -> None:
+        self._future = future
+        self._timeout = timeout
+        self._at = time.time() + timeout
+        self._on_expire = on_expire
+        self._handle: Optional[asyncio.TimerHandle] = None
 
-def _expire(
-    future: asyncio.Future[Any], timeout: float, on_expire: Optional[Callable[[], None]]
-) -> None:
-    target = future
-    while target.done():
-        if target.cancelled() or target.exception() is not None:
+    def start(self) -> None:
+        self._schedule(self._timeout)
+        self._future.add_done_callback(self._disarm)
+
+    def _schedule(self, delay: float) -> None:
+        self._handle = self._future.get_loop().call_later(delay, self._expire)
+
+    def _disarm(self, future: asyncio.Future[Any]) -> None:
+        # a pending reply settles the outer future with an inner one: the deadline still holds
+        if future.cancelled() or future.exception() is not None:
+            self._cancel()
+        elif not isinstance(future.result(), asyncio.Future):
+            self._cancel()
+
+    def _cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _expire(self) -> None:
+        left = self._at - time.time()
+        if left > 0:
+            self._schedule(left)
             return
-        inner = target.result()
-        if not isinstance(inner, asyncio.Future):
-            return
-        target = inner
-    target.set_exception(exceptions.DeadlineExceeded(f"no reply within {timeout:g} s"))
-    if on_expire is not None:
-        on_expire()
+        target = self._future
+        while target.done():
+            if target.cancelled() or target.exception() is not None:
+                return
+            inner = target.result()
+            if not isinstance(inner, asyncio.Future):
+                return
+            target = inner
+        target.set_exception(exceptions.DeadlineExceeded(f"no reply within {self._timeout:g} s"))
+        if self._on_expire is not None:
+            self._on_expire()

@@ -9,13 +9,7 @@ from aiormq.abc import AbstractChannel
 from pamqp import commands as spec
 
 from kiwipy import rmq
-from tests.contract import (
-    ALL,
-    CANCELS_TASKS,
-    AsyncTransport,
-    BlockingTransport,
-    CommunicatorContract,
-)
+from tests.contract import ALL, AsyncTransport, BlockingTransport, CommunicatorContract
 from tests.contract_tracing import TracingContract
 
 #: ``max_message_size`` of the communicators here: low, so that the battery's message over
@@ -53,8 +47,7 @@ def dead_letter_reader(channel: AbstractChannel) -> Any:
 
 
 class TestRmqCommunicatorContract(CommunicatorContract):
-    # a task's cancel is not sent to RabbitMQ workers (docs/concepts.md)
-    capabilities = ALL - {CANCELS_TASKS}
+    capabilities = ALL
     message_limit = MESSAGE_LIMIT
 
     @pytest.fixture
@@ -70,7 +63,7 @@ class TestRmqCommunicatorContract(CommunicatorContract):
 
 
 class TestRmqThreadCommunicatorContract(CommunicatorContract):
-    capabilities = ALL - {CANCELS_TASKS}
+    capabilities = ALL
     message_limit = MESSAGE_LIMIT
 
     @pytest.fixture

@@ -53,6 +53,7 @@ from .._task_state import (
 )
 from ..communications import AsyncIncomingTask
 from . import _acks, _amqp, _outcome, protocol
+from ._cancel import TaskCancels
 from ._lease_tasks import RunningTask, TaskLeases
 from ._leases import read_lease
 from ._replies import send_reply
@@ -122,6 +123,8 @@ class TaskResponder:
         self.backoff = RejectBackoff(session.options["reject_backoff"])
         self._content_type = session.encoder.content_type
         self.leases = TaskLeases(self)
+        #: the tasks their senders cancelled (set by a worker that listens for them)
+        self.cancels: Optional[TaskCancels] = None
 
     async def reply(self, message: aiormq.abc.DeliveredMessage, response: dict[str, Any]) -> bool:
         """Send *response* (with host info) to the task's sender and wait for the confirm.
@@ -233,6 +236,10 @@ class TaskResponder:
             error = exceptions.DeadlineExceeded("the task's deadline passed before it started")
             await self.park(message, _deadlines.EXPIRED, error)
             return None
+        if self._cancelled(message):
+            _LOGGER.info("not starting task %s: its sender cancelled it", _task_key(message))
+            await self.settle(message, requeue=None)
+            return None
         try:
             return protocol.decode_task(await decode_body(self.session, message.body))
         except exceptions.MessageTooLarge as exc:
@@ -242,6 +249,15 @@ class TaskResponder:
         except exceptions.DecodeError as exc:
             await self.park(message, "undecodable", exc)
         return None
+
+    def _cancelled(self, message: aiormq.abc.DeliveredMessage) -> bool:
+        props = message.header.properties
+        # a lease copy stands for a task that started already
+        return (
+            self.cancels is not None
+            and read_lease(props.headers) is None
+            and self.cancels.cancelled(props.correlation_id)
+        )
 
     @staticmethod
     def _expired(message: aiormq.abc.DeliveredMessage) -> bool:

@@ -28,7 +28,7 @@ import shortuuid
 
 from .. import _deadlines, exceptions
 from ..communications import AsyncTaskQueue
-from . import _amqp, _batch, _offload, _outcome, _outgoing, _traced, defaults, protocol
+from . import _amqp, _batch, _cancel, _offload, _outcome, _outgoing, _traced, defaults, protocol
 from ._incoming import (
     TASK_FINISHED,
     TASK_PENDING,
@@ -96,6 +96,7 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
         )
         self._replies = replies or ReplyQueue(self._session, exchange_name)
         self._content_type = self._session.encoder.content_type
+        self._cancelling: set[asyncio.Future[Any]] = set()  # cancel notices being sent
 
     async def connect(self) -> None:
         """Declare the exchange and start receiving replies."""
@@ -140,7 +141,26 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
             if future is not None:
                 future.cancel()  # nobody has it: no timer may fail it unseen
             raise
+        if future is not None:
+            future.add_done_callback(functools.partial(self._on_task_done, correlation_id))
         return future
+
+    def _on_task_done(self, correlation_id: str, future: asyncio.Future[Any]) -> None:
+        """A task whose future its sender cancelled is announced to the queue's workers, who
+        do not start it any more (:mod:`kiwipy.rmq._cancel`, with its limits)."""
+        if not future.cancelled():
+            return
+        self._replies.forget(correlation_id)
+        notice = _cancel.task_notice(self._exchange_name, self._queue_name, correlation_id)
+        if notice is not None:
+            sending = asyncio.ensure_future(self._session.publish(*notice, retry=False))
+            self._cancelling.add(sending)
+            sending.add_done_callback(self._notice_sent)
+
+    def _notice_sent(self, sending: asyncio.Future[Any]) -> None:
+        self._cancelling.discard(sending)
+        if not sending.cancelled() and sending.exception() is not None:
+            _LOGGER.warning("a task cancel was not announced: %s", sending.exception())
 
     async def task_send_many(
         self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
@@ -195,6 +215,9 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
         self._handlers: set[asyncio.Task[Any]] = set()
         self._runs: set[asyncio.Future[None]] = set()
         self.responder = TaskResponder(self._session, exchange_name, queue_name)
+        self.responder.cancels = _cancel.TaskCancels(
+            self._session, f"{self._purpose}:cancels", exchange_name, queue_name
+        )
         self._consumer = TaskConsumer(
             self._session,
             self._purpose,
@@ -212,7 +235,13 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
     async def _restore(self) -> None:
         await self.connect()
         if self._subscribers:
+            await self._listen()
             await self._consumer.start()
+
+    async def _listen(self) -> None:
+        """Hear the cancels of tasks (:mod:`kiwipy.rmq._cancel`), once this consumes."""
+        if self.responder.cancels is not None:
+            await self.responder.cancels.listen()
 
     async def add_task_subscriber(self, subscriber: Any, identifier: Any = None) -> Any:
         """Consume tasks with *subscriber*. :returns: its identifier.
@@ -225,6 +254,7 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
         self._subscribers[identifier] = subscriber
         if not self._consumer.wanted:
             try:
+                await self._listen()
                 await self._consumer.start()
             except BaseException:
                 del self._subscribers[identifier]
@@ -299,6 +329,7 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
         """:returns: the next task, polling until *timeout*; parked and screened-out
         messages are skipped."""
         deadline = self._session.loop.time() + timeout
+        await self._listen()
         while True:
             message = await self._consumer.get(no_ack, deadline)
             if message is None:
