@@ -8,7 +8,9 @@ A caller gives ``timeout`` seconds to ``rpc_send`` or ``task_send``. Three thing
   receiver checks on arrival (:func:`expired`): a request past it is never started (RabbitMQ
   also gets an AMQP ``expiration``, :func:`expiration`, so the broker drops it unstarted);
 * a handler running for it sees the seconds left (:func:`deadline`, a context variable set
-  while it runs: :func:`running_until`).
+  while it runs: :func:`running_until`), and a coroutine handler still running at the
+  deadline is cancelled (:func:`bounded`); a call a thread communicator queued behind a busy
+  handler is checked again when its turn comes (:func:`guarded`).
 
 Without a timeout nothing changes: no header, no expiration, no timer.
 """
@@ -34,14 +36,14 @@ __all__ = (
     "absolute",
     "arm",
     "bounded",
+    "check_timeout",
     "current",
     "cut_short",
-    "guarded",
-    "check_timeout",
     "deadline",
     "expiration",
     "expired",
     "from_headers",
+    "guarded",
     "header_value",
     "running_until",
 )
