@@ -12,6 +12,7 @@ Import ``tests.contract``, not this module: the two import each other.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from typing import Any
@@ -38,6 +39,19 @@ _SLEEP = 3.0
 def _needs_deadlines(test: Any) -> Any:
     test.contract_needs = frozenset({DEADLINES})
     return test
+
+
+def _needs_batches_and_deadlines(test: Any) -> Any:
+    test.contract_needs = frozenset({DEADLINES, "batches"})
+    return test
+
+
+def _asyncio_future(future: Any) -> Any:
+    """:returns: *future* awaitable on the running loop (a blocking communicator's batch
+    gives ``concurrent.futures.Future`` objects)."""
+    if isinstance(future, concurrent.futures.Future):
+        return asyncio.wrap_future(future)
+    return future
 
 
 def _needs_task_cancels(test: Any) -> Any:
@@ -266,3 +280,18 @@ class DeadlinesContract:
         assert await contract.settle(await contract.settle(busy)) == "done"
         assert await contract.settle(control) == "control"
         assert started.items == ["busy", "control"], started.items
+
+    @_needs_batches_and_deadlines
+    async def test_batch_sends_give_each_call_its_deadline(self, comm: Any, transport: Any) -> None:
+        async def slow(_comm: Any, msg: Any) -> Any:
+            await asyncio.sleep(_SLEEP)
+            return "too late"
+
+        ident = await comm.add_rpc_subscriber(slow, transport.name("slow-batch"))
+        await comm.add_task_subscriber(slow)
+        sent = time.monotonic()
+        calls = await comm.call("rpc_send_many", [(ident, 1), (ident, 2)], call_timeout=_TIMEOUT)
+        tasks = await comm.call("task_send_many", [1, 2], call_timeout=_TIMEOUT)
+        for future in [*calls, *tasks]:
+            elapsed = await _expect_deadline(_asyncio_future(future), sent)
+            assert elapsed < _TIMEOUT + _LATE

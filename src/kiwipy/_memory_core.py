@@ -216,16 +216,23 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         return self._send_task(self._default_queue, task, no_reply, timeout)
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
+        self,
+        tasks: Iterable[Any],
+        no_reply: bool = False,
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[Optional[asyncio.Future[Any]]]:
         """Queue *tasks* on the default task queue (see
         :meth:`kiwipy.Communicator.task_send_many`): all are encoded first, so one that
         cannot be raises :class:`~kiwipy.EncodeError` before any is queued; queueing itself
         cannot fail here, and takes no time (*timeout* is accepted for the interface).
         """
+        call_timeout = _deadlines.check_timeout(call_timeout)
         connection = self._open()
         payloads = [self._encode((task, no_reply)) for task in tasks]
-        return [self._publish_task(self._default_queue, p, no_reply, connection) for p in payloads]
+        queue = self._default_queue
+        return [self._publish_task(queue, p, no_reply, connection, call_timeout) for p in payloads]
 
     async def rpc_send(
         self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
@@ -240,13 +247,18 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         return self._send_rpc(key, self._encode(msg), connection, timeout)
 
     async def rpc_send_many(
-        self, calls: Iterable[tuple[Any, Any]], *, timeout: Optional[float] = None
+        self,
+        calls: Iterable[tuple[Any, Any]],
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[asyncio.Future[Any]]:
         """Make the ``(recipient_id, msg)`` *calls* (see
         :meth:`kiwipy.Communicator.rpc_send_many`): all are encoded first, so one that
         cannot be raises :class:`~kiwipy.EncodeError` before any is sent; a call nobody
         holds the recipient of fails alone (:class:`~kiwipy.BatchSendError` at the end).
         """
+        call_timeout = _deadlines.check_timeout(call_timeout)
         connection = self._open()
         requests = [
             (_limits.rpc_identifier(recipient_id), self._encode(msg)) for recipient_id, msg in calls
@@ -255,7 +267,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         errors: dict[int, BaseException] = {}
         for index, (key, payload) in enumerate(requests):
             try:
-                futures.append(self._send_rpc(key, payload, connection))
+                futures.append(self._send_rpc(key, payload, connection, call_timeout))
             except exceptions.UnroutableError as exc:
                 futures.append(None)
                 errors[index] = exc

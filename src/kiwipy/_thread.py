@@ -108,7 +108,9 @@ class _Bridge:
             )
         return _quick.send(self.portal, start, fallback, prime, thread_world, timeout)
 
-    def send_many(self, core: Any, name: str, items: Iterable[Any], *args: Any) -> list[Any]:
+    def send_many(
+        self, core: Any, name: str, items: Iterable[Any], *args: Any, **kwargs: Any
+    ) -> list[Any]:
         """``core.<name>(items, *args)`` (``task_send_many``, ``rpc_send_many`` or
         ``broadcast_send_many``) with thread-world futures.
 
@@ -123,6 +125,8 @@ class _Bridge:
         send_many = getattr(core, name, None)
         if send_many is None:
             raise NotImplementedError(f"{type(core).__name__} has no {name}")
+        if kwargs:
+            send_many = functools.partial(send_many, **kwargs)
         items = list(items)
         bound = self.batch_timeout(len(items))
         run = functools.partial(_quick.send_many, send_many, items, *args, timeout=bound)
@@ -289,12 +293,13 @@ class ThreadCommunicator(Communicator):
         return quick
 
     def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False
+        self, tasks: Iterable[Any], no_reply: bool = False, *, call_timeout: Optional[float] = None
     ) -> list[Optional[concurrent.futures.Future[Any]]]:
         """See :meth:`kiwipy.Communicator.task_send_many` (blocking, with the bound of a
         single send extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per task; past it,
         :class:`~kiwipy.BatchSendError` says which tasks went out)."""
-        return self._bridge.send_many(self._core, "task_send_many", tasks, no_reply)
+        deadline = {} if call_timeout is None else {"call_timeout": call_timeout}
+        return self._bridge.send_many(self._core, "task_send_many", tasks, no_reply, **deadline)
 
     def rpc_send(
         self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
@@ -315,11 +320,12 @@ class ThreadCommunicator(Communicator):
         return quick
 
     def rpc_send_many(
-        self, calls: Iterable[tuple[Any, Any]]
+        self, calls: Iterable[tuple[Any, Any]], *, call_timeout: Optional[float] = None
     ) -> list[concurrent.futures.Future[Any]]:
         """See :meth:`kiwipy.Communicator.rpc_send_many` (blocking, bounded as
         :meth:`task_send_many`)."""
-        return self._bridge.send_many(self._core, "rpc_send_many", calls)
+        deadline = {} if call_timeout is None else {"call_timeout": call_timeout}
+        return self._bridge.send_many(self._core, "rpc_send_many", calls, **deadline)
 
     def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
@@ -386,10 +392,11 @@ class ThreadTaskQueue:
         return result
 
     def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False
+        self, tasks: Iterable[Any], no_reply: bool = False, *, call_timeout: Optional[float] = None
     ) -> list[Optional[concurrent.futures.Future[Any]]]:
         """Queue *tasks* here; see :meth:`ThreadCommunicator.task_send_many`."""
-        return self._bridge.send_many(self._core, "task_send_many", tasks, no_reply)
+        deadline = {} if call_timeout is None else {"call_timeout": call_timeout}
+        return self._bridge.send_many(self._core, "task_send_many", tasks, no_reply, **deadline)
 
     def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
         wrapped = self._bridge.wrap(self._owner, subscriber)

@@ -308,7 +308,12 @@ class RmqCommunicator(AsyncCommunicator):
         return await queue.task_send(task, no_reply, timeout=timeout)
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
+        self,
+        tasks: Iterable[Any],
+        no_reply: bool = False,
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[Optional[asyncio.Future[Any]]]:
         """Queue *tasks* on the default task queue with many publishes in flight (see
         :meth:`kiwipy.communications.AsyncCommunicator.task_send_many`).
@@ -316,10 +321,16 @@ class RmqCommunicator(AsyncCommunicator):
         :raises BatchSendError: if any task was not confirmed.
         """
         queue = await self.get_default_task_queue()
-        return await queue.task_send_many(tasks, no_reply, timeout=timeout)
+        return await queue.task_send_many(
+            tasks, no_reply, timeout=timeout, call_timeout=call_timeout
+        )
 
     async def rpc_send_many(
-        self, calls: Iterable[tuple[Any, Any]], *, timeout: Optional[float] = None
+        self,
+        calls: Iterable[tuple[Any, Any]],
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[asyncio.Future[Any]]:
         """Send many RPCs with their publishes in flight together (see
         :meth:`kiwipy.communications.AsyncCommunicator.rpc_send_many`).
@@ -328,7 +339,7 @@ class RmqCommunicator(AsyncCommunicator):
             stopped).
         """
         publisher = await self.get_message_publisher()
-        return await publisher.rpc_send_many(calls, timeout=timeout)
+        return await publisher.rpc_send_many(calls, timeout=timeout, call_timeout=call_timeout)
 
     async def broadcast_send_many(
         self, broadcasts: Iterable[tuple[Any, ...]], *, timeout: Optional[float] = None

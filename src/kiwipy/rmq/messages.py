@@ -209,7 +209,11 @@ class RmqPublisher(BasePublisherWithReplyQueue):
             _LOGGER.warning("an RPC cancel was not sent: %s", sending.exception())
 
     async def rpc_send_many(
-        self, calls: Iterable[tuple[Any, Any]], *, timeout: Optional[float] = None
+        self,
+        calls: Iterable[tuple[Any, Any]],
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[asyncio.Future[Any]]:
         """Send the ``(recipient_id, msg)`` *calls* with many publishes in flight, each as
         :meth:`rpc_send` sends it; see :mod:`kiwipy.rmq._batch`.
@@ -218,7 +222,8 @@ class RmqPublisher(BasePublisherWithReplyQueue):
         :raises BatchSendError: if any call failed (nobody holds its recipient, or the batch
             stopped).
         """
-        return await _batch.send_rpcs(self.target(), calls, timeout)
+        call_timeout = _deadlines.check_timeout(call_timeout)
+        return await _batch.send_rpcs(self.target(), calls, timeout, call_timeout)
 
     async def broadcast_send(
         self, msg: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None

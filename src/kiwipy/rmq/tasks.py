@@ -163,7 +163,12 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
             _LOGGER.warning("a task cancel was not announced: %s", sending.exception())
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
+        self,
+        tasks: Iterable[Any],
+        no_reply: bool = False,
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[Optional[asyncio.Future[Any]]]:
         """Queue *tasks* with many publishes in flight; see :mod:`kiwipy.rmq._batch`.
 
@@ -171,7 +176,8 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
             with *no_reply*).
         :raises BatchSendError: if any task was not confirmed.
         """
-        return await _batch.send_tasks(self.target(), tasks, no_reply, timeout)
+        call_timeout = _deadlines.check_timeout(call_timeout)
+        return await _batch.send_tasks(self.target(), tasks, no_reply, timeout, call_timeout)
 
     def target(self) -> _outgoing.TaskTarget:
         """Where this publisher's tasks go, for ``task_send_many`` and the thread facade's
@@ -438,10 +444,17 @@ class RmqTaskQueue(AsyncTaskQueue):
         return await self._publisher.task_send(task, no_reply, timeout=timeout)
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
+        self,
+        tasks: Iterable[Any],
+        no_reply: bool = False,
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[Optional[asyncio.Future[Any]]]:
         """See :meth:`RmqTaskPublisher.task_send_many`."""
-        return await self._publisher.task_send_many(tasks, no_reply, timeout=timeout)
+        return await self._publisher.task_send_many(
+            tasks, no_reply, timeout=timeout, call_timeout=call_timeout
+        )
 
     def target(self) -> _outgoing.TaskTarget:
         """See :meth:`RmqTaskPublisher.target`."""
