@@ -104,6 +104,13 @@ prerequisite: it is a skip under ``CI=true`` too (unlike :func:`tests._ci.requir
   ``kiwipy.InvalidName`` at once from the call given it, and the communicator goes on
   working (a control task and RPC succeed within :data:`CONTROL_TIMEOUT` seconds); names
   at the limits work.
+* :data:`DEADLINES` - ``timeout`` on ``rpc_send`` and ``task_send`` (issue 16,
+  ``tests/contract_deadlines.py``): ``DeadlineExceeded`` in time, an expired request never
+  started, an expired task dead-lettered (the transport's ``dead_letters`` reader shows it),
+  a handler sees ``kiwipy.deadline()``, a coroutine handler is cancelled at its deadline and
+  when its caller cancels the RPC.
+* :data:`CANCELS_TASKS` - a task whose future was cancelled while it waited behind a busy
+  worker is never started.
 
 :data:`ALL` is every flag (the RabbitMQ communicators, and the memory ones with an encoder);
 ``LocalCommunicator`` has none of them.
@@ -139,11 +146,14 @@ import pytest
 
 import kiwipy
 from tests.contract_battery import BatteryContract
+from tests.contract_deadlines import CANCELS_TASKS, DEADLINES, DeadlinesContract
 
 __all__ = (
     "ALL",
     "AWAITS",
     "BATCHES",
+    "CANCELS_TASKS",
+    "DEADLINES",
     "ENCODES",
     "ISOLATES",
     "NAMES",
@@ -166,7 +176,9 @@ ISOLATES = "isolates"
 ENCODES = "encodes"
 BATCHES = "batches"
 NAMES = "names"
-ALL = frozenset({QUEUES, SHARED, AWAITS, ISOLATES, ENCODES, BATCHES, NAMES})
+ALL = frozenset(
+    {QUEUES, SHARED, AWAITS, ISOLATES, ENCODES, BATCHES, NAMES, DEADLINES, CANCELS_TASKS}
+)
 
 #: Seconds any single outcome may take before the test fails.
 TIMEOUT = 5.0
@@ -349,8 +361,13 @@ class _BlockingQueue:
     def __init__(self, queue: Any) -> None:
         self.native = queue
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> Any:
-        return await _blocking(self.native.task_send, task, no_reply)
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Any:
+        if timeout is None:  # kiwipy 0.9's thread queue has no timeout parameter
+            return await _blocking(self.native.task_send, task, no_reply)
+        send = functools.partial(self.native.task_send, timeout=timeout)
+        return await _blocking(send, task, no_reply)
 
     async def add_task_subscriber(self, subscriber: Any, identifier: Any = None) -> Any:
         if identifier is None:  # kiwipy 0.9's thread queue has no identifier parameter
@@ -385,6 +402,22 @@ class _View:
 
     async def _run(self, name: str, *args: Any) -> Any:
         raise NotImplementedError
+
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """:returns: what the native method *name* returns for these arguments (keywords
+        too), in the async world."""
+        return await self._run_with(functools.partial(getattr(self.native, name), **kwargs), *args)
+
+    async def _run_with(self, method: Callable[..., Any], *args: Any) -> Any:
+        raise NotImplementedError
+
+    async def native_call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """:returns: what the native method *name* returns, not converted (a blocking
+        communicator's ``concurrent.futures.Future`` itself, to cancel it)."""
+        method = functools.partial(getattr(self.native, name), **kwargs)
+        if isinstance(self, _AsyncView):
+            return await method(*args)
+        return await asyncio.to_thread(method, *args)
 
     async def close(self) -> None:
         raise NotImplementedError
@@ -432,7 +465,12 @@ class _AsyncView(_View):
     async def _run(self, name: str, *args: Any) -> Any:
         return await getattr(self.native, name)(*args)
 
-    async def task_queue(self, name: str) -> Any:
+    async def _run_with(self, method: Callable[..., Any], *args: Any) -> Any:
+        return await method(*args)
+
+    async def task_queue(self, name: str, prefetch_count: int = 0) -> Any:
+        if prefetch_count:
+            return await self.native.task_queue(name, 0, prefetch_count)
         return await self.native.task_queue(name)
 
     async def close(self) -> None:
@@ -446,6 +484,9 @@ class _BlockingView(_View):
     async def _run(self, name: str, *args: Any) -> Any:
         return await _blocking(getattr(self.native, name), *args)
 
+    async def _run_with(self, method: Callable[..., Any], *args: Any) -> Any:
+        return await _blocking(method, *args)
+
     async def rpc_send_many(self, calls: list[tuple[Any, Any]]) -> list[Any]:
         """The native call, with each future (also those of a ``BatchSendError``) wrapped."""
         try:
@@ -455,7 +496,10 @@ class _BlockingView(_View):
             raise
         return [_to_asyncio(future) for future in futures]
 
-    async def task_queue(self, name: str) -> _BlockingQueue:
+    async def task_queue(self, name: str, prefetch_count: int = 0) -> _BlockingQueue:
+        if prefetch_count:
+            make = functools.partial(self.native.task_queue, name, 0, prefetch_count)
+            return _BlockingQueue(await asyncio.to_thread(make))
         return _BlockingQueue(await asyncio.to_thread(self.native.task_queue, name))
 
     async def close(self) -> None:
@@ -469,11 +513,24 @@ class ContractTransport(abc.ABC):
     """Makes the communicators of one test, all in one namespace.
 
     :param namespace: unique per test (see the module docstring).
+    :param dead_letters: reads what was dead-lettered from a task queue (a coroutine function
+        of the queue name returning a list); needed by the :data:`DEADLINES` tests.
     """
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        dead_letters: Optional[Callable[[str], Awaitable[list[Any]]]] = None,
+    ) -> None:
         self.namespace = namespace
         self._views: list[_View] = []
+        self._dead_letters = dead_letters
+
+    async def dead_letters(self, queue: str) -> list[Any]:
+        """:returns: what was dead-lettered from the task queue *queue*."""
+        if self._dead_letters is None:
+            raise NotImplementedError("this transport gave no dead_letters reader")
+        return await self._dead_letters(queue)
 
     def name(self, suffix: str) -> str:
         """:returns: a task queue name or RPC identifier unique to this test."""
@@ -506,8 +563,14 @@ class ContractTransport(abc.ABC):
 class AsyncTransport(ContractTransport):
     """A transport of asyncio communicators made by the coroutine function *factory*."""
 
-    def __init__(self, factory: Callable[[], Awaitable[Any]], *, namespace: str) -> None:
-        super().__init__(namespace)
+    def __init__(
+        self,
+        factory: Callable[[], Awaitable[Any]],
+        *,
+        namespace: str,
+        dead_letters: Optional[Callable[[str], Awaitable[list[Any]]]] = None,
+    ) -> None:
+        super().__init__(namespace, dead_letters)
         self._factory = factory
 
     async def _open(self) -> _View:
@@ -520,8 +583,14 @@ class AsyncTransport(ContractTransport):
 class BlockingTransport(ContractTransport):
     """A transport of blocking communicators made by *factory* (run in a worker thread)."""
 
-    def __init__(self, factory: Callable[[], Any], *, namespace: str) -> None:
-        super().__init__(namespace)
+    def __init__(
+        self,
+        factory: Callable[[], Any],
+        *,
+        namespace: str,
+        dead_letters: Optional[Callable[[str], Awaitable[list[Any]]]] = None,
+    ) -> None:
+        super().__init__(namespace, dead_letters)
         self._factory = factory
 
     async def _open(self) -> _View:
@@ -621,7 +690,7 @@ def _blocking_native(comm: Any, transport: ContractTransport) -> Any:
     return comm.native
 
 
-class CommunicatorContract(BatteryContract):
+class CommunicatorContract(BatteryContract, DeadlinesContract):
     """The contract suite; see the module docstring for how to run it against a transport.
     It includes the hostile battery of :class:`tests.contract_battery.BatteryContract`."""
 

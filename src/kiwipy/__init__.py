@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from . import communicate, communications, encoders, exceptions, filters, futures, local, utils
+from ._deadlines import deadline
 from .communications import (
     AsyncCommunicator,
     BroadcastSubscriber,
@@ -23,6 +24,7 @@ from .exceptions import (
     CommunicatorClosed,
     ConnectFailed,
     ConnectionLost,
+    DeadlineExceeded,
     DecodeBudgetExceeded,
     DecodeError,
     DeliveryFailed,
@@ -69,6 +71,7 @@ __all__ = (
     "CommunicatorHelper",
     "ConnectFailed",
     "ConnectionLost",
+    "DeadlineExceeded",
     "DecodeBudgetExceeded",
     "DecodeError",
     "DeliveryFailed",
@@ -99,6 +102,7 @@ __all__ = (
     "communications",
     "connect",
     "copy_future",
+    "deadline",
     "encoders",
     "exceptions",
     "filters",

@@ -53,6 +53,9 @@ class Message:
     seq: int = 0
     rejected_by: set[int] = dataclasses.field(default_factory=set)
     redelivered: bool = False  # given back once at least (AMQP's redelivered flag)
+    deadline: Optional[float] = None  # epoch seconds after which it is not started
+    cancels: Optional[str] = None  # a cancel of the RPC with this correlation id (no body)
+    cancelled: bool = False  # a task its sender cancelled: not started any more
 
 
 @dataclasses.dataclass(eq=False)

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import shortuuid
 from typing_extensions import Unpack
 
-from . import _broadcasts, _limits, _tracing, encoders, exceptions
+from . import _broadcasts, _cancels, _deadlines, _limits, _tracing, encoders, exceptions
 from . import _memory_outcome as outcome
 from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
 from ._memory_options import MemoryOptions, check_options
@@ -80,6 +80,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         self._queues: dict[str, MemoryTaskQueue] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._rpc_jobs: set[asyncio.Task[None]] = set()  # RPC calls being handled
+        self._handlers = _cancels.RunningHandlers()  # the same, by correlation id
         self._deferred_close = DeferredClose()
         self._held: set[MemoryIncomingTask] = set()  # pull-mode tasks being processed
         self._broadcast_tally = _broadcasts.Tally()
@@ -204,41 +205,60 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
 
     # Sending
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[asyncio.Future[Any]]:
         """Queue *task* on the default task queue; it waits there until a worker takes it.
 
+        :param timeout: seconds the task may take to finish (see :mod:`kiwipy._deadlines`).
         :raises EncodeError: if the task cannot be encoded (nothing is sent).
         """
-        return self._send_task(self._default_queue, task, no_reply)
+        return self._send_task(self._default_queue, task, no_reply, timeout)
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
+        self,
+        tasks: Iterable[Any],
+        no_reply: bool = False,
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[Optional[asyncio.Future[Any]]]:
         """Queue *tasks* on the default task queue (see
         :meth:`kiwipy.Communicator.task_send_many`): all are encoded first, so one that
         cannot be raises :class:`~kiwipy.EncodeError` before any is queued; queueing itself
         cannot fail here, and takes no time (*timeout* is accepted for the interface).
         """
+        call_timeout = _deadlines.check_timeout(call_timeout)
         connection = self._open()
         payloads = [self._encode((task, no_reply)) for task in tasks]
-        return [self._publish_task(self._default_queue, p, no_reply, connection) for p in payloads]
+        queue = self._default_queue
+        return [self._publish_task(queue, p, no_reply, connection, call_timeout) for p in payloads]
 
-    async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
-        """:raises UnroutableError: if nobody holds *recipient_id*.
+    async def rpc_send(
+        self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
+    ) -> asyncio.Future[Any]:
+        """:param timeout: seconds the reply may take (see :mod:`kiwipy._deadlines`).
+        :raises UnroutableError: if nobody holds *recipient_id*.
         :raises InvalidName: if *recipient_id* breaks the naming rules (``kiwipy._limits``).
         :raises EncodeError: if *msg* cannot be encoded."""
+        timeout = _deadlines.check_timeout(timeout)
         connection = self._open()
         key = _limits.rpc_identifier(recipient_id)
-        return self._send_rpc(key, self._encode(msg), connection)
+        return self._send_rpc(key, self._encode(msg), connection, timeout)
 
     async def rpc_send_many(
-        self, calls: Iterable[tuple[Any, Any]], *, timeout: Optional[float] = None
+        self,
+        calls: Iterable[tuple[Any, Any]],
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[asyncio.Future[Any]]:
         """Make the ``(recipient_id, msg)`` *calls* (see
         :meth:`kiwipy.Communicator.rpc_send_many`): all are encoded first, so one that
         cannot be raises :class:`~kiwipy.EncodeError` before any is sent; a call nobody
         holds the recipient of fails alone (:class:`~kiwipy.BatchSendError` at the end).
         """
+        call_timeout = _deadlines.check_timeout(call_timeout)
         connection = self._open()
         requests = [
             (_limits.rpc_identifier(recipient_id), self._encode(msg)) for recipient_id, msg in calls
@@ -247,7 +267,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         errors: dict[int, BaseException] = {}
         for index, (key, payload) in enumerate(requests):
             try:
-                futures.append(self._send_rpc(key, payload, connection))
+                futures.append(self._send_rpc(key, payload, connection, call_timeout))
             except exceptions.UnroutableError as exc:
                 futures.append(None)
                 errors[index] = exc
@@ -301,24 +321,63 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             queue = self._queues[name] = MemoryTaskQueue(self, name, prefetch_count)
         return queue
 
-    def _send_task(self, queue: str, task: Any, no_reply: bool) -> Optional[asyncio.Future[Any]]:
+    def _send_task(
+        self, queue: str, task: Any, no_reply: bool, timeout: Optional[float] = None
+    ) -> Optional[asyncio.Future[Any]]:
+        timeout = _deadlines.check_timeout(timeout)
         connection = self._open()
-        return self._publish_task(queue, self._encode((task, no_reply)), no_reply, connection)
+        payload = self._encode((task, no_reply))
+        return self._publish_task(queue, payload, no_reply, connection, timeout)
 
     def _publish_task(
-        self, queue: str, payload: Payload, no_reply: bool, connection: Connection
+        self,
+        queue: str,
+        payload: Payload,
+        no_reply: bool,
+        connection: Connection,
+        timeout: Optional[float] = None,
     ) -> Optional[asyncio.Future[Any]]:
         correlation_id = str(uuid.uuid4())
         payload = self._traced(payload, "task", queue, correlation_id)
-        self._broker.publish(queue, Message(payload, correlation_id, connection))
-        return None if no_reply else self._expect(correlation_id)
+        message = Message(payload, correlation_id, connection)
+        message.deadline = _deadlines.absolute(timeout)
+        self._broker.publish(queue, message)
+        if no_reply:
+            return None
+        future = self._expect(correlation_id, timeout)
+        future.add_done_callback(functools.partial(self._on_task_done, message))
+        return future
 
-    def _send_rpc(self, key: str, payload: Payload, connection: Connection) -> asyncio.Future[Any]:
+    def _on_task_done(self, message: Message, future: asyncio.Future[Any]) -> None:
+        """A task whose future its sender cancelled is not started any more: the queued
+        message itself says so (the broker is in this process), for the worker that takes
+        it; no reply is awaited for it."""
+        if future.cancelled():
+            message.cancelled = True
+            self._forget_reply(message.correlation_id)
+
+    def _send_rpc(
+        self, key: str, payload: Payload, connection: Connection, timeout: Optional[float] = None
+    ) -> asyncio.Future[Any]:
         correlation_id = str(uuid.uuid4())
         payload = self._traced(payload, "rpc", key, correlation_id)
-        self._broker.send_rpc(key, Message(payload, correlation_id, connection))
+        message = Message(payload, correlation_id, connection)
+        message.deadline = _deadlines.absolute(timeout)
+        self._broker.send_rpc(key, message)
         # Replies are posted to this loop, so none can arrive before the future is registered.
-        return self._expect(correlation_id)
+        future = self._expect(correlation_id, timeout)
+        future.add_done_callback(functools.partial(self._on_rpc_done, key, correlation_id))
+        return future
+
+    def _on_rpc_done(self, key: str, correlation_id: str, future: asyncio.Future[Any]) -> None:
+        """A caller that cancelled its RPC cancels the handler too (:mod:`kiwipy._cancels`)."""
+        if not future.cancelled() or self._replies.pop(correlation_id, None) is None:
+            return  # answered (the future was popped with its reply), or failed here
+        cancel = Message(Payload(None, None), "", None, cancels=correlation_id)
+        try:
+            self._broker.send_rpc(key, cancel)
+        except exceptions.KiwiError:  # the responder is gone, and its handler with it
+            pass
 
     def _encode(self, obj: Any) -> Payload:
         if self._encoder is None:
@@ -380,9 +439,13 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             raise exceptions.DecodeError("a task message is a (task, no_reply) pair", encoder=name)
         return body[0], bool(body[1])
 
-    def _expect(self, correlation_id: str) -> asyncio.Future[Any]:
+    def _expect(self, correlation_id: str, timeout: Optional[float] = None) -> asyncio.Future[Any]:
         future = self._replies[correlation_id] = self.loop.create_future()
+        _deadlines.arm(future, timeout, functools.partial(self._forget_reply, correlation_id))
         return future
+
+    def _forget_reply(self, correlation_id: str) -> None:
+        self._replies.pop(correlation_id, None)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         job = self.loop.create_task(coro)
@@ -433,8 +496,13 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
 
     def _on_rpc(self, key: str, message: Message) -> None:
         subscriber = self._rpc.get(key)
-        if self._closed or subscriber is None:
+        if message.cancels is not None:
+            self._handlers.cancel(message.cancels)
+        elif self._closed or subscriber is None:
             self._reply(message, outcome.lost_reply(f"the RPC subscriber '{key}' is gone"))
+        elif _deadlines.expired(message.deadline):
+            # its caller has DeadlineExceeded already: a request past it is never started
+            _LOGGER.debug("dropping RPC %s to %r: past its deadline", message.correlation_id, key)
         else:
             serving = self._serve_rpc(subscriber, message)
             job = self._spawn(
@@ -452,11 +520,16 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
                 self._reply(message, outcome.exception_reply(exc))
                 return
             pending = functools.partial(self._reply_pending, message)
-            result = await invoke(subscriber, (self, msg), pending)
+            invoking = invoke(subscriber, (self, msg), pending)
+            with self._handlers.running(message.correlation_id):
+                result = await _deadlines.bounded(message.deadline, invoking)
             if result.kind == EXCEPTION:
                 _tracing.failed(result.value)
-            self._reply(message, outcome.outcome_reply(result))
+            if not _deadlines.cut_short(result):  # its caller has DeadlineExceeded already
+                self._reply(message, outcome.outcome_reply(result))
         except asyncio.CancelledError:
+            if self._handlers.was_cancelled(message.correlation_id):
+                return  # by its caller, who has its cancelled future: no reply
             if self._closed:
                 closed = "the RPC subscriber was closed before it answered"
                 self._reply(message, outcome.lost_reply(closed))

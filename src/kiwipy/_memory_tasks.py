@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import shortuuid
 
-from . import _tracing, exceptions
+from . import _deadlines, _tracing, exceptions
 from ._memory_broker import Consumer, Delivery
 from ._memory_outcome import exception_reply
 from ._outcome import EXCEPTION, REJECTED, invoke, outcome_of
@@ -72,9 +72,11 @@ class MemoryTaskQueue(AsyncTaskQueue):
         """The queue's name."""
         return self._name
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[asyncio.Future[Any]]:
         """Queue *task* here; see :meth:`~kiwipy.memory.AsyncMemoryCommunicator.task_send`."""
-        return self._comm._send_task(self._name, task, no_reply)
+        return self._comm._send_task(self._name, task, no_reply, timeout)
 
     async def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
         """:raises DuplicateSubscriberIdentifier: if *identifier* is taken on this queue."""
@@ -165,7 +167,10 @@ class MemoryTaskQueue(AsyncTaskQueue):
 
     def _incoming(self, delivery: Delivery, no_ack: bool) -> Optional[MemoryIncomingTask]:
         """:returns: the pull-mode task for *delivery*, or ``None`` if it could not be
-        decoded (then it is answered with the error and dead-lettered)."""
+        decoded (then it is answered with the error and dead-lettered) or is past its
+        deadline (then it is dead-lettered)."""
+        if self._dead_on_arrival(delivery):
+            return None
         try:
             body, no_reply = self._comm._decode_task(delivery.message.payload)
         except exceptions.DecodeError as exc:
@@ -174,6 +179,18 @@ class MemoryTaskQueue(AsyncTaskQueue):
         if no_ack:
             self._comm.broker.ack(delivery)
         return MemoryIncomingTask(self._comm, delivery, body, no_reply)
+
+    def _dead_on_arrival(self, delivery: Delivery) -> bool:
+        """:returns: whether *delivery* must not start: past its deadline (then it is
+        dead-lettered, its sender's future failed with ``DeadlineExceeded`` already), or
+        cancelled by its sender (then it is acknowledged: the sender wants it gone)."""
+        if delivery.message.cancelled:
+            self._comm.broker.ack(delivery)
+            return True
+        if not _deadlines.expired(delivery.message.deadline):
+            return False
+        self._comm.broker.dead_letter(delivery, _deadlines.EXPIRED)
+        return True
 
     def _reject_undecodable(self, delivery: Delivery, exc: exceptions.DecodeError) -> None:
         self._comm._reply(delivery.message, exception_reply(exc))
@@ -190,6 +207,8 @@ class MemoryTaskQueue(AsyncTaskQueue):
 
     async def _serve(self, delivery: Delivery) -> None:
         comm = self._comm
+        if self._dead_on_arrival(delivery):
+            return
         try:
             task, no_reply = comm._decode_task(delivery.message.payload)
         except exceptions.DecodeError as exc:
@@ -197,7 +216,8 @@ class MemoryTaskQueue(AsyncTaskQueue):
             return
         pending = None if no_reply else functools.partial(comm._reply_pending, delivery.message)
         for subscriber in list(self._subscribers.values()):
-            outcome = await invoke(subscriber, (comm, task), pending)
+            invoking = invoke(subscriber, (comm, task), pending)
+            outcome = await _deadlines.bounded(delivery.message.deadline, invoking)
             if outcome.kind != REJECTED:
                 if outcome.kind == EXCEPTION:
                     _tracing.failed(outcome.value)  # issue 17

@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, Callable, Optional, TypeVar
 
-from . import _broadcasts, _quick, _tracing, exceptions
+from . import _broadcasts, _deadlines, _quick, _tracing, exceptions
 from ._dispatch import OFFLOADED, Dispatcher
 from ._portal import LoopThread, thread_world, to_asyncio
 from ._raised import set_exception
@@ -108,7 +108,9 @@ class _Bridge:
             )
         return _quick.send(self.portal, start, fallback, prime, thread_world, timeout)
 
-    def send_many(self, core: Any, name: str, items: Iterable[Any], *args: Any) -> list[Any]:
+    def send_many(
+        self, core: Any, name: str, items: Iterable[Any], *args: Any, **kwargs: Any
+    ) -> list[Any]:
         """``core.<name>(items, *args)`` (``task_send_many``, ``rpc_send_many`` or
         ``broadcast_send_many``) with thread-world futures.
 
@@ -123,6 +125,8 @@ class _Bridge:
         send_many = getattr(core, name, None)
         if send_many is None:
             raise NotImplementedError(f"{type(core).__name__} has no {name}")
+        if kwargs:
+            send_many = functools.partial(send_many, **kwargs)
         items = list(items)
         bound = self.batch_timeout(len(items))
         run = functools.partial(_quick.send_many, send_many, items, *args, timeout=bound)
@@ -159,6 +163,8 @@ class _Bridge:
         async def run(_core: Any, *args: Any) -> Any:
             # run in this handler's trace context on the worker thread (issue 17)
             call = _tracing.carry(functools.partial(subscriber, owner, *args))
+            # the request's deadline: seen on the worker thread, and checked when it starts
+            call = _deadlines.guarded(call)
             if lane is None:
                 result = await self.dispatch.run(call)
             else:
@@ -269,12 +275,14 @@ class ThreadCommunicator(Communicator):
         self._bridge.call(self._core.remove_broadcast_subscriber, identifier)
 
     def task_send(
-        self, task: Any, no_reply: bool = False
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> Optional[concurrent.futures.Future[Any]]:
         lane = self._task_lane
-        if lane is None:
+        if lane is None or timeout is not None:
+            # a request with a deadline takes the core's path, which carries it
+            send = functools.partial(self._core.task_send, timeout=timeout)
             result: Optional[concurrent.futures.Future[Any]] = self._bridge.send(
-                self._core.task_send, task, no_reply
+                send, task, no_reply
             )
             return result
         body = lane.encode(task, no_reply)
@@ -285,17 +293,24 @@ class ThreadCommunicator(Communicator):
         return quick
 
     def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False
+        self, tasks: Iterable[Any], no_reply: bool = False, *, call_timeout: Optional[float] = None
     ) -> list[Optional[concurrent.futures.Future[Any]]]:
         """See :meth:`kiwipy.Communicator.task_send_many` (blocking, with the bound of a
         single send extended by :data:`_quick.BATCH_TIMEOUT_PER_TASK` per task; past it,
         :class:`~kiwipy.BatchSendError` says which tasks went out)."""
-        return self._bridge.send_many(self._core, "task_send_many", tasks, no_reply)
+        deadline = {} if call_timeout is None else {"call_timeout": call_timeout}
+        return self._bridge.send_many(self._core, "task_send_many", tasks, no_reply, **deadline)
 
-    def rpc_send(self, recipient_id: Any, msg: Any) -> concurrent.futures.Future[Any]:
+    def rpc_send(
+        self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
+    ) -> concurrent.futures.Future[Any]:
         lane, send = self._message_lane, self._core.rpc_send
-        if lane is None:
-            result: concurrent.futures.Future[Any] = self._bridge.send(send, recipient_id, msg)
+        if lane is None or timeout is not None:
+            # a request with a deadline takes the core's path, which carries it
+            with_deadline = functools.partial(send, timeout=timeout)
+            result: concurrent.futures.Future[Any] = self._bridge.send(
+                with_deadline, recipient_id, msg
+            )
             return result
         body = lane.encode(msg)
         start = functools.partial(lane.start_rpc, recipient_id, body)
@@ -305,11 +320,12 @@ class ThreadCommunicator(Communicator):
         return quick
 
     def rpc_send_many(
-        self, calls: Iterable[tuple[Any, Any]]
+        self, calls: Iterable[tuple[Any, Any]], *, call_timeout: Optional[float] = None
     ) -> list[concurrent.futures.Future[Any]]:
         """See :meth:`kiwipy.Communicator.rpc_send_many` (blocking, bounded as
         :meth:`task_send_many`)."""
-        return self._bridge.send_many(self._core, "rpc_send_many", calls)
+        deadline = {} if call_timeout is None else {"call_timeout": call_timeout}
+        return self._bridge.send_many(self._core, "rpc_send_many", calls, **deadline)
 
     def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
@@ -369,18 +385,18 @@ class ThreadTaskQueue:
                 self._bridge.call(aclose)
 
     def task_send(
-        self, task: Any, no_reply: bool = False
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> Optional[concurrent.futures.Future[Any]]:
-        result: Optional[concurrent.futures.Future[Any]] = self._bridge.send(
-            self._core.task_send, task, no_reply
-        )
+        send = functools.partial(self._core.task_send, timeout=timeout)
+        result: Optional[concurrent.futures.Future[Any]] = self._bridge.send(send, task, no_reply)
         return result
 
     def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False
+        self, tasks: Iterable[Any], no_reply: bool = False, *, call_timeout: Optional[float] = None
     ) -> list[Optional[concurrent.futures.Future[Any]]]:
         """Queue *tasks* here; see :meth:`ThreadCommunicator.task_send_many`."""
-        return self._bridge.send_many(self._core, "task_send_many", tasks, no_reply)
+        deadline = {} if call_timeout is None else {"call_timeout": call_timeout}
+        return self._bridge.send_many(self._core, "task_send_many", tasks, no_reply, **deadline)
 
     def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
         wrapped = self._bridge.wrap(self._owner, subscriber)

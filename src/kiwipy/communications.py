@@ -127,14 +127,19 @@ class Communicator(abc.ABC):
         """:raises ValueError: if no broadcast subscriber has this identifier."""
 
     @abc.abstractmethod
-    def task_send(self, task: Any, no_reply: bool = False) -> Optional[futures.Future[Any]]:
+    def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[futures.Future[Any]]:
         """Queue *task* for a worker.
 
+        :param timeout: seconds the task may take to finish: then its future fails with
+            :class:`~kiwipy.DeadlineExceeded`, and a task no worker started by then never
+            runs (``docs/concepts.md``). ``None`` (the default): no deadline.
         :returns: a future for the task's outcome, or ``None`` when *no_reply* is true.
         """
 
     def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False
+        self, tasks: Iterable[Any], no_reply: bool = False, *, call_timeout: Optional[float] = None
     ) -> list[Optional[futures.Future[Any]]]:
         """Queue many tasks at once, with their publishes in flight together (much faster
         than one :meth:`task_send` after another, which each wait for their confirm).
@@ -142,6 +147,7 @@ class Communicator(abc.ABC):
         Each task goes on the wire exactly as :meth:`task_send` would send it. Returns once
         every task is confirmed by the broker.
 
+        :param call_timeout: the deadline of each task, as ``timeout`` of :meth:`task_send`.
         :returns: one entry per task, in order: a future for its outcome, or ``None`` when
             *no_reply* is true.
         :raises EncodeError: if a task cannot be encoded (nothing is sent).
@@ -152,14 +158,21 @@ class Communicator(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no task_send_many")
 
     @abc.abstractmethod
-    def rpc_send(self, recipient_id: Any, msg: Any) -> futures.Future[Any]:
+    def rpc_send(
+        self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
+    ) -> futures.Future[Any]:
         """Call the RPC subscriber *recipient_id* with *msg*.
 
+        :param timeout: seconds the reply may take: then the future fails with
+            :class:`~kiwipy.DeadlineExceeded`, and a request not started by then never is
+            (``docs/concepts.md``). ``None`` (the default): no deadline.
         :returns: a future for the call's outcome.
         :raises UnroutableError: if nobody holds *recipient_id*.
         """
 
-    def rpc_send_many(self, calls: Iterable[tuple[Any, Any]]) -> list[futures.Future[Any]]:
+    def rpc_send_many(
+        self, calls: Iterable[tuple[Any, Any]], *, call_timeout: Optional[float] = None
+    ) -> list[futures.Future[Any]]:
         """Make many RPC calls at once, with their publishes in flight together (as
         :meth:`task_send_many` does for tasks).
 
@@ -168,6 +181,7 @@ class Communicator(abc.ABC):
         alone; any other failure stops the batch (the calls not sent yet fail too).
 
         :param calls: ``(recipient_id, msg)`` pairs.
+        :param call_timeout: the deadline of each call, as ``timeout`` of :meth:`rpc_send`.
         :returns: one future per call, in order, for its outcome.
         :raises EncodeError: if a message cannot be encoded (nothing is sent).
         :raises BatchSendError: if any call failed: its ``errors`` say which (and why:
@@ -394,7 +408,9 @@ class AsyncTaskQueue(abc.ABC):
     """A named task queue, for sending and for consuming in push or pull mode."""
 
     @abc.abstractmethod
-    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[asyncio.Future[Any]]:
         """Queue *task*; see :meth:`Communicator.task_send`."""
 
     @abc.abstractmethod
@@ -483,11 +499,18 @@ class AsyncCommunicator(abc.ABC):
         """See :meth:`Communicator.remove_broadcast_subscriber`."""
 
     @abc.abstractmethod
-    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[asyncio.Future[Any]]:
         """See :meth:`Communicator.task_send`."""
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
+        self,
+        tasks: Iterable[Any],
+        no_reply: bool = False,
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[Optional[asyncio.Future[Any]]]:
         """See :meth:`Communicator.task_send_many`.
 
@@ -495,17 +518,25 @@ class AsyncCommunicator(abc.ABC):
             sent and :class:`~kiwipy.BatchSendError` reports each message not confirmed by
             then (with :data:`~kiwipy.TimeoutError` for one written: it may have gone out,
             so its reply future is kept). ``None``: no limit but the transport's own.
+        :param call_timeout: the deadline of each task, as ``timeout`` of :meth:`task_send`.
         """
         raise NotImplementedError(f"{type(self).__name__} has no task_send_many")
 
     @abc.abstractmethod
-    async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
+    async def rpc_send(
+        self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
+    ) -> asyncio.Future[Any]:
         """See :meth:`Communicator.rpc_send`."""
 
     async def rpc_send_many(
-        self, calls: Iterable[tuple[Any, Any]], *, timeout: Optional[float] = None
+        self,
+        calls: Iterable[tuple[Any, Any]],
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[asyncio.Future[Any]]:
-        """See :meth:`Communicator.rpc_send_many` (*timeout*: as for :meth:`task_send_many`)."""
+        """See :meth:`Communicator.rpc_send_many` (*timeout*, *call_timeout*: as for
+        :meth:`task_send_many`)."""
         raise NotImplementedError(f"{type(self).__name__} has no rpc_send_many")
 
     @abc.abstractmethod

@@ -10,7 +10,9 @@ because callers catch it from ``Future.result(timeout)`` as well as from kiwipy 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
+import sys
 from typing import Any
 
 __all__ = (
@@ -19,6 +21,7 @@ __all__ = (
     "CommunicatorClosed",
     "ConnectFailed",
     "ConnectionLost",
+    "DeadlineExceeded",
     "DecodeBudgetExceeded",
     "DecodeError",
     "DeliveryFailed",
@@ -224,6 +227,24 @@ class InvalidStateError(KiwiError, asyncio.InvalidStateError):
 
 class QueueEmpty(KiwiError):
     """``next_task`` found no task in the queue."""
+
+
+_DEADLINE_DOC = """No reply came within the ``timeout`` given to ``rpc_send`` or ``task_send``:
+    the request's future fails with it. A request is never started after its deadline (see
+    ``docs/concepts.md``, *Deadlines and cancellation*). It is a builtin
+    :class:`TimeoutError` (and :data:`TimeoutError`, where the two differ)."""
+
+# The builtin TimeoutError and concurrent.futures' are one class from Python 3.11 on; before,
+# a deadline error is both, so ``except TimeoutError`` catches it whichever the user means.
+if sys.version_info >= (3, 11):
+
+    class DeadlineExceeded(KiwiError, builtins.TimeoutError):
+        __doc__ = _DEADLINE_DOC
+
+else:
+
+    class DeadlineExceeded(KiwiError, builtins.TimeoutError, concurrent.futures.TimeoutError):
+        __doc__ = _DEADLINE_DOC
 
 
 # Encoding

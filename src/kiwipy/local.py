@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import futures
+from . import _deadlines, futures
 from .communications import CommunicatorHelper
 
 __all__ = ("LocalCommunicator",)
@@ -20,11 +20,20 @@ __all__ = ("LocalCommunicator",)
 class LocalCommunicator(CommunicatorHelper):
     """A communicator that delivers every message synchronously to its own subscribers."""
 
-    def task_send(self, task: Any, no_reply: bool = False) -> Optional[futures.Future[Any]]:
-        return self.fire_task(task, no_reply)
+    def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[futures.Future[Any]]:
+        """Run *task* now; *timeout* is only what the subscriber's :func:`kiwipy.deadline`
+        reports (it runs at once, so it never starts late, and its outcome is there)."""
+        with _deadlines.running_until(_deadlines.absolute(_deadlines.check_timeout(timeout))):
+            return self.fire_task(task, no_reply)
 
-    def rpc_send(self, recipient_id: Any, msg: Any) -> futures.Future[Any]:
-        return self.fire_rpc(recipient_id, msg)
+    def rpc_send(
+        self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
+    ) -> futures.Future[Any]:
+        """Call the subscriber now; *timeout*: as for :meth:`task_send`."""
+        with _deadlines.running_until(_deadlines.absolute(_deadlines.check_timeout(timeout))):
+            return self.fire_rpc(recipient_id, msg)
 
     def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from aiormq.abc import AbstractChannel
+from pamqp import commands as spec
 
 from kiwipy import rmq
 from tests.contract import ALL, AsyncTransport, BlockingTransport, CommunicatorContract
@@ -22,7 +24,26 @@ def rmq_options(namespace: str) -> dict[str, Any]:
         "task_queue": f"{namespace}.tasks",
         "testing_mode": True,
         "max_message_size": MESSAGE_LIMIT,
+        # task queues as this library declares them: they dead-letter (a kiwipy 0.9 queue,
+        # testing mode's default, does not, so an expired task would only be dropped)
+        "task_queue_compat": False,
     }
+
+
+def dead_letter_reader(channel: AbstractChannel) -> Any:
+    """:returns: a ``dead_letters`` reader for the contract (``tests/contract.py``): the
+    reason header of each message parked in ``<queue>.dead``, taken off it."""
+
+    async def dead_letters(queue: str) -> list[Any]:
+        parked = []
+        while True:
+            message = await channel.basic_get(f"{queue}.dead", no_ack=True)
+            if not isinstance(message.delivery, spec.Basic.GetOk):
+                return parked
+            headers = message.header.properties.headers or {}
+            parked.append(headers.get("x-kiwipy-reason") or headers.get("x-death"))
+
+    return dead_letters
 
 
 class TestRmqCommunicatorContract(CommunicatorContract):
@@ -30,11 +51,14 @@ class TestRmqCommunicatorContract(CommunicatorContract):
     message_limit = MESSAGE_LIMIT
 
     @pytest.fixture
-    async def transport(self, names, rmq_uri):
+    async def transport(self, names, rmq_uri, raw_channel):
         async def factory() -> rmq.RmqCommunicator:
             return await rmq.async_connect(rmq_uri, **rmq_options(names.prefix))
 
-        async with AsyncTransport(factory, namespace=names.prefix) as transport:
+        reader = dead_letter_reader(raw_channel)
+        async with AsyncTransport(
+            factory, namespace=names.prefix, dead_letters=reader
+        ) as transport:
             yield transport
 
 
@@ -43,11 +67,14 @@ class TestRmqThreadCommunicatorContract(CommunicatorContract):
     message_limit = MESSAGE_LIMIT
 
     @pytest.fixture
-    async def transport(self, names, rmq_uri):
+    async def transport(self, names, rmq_uri, raw_channel):
         def factory() -> rmq.RmqThreadCommunicator:
             return rmq.connect(rmq_uri, **rmq_options(names.prefix))
 
-        async with BlockingTransport(factory, namespace=names.prefix) as transport:
+        reader = dead_letter_reader(raw_channel)
+        async with BlockingTransport(
+            factory, namespace=names.prefix, dead_letters=reader
+        ) as transport:
             yield transport
 
 

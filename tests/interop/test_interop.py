@@ -233,3 +233,41 @@ def test_untraced_kiwipy09_messages_start_a_trace_here(
         time.sleep(0.01)
     assert len(ours_consumed) == 1
     assert ours_consumed[0].parent is None  # no traceparent from 0.9: a trace of its own
+
+
+def test_rpc_with_a_deadline_to_a_kiwipy09_server(
+    prefix: str, ours: rmq.RmqThreadCommunicator
+) -> None:
+    """A 0.9 responder ignores the deadline header and answers as usual (issue 16)."""
+    with Peer09("rpc-server", url=URL, exchange_prefix=prefix, identifier="old") as server:
+        server.wait_for("ready")
+        reply = ours.rpc_send("old", "ping", timeout=WAIT).result(WAIT)
+        assert reply == {"echo": "ping", "by": "kiwipy-0.9"}
+
+
+def test_expired_task_never_reaches_a_kiwipy09_worker(
+    prefix: str, ours: rmq.RmqThreadCommunicator
+) -> None:
+    """The broker honours the AMQP expiration for a 0.9 worker too: a task whose deadline
+    passed before the worker came is never delivered (a 0.9 queue has no dead-letter queue,
+    so it is dropped), and the next task is (issue 16)."""
+    stale = ours.task_send("stale", timeout=0.3)
+    with pytest.raises(kiwipy.DeadlineExceeded):
+        stale.result(WAIT)
+    with Peer09("worker", url=URL, exchange_prefix=prefix) as worker:
+        worker.wait_for("ready")
+        assert ours.task_send("fresh").result(WAIT) == {"echo": "fresh", "by": "kiwipy-0.9"}
+        assert [event["body"] for event in worker.events("task")] == ["fresh"]
+
+
+def test_a_cancel_never_reaches_a_kiwipy09_server(
+    prefix: str, ours: rmq.RmqThreadCommunicator
+) -> None:
+    """Cancelling an RPC to a 0.9 responder sends it nothing it would run: 0.9 never binds
+    the cancel routing key (issue 16)."""
+    with Peer09("rpc-server", url=URL, exchange_prefix=prefix, identifier="old") as server:
+        server.wait_for("ready")
+        ours.rpc_send("old", "ping").cancel()
+        assert ours.rpc_send("old", "after").result(WAIT)["echo"] == "after"
+        server.wait_for_count("rpc", 2)
+        assert [event["body"] for event in server.events("rpc")] == ["ping", "after"]

@@ -33,13 +33,21 @@ class TestLocalCommunicator(CommunicatorContract):
 
 def _memory_transport(unique_name: str, flavour: str, encoder: Any) -> ContractTransport:
     uri = f"memory://{unique_name}"
+
+    async def dead_letters(queue: str) -> list[Any]:
+        return memory.get_broker(unique_name).dead_letters(queue)
+
     if flavour == "async":
 
         async def create() -> memory.AsyncMemoryCommunicator:
             return await memory.async_connect(uri, encoder=encoder)
 
-        return AsyncTransport(create, namespace=unique_name)
-    return BlockingTransport(lambda: memory.connect(uri, encoder=encoder), namespace=unique_name)
+        return AsyncTransport(create, namespace=unique_name, dead_letters=dead_letters)
+    return BlockingTransport(
+        lambda: memory.connect(uri, encoder=encoder),
+        namespace=unique_name,
+        dead_letters=dead_letters,
+    )
 
 
 class _MemoryContract(CommunicatorContract):

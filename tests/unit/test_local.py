@@ -143,3 +143,19 @@ def test_helper_subclass() -> None:
     comm.close()
     with pytest.raises(kiwipy.CommunicatorClosed):
         comm.add_rpc_subscriber(lambda _c, msg: msg)
+
+
+def test_a_local_handler_sees_the_deadline_of_its_call() -> None:
+    """LocalCommunicator runs a call at once, so it never starts late; its subscriber sees
+    the deadline all the same (issue 16)."""
+    comm = LocalCommunicator()
+    ident = comm.add_rpc_subscriber(lambda _c, msg: kiwipy.deadline())
+    comm.add_task_subscriber(lambda _c, task: kiwipy.deadline())
+    left = comm.rpc_send(ident, None, timeout=10).result()
+    assert left is not None and 9 < left <= 10
+    left = comm.task_send(None, timeout=10).result()  # type: ignore[union-attr]
+    assert left is not None and 9 < left <= 10
+    assert comm.rpc_send(ident, None).result() is None
+    with pytest.raises(ValueError, match="timeout"):
+        comm.rpc_send(ident, None, timeout=0)
+    comm.close()

@@ -139,9 +139,11 @@ def properties(
     reply_to: Optional[str] = None,
     content_type: Optional[str] = None,
     headers: Optional[dict[str, Any]] = None,
+    expiration: Optional[str] = None,
 ) -> spec.Basic.Properties:
     """:returns: AMQP properties as kiwipy 0.9 sets them (delivery mode 2 for tasks, 1
-    otherwise); ``content_type`` is set only for encoders that have one (not YAML)."""
+    otherwise); ``content_type`` is set only for encoders that have one (not YAML), and
+    ``expiration`` only for a request with a deadline (:mod:`kiwipy._deadlines`)."""
     return spec.Basic.Properties(
         delivery_mode=2 if persistent else 1,
         correlation_id=correlation_id,
@@ -149,6 +151,7 @@ def properties(
         content_type=content_type,
         headers=headers,
         priority=0,
+        expiration=expiration,
     )
 
 

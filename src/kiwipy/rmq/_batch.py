@@ -73,6 +73,8 @@ class Pending(NamedTuple):
     correlation_id: str  # "" for a broadcast
     #: ``replies.expect(correlation_id, *reply)`` once published; ``None``: no reply wanted.
     reply: Optional[tuple[str, Optional[str]]]
+    #: seconds the reply may take (its deadline is in the message: :mod:`kiwipy._deadlines`)
+    deadline: Optional[float] = None
 
 
 # Tasks
@@ -83,35 +85,41 @@ async def send_tasks(
     tasks: Iterable[Any],
     no_reply: bool = False,
     timeout: Optional[float] = None,
+    call_timeout: Optional[float] = None,
 ) -> list[Optional[asyncio.Future[Any]]]:
-    """Send *tasks* pipelined (module doc), within *timeout* seconds if given.
+    """Send *tasks* pipelined (module doc), within *timeout* seconds if given, each with a
+    deadline of *call_timeout* seconds if given.
 
     :returns: one entry per task: its reply future, or ``None`` with *no_reply*.
     :raises BatchSendError: if any task was not confirmed.
     """
-    pending = await _prepare(functools.partial(_task, target, no_reply), tasks)
+    pending = await _prepare(functools.partial(_task, target, no_reply, call_timeout), tasks)
     return await _send(target.session, target.replies, pending, per_call=(), timeout=timeout)
 
 
-def _task(target: TaskTarget, no_reply: bool, task: Any) -> Pending:
+def _task(target: TaskTarget, no_reply: bool, deadline: Optional[float], task: Any) -> Pending:
     body = _outgoing.encode(target.session, protocol.encode_task(task, no_reply))
-    message, correlation_id = _outgoing.task(target, body)
-    return Pending(message, correlation_id, None if no_reply else (target.queue, None))
+    message, correlation_id = _outgoing.task(target, body, deadline)
+    reply = None if no_reply else (target.queue, None)
+    return Pending(message, correlation_id, reply, deadline)
 
 
 # RPCs
 
 
 async def send_rpcs(
-    target: MessageTarget, calls: Iterable[tuple[Any, Any]], timeout: Optional[float] = None
+    target: MessageTarget,
+    calls: Iterable[tuple[Any, Any]],
+    timeout: Optional[float] = None,
+    call_timeout: Optional[float] = None,
 ) -> list[asyncio.Future[Any]]:
     """Send the RPC requests *calls* (``(recipient_id, msg)`` pairs) pipelined (module doc),
-    within *timeout* seconds if given.
+    within *timeout* seconds if given, each with a deadline of *call_timeout* seconds if given.
 
     :returns: the reply future of each call.
     :raises BatchSendError: if any call failed (an unknown recipient fails only its call).
     """
-    pending = await _prepare(functools.partial(_rpc, target), calls)
+    pending = await _prepare(functools.partial(_rpc, target, call_timeout), calls)
     unroutable = (exceptions.UnroutableError,)
     futures = await _send(
         target.session, target.replies, pending, per_call=unroutable, timeout=timeout
@@ -119,11 +127,11 @@ async def send_rpcs(
     return [future for future in futures if future is not None]  # all of them: none failed
 
 
-def _rpc(target: MessageTarget, call: tuple[Any, Any]) -> Pending:
+def _rpc(target: MessageTarget, deadline: Optional[float], call: tuple[Any, Any]) -> Pending:
     recipient_id, msg = call
     body = _outgoing.encode(target.session, msg)
-    message, correlation_id, watch = _outgoing.rpc(target, recipient_id, body)
-    return Pending(message, correlation_id, (message.routing_key, watch))
+    message, correlation_id, watch = _outgoing.rpc(target, recipient_id, body, deadline)
+    return Pending(message, correlation_id, (message.routing_key, watch), deadline)
 
 
 # Broadcasts
@@ -294,9 +302,10 @@ class _Sender:
             if pending.reply is not None:
                 recipient, watch = pending.reply
                 resend = pending.message if watch is None else None  # a task (not an RPC)
-                self.futures[index] = self._replies.expect(
-                    pending.correlation_id, recipient, watch, resend
-                )
+                future = self._replies.expect(pending.correlation_id, recipient, watch, resend)
+                if pending.deadline is not None:
+                    self._replies.deadline(pending.correlation_id, future, pending.deadline)
+                self.futures[index] = future
         done = _all_done(self._loop, confirms)
         self._in_flight.append(_Window(first, confirms, done, self._loop.time()))
         self._sent += len(confirms)

@@ -22,7 +22,8 @@ from typing import Any, Optional
 
 import aiormq.abc
 
-from .. import exceptions
+from .. import _deadlines, exceptions
+from .._cancels import RunningHandlers
 from .._outcome import encode_reply
 from . import _amqp, _outcome, _traced, protocol
 from ._replies import decode_body, send_reply
@@ -47,6 +48,12 @@ class MessageHandling:
         self._owner = owner
         self._content_type = session.encoder.content_type
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._running = RunningHandlers()  # the RPC handlers, by correlation id
+
+    def cancel(self, correlation_id: str) -> None:
+        """Cancel the handler of the RPC *correlation_id*, if it runs (its caller cancelled
+        it: :mod:`kiwipy._cancels`)."""
+        self._running.cancel(correlation_id)
 
     def spawn(self, handling: Awaitable[Any]) -> asyncio.Future[Any]:
         """Handle a delivery in a task of our own (what consumer callbacks call).
@@ -70,6 +77,12 @@ class MessageHandling:
         self, identifier: Any, subscriber: Optional[Any], message: aiormq.abc.DeliveredMessage
     ) -> None:
         """Run *subscriber* (``None``: it was removed meanwhile) on an RPC request, reply."""
+        at = _deadlines.from_headers(message.header.properties.headers)
+        if _deadlines.expired(at):
+            # it waited past its deadline (in a prefetch buffer): its caller has
+            # DeadlineExceeded already, and a request past it is never started
+            _LOGGER.info("not starting an RPC for %r: past its deadline", identifier)
+            return
         try:
             msg = await decode_body(self._session, message.body)
         except exceptions.KiwiError as exc:
@@ -84,16 +97,22 @@ class MessageHandling:
         async def pending() -> None:
             await self.reply(message, protocol.pending_response())
 
+        correlation_id = message.header.properties.correlation_id
         try:
-            outcome = await _outcome.invoke(subscriber, (self._owner, msg), pending)
+            invoking = _outcome.invoke(subscriber, (self._owner, msg), pending)
+            with self._running.running(correlation_id):
+                outcome = await _deadlines.bounded(at, invoking)
         except asyncio.CancelledError:
+            if self._running.was_cancelled(correlation_id):
+                return  # by its caller, who has its cancelled future: no reply
             # Only closing cancels a handler (drain): the caller learns it now, not from its
             # liveness check seconds later.
             closed = "the RPC subscriber was closed before it answered"
             await self.reply(message, protocol.lost_response(closed))
             raise
         _traced.outcome(outcome)  # issue 17
-        await self.reply(message, _outcome.to_response(outcome))
+        if not _deadlines.cut_short(outcome):
+            await self.reply(message, _outcome.to_response(outcome))
 
     async def broadcast(
         self, subscribers: Sequence[Any], message: aiormq.abc.DeliveredMessage

@@ -41,7 +41,7 @@ from typing import Any, Optional
 import aiormq.abc
 from pamqp import commands as spec
 
-from .. import _tracing, exceptions
+from .. import _deadlines, _tracing, exceptions
 from .._outcome import encode_reply
 from .._raised import set_exception
 from .._task_state import (
@@ -53,7 +53,9 @@ from .._task_state import (
 )
 from ..communications import AsyncIncomingTask
 from . import _acks, _amqp, _outcome, protocol
+from ._cancel import TaskCancels
 from ._lease_tasks import RunningTask, TaskLeases
+from ._leases import read_lease
 from ._replies import send_reply
 from ._session import Session
 
@@ -121,6 +123,8 @@ class TaskResponder:
         self.backoff = RejectBackoff(session.options["reject_backoff"])
         self._content_type = session.encoder.content_type
         self.leases = TaskLeases(self)
+        #: the tasks their senders cancelled (set by a worker that listens for them)
+        self.cancels: Optional[TaskCancels] = None
 
     async def reply(self, message: aiormq.abc.DeliveredMessage, response: dict[str, Any]) -> bool:
         """Send *response* (with host info) to the task's sender and wait for the confirm.
@@ -223,9 +227,19 @@ class TaskResponder:
         )
 
     async def decode(self, message: aiormq.abc.DeliveredMessage) -> Optional[protocol.TaskBody]:
-        """:returns: the task in *message*, or ``None`` after parking it if it has none."""
+        """:returns: the task in *message*, or ``None`` after parking it if it has none or
+        is past its deadline (:mod:`kiwipy._deadlines`: it waited in a prefetch buffer, or
+        in a queue that does not dead-letter on expiry, after the broker let it go)."""
         from ._replies import decode_body
 
+        if self._expired(message):
+            error = exceptions.DeadlineExceeded("the task's deadline passed before it started")
+            await self.park(message, _deadlines.EXPIRED, error)
+            return None
+        if self._cancelled(message):
+            _LOGGER.info("not starting task %s: its sender cancelled it", _task_key(message))
+            await self.settle(message, requeue=None)
+            return None
         try:
             return protocol.decode_task(await decode_body(self.session, message.body))
         except exceptions.MessageTooLarge as exc:
@@ -235,6 +249,21 @@ class TaskResponder:
         except exceptions.DecodeError as exc:
             await self.park(message, "undecodable", exc)
         return None
+
+    def _cancelled(self, message: aiormq.abc.DeliveredMessage) -> bool:
+        props = message.header.properties
+        # a lease copy stands for a task that started already
+        return (
+            self.cancels is not None
+            and read_lease(props.headers) is None
+            and self.cancels.cancelled(props.correlation_id)
+        )
+
+    @staticmethod
+    def _expired(message: aiormq.abc.DeliveredMessage) -> bool:
+        headers = message.header.properties.headers
+        # a lease copy stands for a task that started in time (its deadline no longer counts)
+        return read_lease(headers) is None and _deadlines.expired(_deadlines.from_headers(headers))
 
 
 def _exception_with_host(exc: BaseException) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional
 
-from .. import exceptions
+from .. import _deadlines, exceptions
 from . import _amqp, _offload, _traced, defaults, protocol
 from ._fastpublish import Outgoing
 from ._replies import ReplyQueue
@@ -54,34 +54,59 @@ def encode(session: Session, obj: Any) -> bytes:
     return body
 
 
-def task(target: TaskTarget, body: bytes) -> tuple[Outgoing, str]:
+def task(target: TaskTarget, body: bytes, timeout: Optional[float] = None) -> tuple[Outgoing, str]:
     """:returns: the task message carrying *body*, and its correlation id (its reply is
-    awaited as ``replies.expect(correlation_id, target.queue)``)."""
+    awaited as ``replies.expect(correlation_id, target.queue)``); with a *timeout*, it
+    carries its deadline (:func:`_deadline`)."""
     correlation_id = _amqp.new_correlation_id()
+    headers = _traced.headers("task", target.queue, correlation_id, body)
+    headers, expiration = _deadline(headers, timeout)
     props = _amqp.properties(
         persistent=True,
         correlation_id=correlation_id,
         reply_to=target.replies.name,
         content_type=target.content_type,
-        headers=_traced.headers("task", target.queue, correlation_id, body),
+        headers=headers,
+        expiration=expiration,
     )
     return Outgoing(target.exchange, target.queue, body, props, True), correlation_id
 
 
-def rpc(target: MessageTarget, recipient_id: Any, body: bytes) -> tuple[Outgoing, str, str]:
+def rpc(
+    target: MessageTarget, recipient_id: Any, body: bytes, timeout: Optional[float] = None
+) -> tuple[Outgoing, str, str]:
     """:returns: the request to *recipient_id* carrying *body*, its correlation id, and the
     queue that tells whether the recipient is alive (the reply is awaited as
-    ``replies.expect(correlation_id, message.routing_key, watch)``)."""
+    ``replies.expect(correlation_id, message.routing_key, watch)``); with a *timeout*, it
+    carries its deadline (:func:`_deadline`)."""
     routing_key = protocol.rpc_routing_key(recipient_id)
     correlation_id = _amqp.new_correlation_id()
+    headers = _traced.headers("rpc", routing_key, correlation_id, body)
+    headers, expiration = _deadline(headers, timeout)
     props = _amqp.properties(
         correlation_id=correlation_id,
         reply_to=target.replies.name,
         content_type=target.content_type,
-        headers=_traced.headers("rpc", routing_key, correlation_id, body),
+        headers=headers,
+        expiration=expiration,
     )
     watch = protocol.rpc_queue_name(target.exchange, recipient_id)
     return Outgoing(target.exchange, routing_key, body, props, True), correlation_id, watch
+
+
+def _deadline(
+    headers: Optional[dict[str, Any]], timeout: Optional[float]
+) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+    """:returns: *headers* and the AMQP expiration of a request given *timeout* seconds:
+    unchanged and ``None`` without one (a request without a deadline is sent byte for byte
+    as before); else the absolute deadline added as a header, for the receiver to check on
+    arrival (a message may wait in a prefetch buffer after the broker let it go), and the
+    expiration the broker honours, kiwipy 0.9 peers too (:mod:`kiwipy._deadlines`)."""
+    if timeout is None:
+        return headers, None
+    with_deadline = dict(headers or {})
+    with_deadline[_deadlines.HEADER] = _deadlines.header_value(_deadlines.absolute(timeout))
+    return with_deadline, _deadlines.expiration(timeout)
 
 
 def broadcast(target: MessageTarget, body: bytes) -> Outgoing:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import uuid
 from typing import Any, NamedTuple, Optional
@@ -53,7 +54,7 @@ import aiormq.abc
 from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
 
-from .. import _tracing, exceptions
+from .. import _deadlines, _tracing, exceptions
 from . import _acks, _amqp, _events, protocol
 from ._fastpublish import Outgoing
 from ._liveness import ResponderCheck
@@ -334,6 +335,14 @@ class ReplyQueue:
             if each.watch == queue:
                 del self._waiting[correlation_id]
                 _fail(each.future, exc)
+
+    def deadline(
+        self, correlation_id: str, future: asyncio.Future[Any], timeout: Optional[float]
+    ) -> None:
+        """Fail *future* (the reply to *correlation_id*) with
+        :class:`~kiwipy.DeadlineExceeded` after *timeout* seconds, then stop waiting for
+        its reply (``None``: no deadline)."""
+        _deadlines.arm(future, timeout, functools.partial(self.forget, correlation_id))
 
     def forget(self, correlation_id: str) -> None:
         """Stop waiting for *correlation_id* (its request was not sent)."""

@@ -279,9 +279,14 @@ class RmqCommunicator(AsyncCommunicator):
 
     # Sending
 
-    async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
-        """:raises UnroutableError: if nobody holds *recipient_id*."""
-        return await (await self.get_message_publisher()).rpc_send(recipient_id, msg)
+    async def rpc_send(
+        self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
+    ) -> asyncio.Future[Any]:
+        """:param timeout: seconds the reply may take (see
+            :meth:`kiwipy.rmq.RmqPublisher.rpc_send`).
+        :raises UnroutableError: if nobody holds *recipient_id*."""
+        publisher = await self.get_message_publisher()
+        return await publisher.rpc_send(recipient_id, msg, timeout=timeout)
 
     async def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
@@ -290,16 +295,25 @@ class RmqCommunicator(AsyncCommunicator):
         publisher = await self.get_message_publisher()
         return await publisher.broadcast_send(body, sender, subject, correlation_id)
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
-        """Queue *task* on the default task queue (declared if missing).
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[asyncio.Future[Any]]:
+        """Queue *task* on the default task queue (declared if missing); *timeout*: see
+        :meth:`kiwipy.rmq.RmqTaskPublisher.task_send`.
 
         Channel and connection failures raise :class:`~kiwipy.ConnectionLost`, not
         :class:`~kiwipy.TaskRejected` as in kiwipy 0.9 (bug B7).
         """
-        return await (await self.get_default_task_queue()).task_send(task, no_reply)
+        queue = await self.get_default_task_queue()
+        return await queue.task_send(task, no_reply, timeout=timeout)
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
+        self,
+        tasks: Iterable[Any],
+        no_reply: bool = False,
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[Optional[asyncio.Future[Any]]]:
         """Queue *tasks* on the default task queue with many publishes in flight (see
         :meth:`kiwipy.communications.AsyncCommunicator.task_send_many`).
@@ -307,10 +321,16 @@ class RmqCommunicator(AsyncCommunicator):
         :raises BatchSendError: if any task was not confirmed.
         """
         queue = await self.get_default_task_queue()
-        return await queue.task_send_many(tasks, no_reply, timeout=timeout)
+        return await queue.task_send_many(
+            tasks, no_reply, timeout=timeout, call_timeout=call_timeout
+        )
 
     async def rpc_send_many(
-        self, calls: Iterable[tuple[Any, Any]], *, timeout: Optional[float] = None
+        self,
+        calls: Iterable[tuple[Any, Any]],
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[asyncio.Future[Any]]:
         """Send many RPCs with their publishes in flight together (see
         :meth:`kiwipy.communications.AsyncCommunicator.rpc_send_many`).
@@ -319,7 +339,7 @@ class RmqCommunicator(AsyncCommunicator):
             stopped).
         """
         publisher = await self.get_message_publisher()
-        return await publisher.rpc_send_many(calls, timeout=timeout)
+        return await publisher.rpc_send_many(calls, timeout=timeout, call_timeout=call_timeout)
 
     async def broadcast_send_many(
         self, broadcasts: Iterable[tuple[Any, ...]], *, timeout: Optional[float] = None

@@ -39,8 +39,8 @@ import aiormq.abc
 import shortuuid
 from aiormq import exceptions as amqp_errors
 
-from .. import _broadcasts, _limits, exceptions
-from . import _amqp, _batch, _offload, _outgoing, _traced, defaults, protocol
+from .. import _broadcasts, _deadlines, _limits, exceptions
+from . import _amqp, _batch, _cancel, _offload, _outgoing, _traced, defaults, protocol
 from ._handlers import MessageHandling
 from ._identities import TakenIdentities
 from ._recovery import RestoreLater
@@ -132,6 +132,7 @@ class RmqPublisher(BasePublisherWithReplyQueue):
         )
         self._replies = replies or ReplyQueue(self._session, exchange_name)
         self._content_type = self._session.encoder.content_type
+        self._cancelling: set[asyncio.Future[Any]] = set()  # cancels being sent
 
     def get_exchange_name(self) -> str:
         return self._exchange_name
@@ -157,29 +158,62 @@ class RmqPublisher(BasePublisherWithReplyQueue):
         if self._owns_session:
             await self._session.close()
 
-    async def rpc_send(self, recipient_id: Any, msg: Any) -> asyncio.Future[Any]:
+    async def rpc_send(
+        self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
+    ) -> asyncio.Future[Any]:
         """Send *msg* to the RPC subscriber *recipient_id*.
 
+        :param timeout: seconds the reply may take: then the future fails with
+            :class:`~kiwipy.DeadlineExceeded`, and the request is not started any more
+            (:mod:`kiwipy._deadlines`). ``None``: no deadline.
         :returns: once the broker confirmed the request, a future for the reply.
         :raises UnroutableError: if nobody holds *recipient_id*.
         :raises InvalidName: if *recipient_id* breaks the naming rules (:mod:`kiwipy._limits`).
         :raises MessageTooLarge: if *msg* encodes to more than ``max_message_size``.
         """
+        timeout = _deadlines.check_timeout(timeout)
         _limits.rpc_identifier(recipient_id)  # before the work of encoding
         # large messages are encoded off the loop, as tasks are (issue 11)
         body = await _offload.encode(self._session, msg)
-        message, correlation_id, watch = _outgoing.rpc(self.target(), recipient_id, body)
+        message, correlation_id, watch = _outgoing.rpc(self.target(), recipient_id, body, timeout)
         _LOGGER.debug("Sending RPC %s to %r: %r", correlation_id, message.routing_key, msg)
         future = self._replies.expect(correlation_id, message.routing_key, watch)
+        # armed now, when the deadline in the message was computed
+        self._replies.deadline(correlation_id, future, timeout)
         try:
             await self._session.publish(*message, retry=False)
         except BaseException:
             self._replies.forget(correlation_id)
+            future.cancel()  # nobody has it: no timer may fail it unseen
             raise
+        on_done = functools.partial(self._on_rpc_done, recipient_id, correlation_id)
+        future.add_done_callback(on_done)
         return future
 
+    def _on_rpc_done(
+        self, recipient_id: Any, correlation_id: str, future: asyncio.Future[Any]
+    ) -> None:
+        """A caller that cancelled its RPC cancels the handler too (:mod:`._cancel`)."""
+        if not future.cancelled():
+            return
+        self._replies.forget(correlation_id)  # no reply comes for a cancelled handler
+        cancel = _cancel.message(self._exchange_name, recipient_id, correlation_id)
+        if cancel is not None:
+            sending = asyncio.ensure_future(self._session.publish(*cancel, retry=False))
+            self._cancelling.add(sending)
+            sending.add_done_callback(self._cancel_sent)
+
+    def _cancel_sent(self, sending: asyncio.Future[Any]) -> None:
+        self._cancelling.discard(sending)
+        if not sending.cancelled() and sending.exception() is not None:
+            _LOGGER.warning("an RPC cancel was not sent: %s", sending.exception())
+
     async def rpc_send_many(
-        self, calls: Iterable[tuple[Any, Any]], *, timeout: Optional[float] = None
+        self,
+        calls: Iterable[tuple[Any, Any]],
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[asyncio.Future[Any]]:
         """Send the ``(recipient_id, msg)`` *calls* with many publishes in flight, each as
         :meth:`rpc_send` sends it; see :mod:`kiwipy.rmq._batch`.
@@ -188,7 +222,8 @@ class RmqPublisher(BasePublisherWithReplyQueue):
         :raises BatchSendError: if any call failed (nobody holds its recipient, or the batch
             stopped).
         """
-        return await _batch.send_rpcs(self.target(), calls, timeout)
+        call_timeout = _deadlines.check_timeout(call_timeout)
+        return await _batch.send_rpcs(self.target(), calls, timeout, call_timeout)
 
     async def broadcast_send(
         self, msg: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
@@ -304,10 +339,17 @@ class RmqSubscriber:
             ) from exc
         routing_key = protocol.rpc_routing_key(identifier)
         await self._bind(queue, routing_key)
+        cancels = _cancel.routing_key(identifier)
+        if cancels is not None:  # cancels of its requests (kiwipy 0.9 never binds this key)
+            await self._bind(queue, cancels)
         callback = functools.partial(self._on_rpc, identifier)
         return await self._session.consume(MESSAGES, queue, callback, no_ack=True)
 
     def _on_rpc(self, identifier: Any, message: aiormq.abc.DeliveredMessage) -> None:
+        cancelled = _cancel.cancel_of(message)
+        if cancelled is not None:
+            self._handling.cancel(cancelled)
+            return
         rpc = self._rpc.get(identifier)  # None: removed while the request was on its way
         subscriber = None if rpc is None else rpc.subscriber
         handling = self._handling.rpc(identifier, subscriber, message)

@@ -26,9 +26,9 @@ from typing import Any, Optional
 import aiormq.abc
 import shortuuid
 
-from .. import exceptions
+from .. import _deadlines, exceptions
 from ..communications import AsyncTaskQueue
-from . import _amqp, _batch, _offload, _outcome, _outgoing, _traced, defaults, protocol
+from . import _amqp, _batch, _cancel, _offload, _outcome, _outgoing, _traced, defaults, protocol
 from ._incoming import (
     TASK_FINISHED,
     TASK_PENDING,
@@ -96,6 +96,7 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
         )
         self._replies = replies or ReplyQueue(self._session, exchange_name)
         self._content_type = self._session.encoder.content_type
+        self._cancelling: set[asyncio.Future[Any]] = set()  # cancel notices being sent
 
     async def connect(self) -> None:
         """Declare the exchange and start receiving replies."""
@@ -108,9 +109,14 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
         if self._owns_session:
             await self._session.close()
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[asyncio.Future[Any]]:
         """Queue *task* (persistent, confirmed by the broker before this returns).
 
+        :param timeout: seconds the task may take to finish: then the future fails with
+            :class:`~kiwipy.DeadlineExceeded`, and a task not started by then never is (it
+            is dead-lettered; :mod:`kiwipy._deadlines`). ``None``: no deadline.
         :returns: a future for the task's outcome, or ``None`` with *no_reply*.
         :raises UnroutableError: (also an ``aio_pika.exceptions.DeliveryError``) if no queue
             is bound for it.
@@ -118,22 +124,51 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
         """
         _LOGGER.debug("Sending task to %r (reply=%r): %r", self._queue_name, not no_reply, task)
         # large tasks are encoded off the loop (issue 6)
+        timeout = _deadlines.check_timeout(timeout)
         body = await _offload.encode(self._session, protocol.encode_task(task, no_reply))
-        message, correlation_id = _outgoing.task(self.target(), body)
+        message, correlation_id = _outgoing.task(self.target(), body, timeout)
         future = (
             None
             if no_reply
             else self._replies.expect(correlation_id, self._queue_name, None, message)
         )
+        if future is not None:  # armed now, when the deadline in the message was computed
+            self._replies.deadline(correlation_id, future, timeout)
         try:
             await self._session.publish(*message)
         except BaseException:
             self._replies.forget(correlation_id)
+            if future is not None:
+                future.cancel()  # nobody has it: no timer may fail it unseen
             raise
+        if future is not None:
+            future.add_done_callback(functools.partial(self._on_task_done, correlation_id))
         return future
 
+    def _on_task_done(self, correlation_id: str, future: asyncio.Future[Any]) -> None:
+        """A task whose future its sender cancelled is announced to the queue's workers, who
+        do not start it any more (:mod:`kiwipy.rmq._cancel`, with its limits)."""
+        if not future.cancelled():
+            return
+        self._replies.forget(correlation_id)
+        notice = _cancel.task_notice(self._exchange_name, self._queue_name, correlation_id)
+        if notice is not None:
+            sending = asyncio.ensure_future(self._session.publish(*notice, retry=False))
+            self._cancelling.add(sending)
+            sending.add_done_callback(self._notice_sent)
+
+    def _notice_sent(self, sending: asyncio.Future[Any]) -> None:
+        self._cancelling.discard(sending)
+        if not sending.cancelled() and sending.exception() is not None:
+            _LOGGER.warning("a task cancel was not announced: %s", sending.exception())
+
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
+        self,
+        tasks: Iterable[Any],
+        no_reply: bool = False,
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[Optional[asyncio.Future[Any]]]:
         """Queue *tasks* with many publishes in flight; see :mod:`kiwipy.rmq._batch`.
 
@@ -141,7 +176,8 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
             with *no_reply*).
         :raises BatchSendError: if any task was not confirmed.
         """
-        return await _batch.send_tasks(self.target(), tasks, no_reply, timeout)
+        call_timeout = _deadlines.check_timeout(call_timeout)
+        return await _batch.send_tasks(self.target(), tasks, no_reply, timeout, call_timeout)
 
     def target(self) -> _outgoing.TaskTarget:
         """Where this publisher's tasks go, for ``task_send_many`` and the thread facade's
@@ -185,6 +221,9 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
         self._handlers: set[asyncio.Task[Any]] = set()
         self._runs: set[asyncio.Future[None]] = set()
         self.responder = TaskResponder(self._session, exchange_name, queue_name)
+        self.responder.cancels = _cancel.TaskCancels(
+            self._session, f"{self._purpose}:cancels", exchange_name, queue_name
+        )
         self._consumer = TaskConsumer(
             self._session,
             self._purpose,
@@ -202,7 +241,13 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
     async def _restore(self) -> None:
         await self.connect()
         if self._subscribers:
+            await self._listen()
             await self._consumer.start()
+
+    async def _listen(self) -> None:
+        """Hear the cancels of tasks (:mod:`kiwipy.rmq._cancel`), once this consumes."""
+        if self.responder.cancels is not None:
+            await self.responder.cancels.listen()
 
     async def add_task_subscriber(self, subscriber: Any, identifier: Any = None) -> Any:
         """Consume tasks with *subscriber*. :returns: its identifier.
@@ -215,6 +260,7 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
         self._subscribers[identifier] = subscriber
         if not self._consumer.wanted:
             try:
+                await self._listen()
                 await self._consumer.start()
             except BaseException:
                 del self._subscribers[identifier]
@@ -269,11 +315,16 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
         self, incoming: RmqIncomingTask, message: aiormq.abc.DeliveredMessage
     ) -> Optional[_outcome.Outcome]:
         pending = None
+        headers = message.header.properties.headers
+        taken_over = read_lease(headers) is not None
         # A take-over does not say 'pending' again: the sender may already have had it.
-        if not incoming.no_reply and read_lease(message.header.properties.headers) is None:
+        if not incoming.no_reply and not taken_over:
             pending = functools.partial(self.responder.reply, message, protocol.pending_response())
+        # a taken-over task started in time: its deadline no longer counts
+        at = None if taken_over else _deadlines.from_headers(headers)
         for subscriber in list(self._subscribers.values()):
-            outcome = await _outcome.invoke(subscriber, (self._owner, incoming.body), pending)
+            invoking = _outcome.invoke(subscriber, (self._owner, incoming.body), pending)
+            outcome = await _deadlines.bounded(at, invoking)
             if outcome.kind != _outcome.REJECTED:
                 return outcome
         return None  # nobody here took it
@@ -284,6 +335,7 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
         """:returns: the next task, polling until *timeout*; parked and screened-out
         messages are skipped."""
         deadline = self._session.loop.time() + timeout
+        await self._listen()
         while True:
             message = await self._consumer.get(no_ack, deadline)
             if message is None:
@@ -386,14 +438,23 @@ class RmqTaskQueue(AsyncTaskQueue):
         async for task in self._subscriber:
             yield task
 
-    async def task_send(self, task: Any, no_reply: bool = False) -> Optional[asyncio.Future[Any]]:
-        return await self._publisher.task_send(task, no_reply)
+    async def task_send(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[asyncio.Future[Any]]:
+        return await self._publisher.task_send(task, no_reply, timeout=timeout)
 
     async def task_send_many(
-        self, tasks: Iterable[Any], no_reply: bool = False, *, timeout: Optional[float] = None
+        self,
+        tasks: Iterable[Any],
+        no_reply: bool = False,
+        *,
+        timeout: Optional[float] = None,
+        call_timeout: Optional[float] = None,
     ) -> list[Optional[asyncio.Future[Any]]]:
         """See :meth:`RmqTaskPublisher.task_send_many`."""
-        return await self._publisher.task_send_many(tasks, no_reply, timeout=timeout)
+        return await self._publisher.task_send_many(
+            tasks, no_reply, timeout=timeout, call_timeout=call_timeout
+        )
 
     def target(self) -> _outgoing.TaskTarget:
         """See :meth:`RmqTaskPublisher.target`."""
