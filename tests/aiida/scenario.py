@@ -106,10 +106,11 @@ def _looper() -> Any:
     return submit(LooperWorkChain, gate=gate), gate
 
 
-def _rounds(node: Any) -> int:
+def _rounds(gate: Any) -> int:
+    """Rounds the gate's :class:`GateWorkChain` has run (it counts them on the gate node)."""
     from aiida import orm
 
-    return int(orm.load_node(node.pk).base.extras.get("rounds", 0))
+    return int(orm.load_node(gate.pk).base.extras.get("rounds", 0))
 
 
 def _submit_parents(xs: range) -> list[Any]:
@@ -151,7 +152,7 @@ def legacy(state: dict[str, Any]) -> None:
     verdi("daemon", "start")
     try:
         looper, gate = _looper()
-        wait_until(lambda: _rounds(looper) >= 2, "the looper runs under kiwipy 0.9")
+        wait_until(lambda: _rounds(gate) >= 2, "the looper runs under kiwipy 0.9")
         verdi("process", "pause", str(looper.pk), "--timeout", "60")
         wait_until(lambda: looper.paused, "the looper is paused under kiwipy 0.9")
     finally:
@@ -195,9 +196,11 @@ def _switched_from_legacy(legacy_state: dict[str, Any]) -> dict[str, float]:
     looper = orm.load_node(legacy_state["looper"])
     assert looper.paused, "the process paused under kiwipy 0.9 is still paused"
     verdi("process", "play", str(looper.pk), "--timeout", "60")
-    before = _rounds(looper)
-    wait_until(lambda: _rounds(looper) > before, "the played process runs again")
-    orm.load_node(legacy_state["gate"]).base.extras.set("open", True)
+    wait_until(lambda: not orm.load_node(looper.pk).paused, "play takes effect")
+    gate = orm.load_node(legacy_state["gate"])
+    before = _rounds(gate)
+    wait_until(lambda: _rounds(gate) > before, "the process it waits for runs")
+    gate.base.extras.set("open", True)
     wait_until(_terminated([looper.pk]), "the played process finishes")
     looper = orm.load_node(looper.pk)
     assert looper.exit_status == 0, (looper.process_state, looper.exit_status)
@@ -232,8 +235,8 @@ def _pause_play_kill() -> dict[str, float]:
     from aiida import orm
 
     to_pause, gate = _looper()
-    to_kill, _ = _looper()
-    wait_until(lambda: _rounds(to_pause) >= 2 and _rounds(to_kill) >= 2, "the loopers run")
+    to_kill, kill_gate = _looper()
+    wait_until(lambda: _rounds(gate) >= 2 and _rounds(kill_gate) >= 2, "the loopers run")
     start = time.monotonic()
     verdi("process", "pause", str(to_pause.pk), "--timeout", "60")
     pause_s = time.monotonic() - start
@@ -242,13 +245,11 @@ def _pause_play_kill() -> dict[str, float]:
     verdi("process", "play", str(to_pause.pk), "--timeout", "60")
     play_s = time.monotonic() - start
     wait_until(lambda: not orm.load_node(to_pause.pk).paused, "play takes effect")
-    before = _rounds(to_pause)
-    wait_until(lambda: _rounds(to_pause) > before, "the played process runs again")
     start = time.monotonic()
     verdi("process", "kill", str(to_kill.pk), "--timeout", "60")
     kill_s = time.monotonic() - start
     wait_until(lambda: orm.load_node(to_kill.pk).is_killed, "kill takes effect")
-    gate.base.extras.set("open", True)
+    gate.base.extras.set("open", True)  # what the played process waits for can now finish
     wait_until(_terminated([to_pause.pk]), "the played process finishes")
     assert orm.load_node(to_pause.pk).exit_status == 0
     return {"pause_s": pause_s, "play_s": play_s, "kill_s": kill_s}

@@ -3,9 +3,9 @@
 * :class:`ParentWorkChain` submits two :class:`ChildWorkChain` processes through the daemon
   (tasks over the broker), waits for both (state-change broadcasts) and adds their results:
   ``total = (x + 1) + (2x + 1) = 3x + 2``.
-* :class:`LooperWorkChain` keeps submitting a child and waiting for it until its ``gate`` node
-  carries the extra ``open``: a process that stays alive, and between two children is waiting,
-  so ``verdi process pause/play/kill`` (RPCs) can reach it while it runs.
+* :class:`LooperWorkChain` waits for a :class:`GateWorkChain`, which keeps submitting a child
+  and waiting for it until its ``gate`` node carries the extra ``open``: a process that stays
+  alive and waiting, so ``verdi process pause/play/kill`` (RPCs) can reach it while it runs.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ class ParentWorkChain(WorkChain):
         self.out("total", add(self.ctx.a.outputs.result, self.ctx.b.outputs.result))
 
 
-class LooperWorkChain(WorkChain):
+class GateWorkChain(WorkChain):
+    """Keeps submitting a child and waiting for it (counting rounds on its ``gate`` node)
+    until the gate carries the extra ``open``."""
+
     @classmethod
     def define(cls, spec):  # type: ignore[no-untyped-def]
         super().define(spec)
@@ -67,8 +70,28 @@ class LooperWorkChain(WorkChain):
 
     def round(self):  # type: ignore[no-untyped-def]
         self.ctx.rounds += 1
-        self.node.base.extras.set("rounds", self.ctx.rounds)
+        orm.load_node(self.inputs.gate.pk).base.extras.set("rounds", self.ctx.rounds)
         return ToContext(child=self.submit(ChildWorkChain, x=orm.Int(self.ctx.rounds)))
 
     def finish(self) -> None:
         self.out("rounds", orm.Int(self.ctx.rounds).store())
+
+
+class LooperWorkChain(WorkChain):
+    """Waits for one :class:`GateWorkChain` (which runs until its gate opens): the process
+    that is paused, played and killed. What it waits for cannot finish while it is paused
+    unless the test opens the gate, so the test never races AiiDA's own handling of a child
+    that finishes while its parent is paused."""
+
+    @classmethod
+    def define(cls, spec):  # type: ignore[no-untyped-def]
+        super().define(spec)
+        spec.input("gate", valid_type=orm.Int)
+        spec.output("rounds", valid_type=orm.Int)
+        spec.outline(cls.launch, cls.finish)
+
+    def launch(self):  # type: ignore[no-untyped-def]
+        return ToContext(gated=self.submit(GateWorkChain, gate=self.inputs.gate))
+
+    def finish(self) -> None:
+        self.out("rounds", self.ctx.gated.outputs.rounds)

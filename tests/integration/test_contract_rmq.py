@@ -24,6 +24,9 @@ def rmq_options(namespace: str) -> dict[str, Any]:
         "task_queue": f"{namespace}.tasks",
         "testing_mode": True,
         "max_message_size": MESSAGE_LIMIT,
+        # no decode budget: the battery sends multi-megabyte YAML bodies that must arrive;
+        # the budget itself is checked by tests/faults/test_memory_bound.py
+        "max_decode_memory": None,
         # task queues as this library declares them: they dead-letter (a kiwipy 0.9 queue,
         # testing mode's default, does not, so an expired task would only be dropped)
         "task_queue_compat": False,
