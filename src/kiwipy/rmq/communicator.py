@@ -283,7 +283,7 @@ class RmqCommunicator(AsyncCommunicator):
         self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
     ) -> asyncio.Future[Any]:
         """:param timeout: seconds the reply may take (see
-            :meth:`kiwipy.rmq.RmqPublisher.rpc_send`).
+            :meth:`kiwipy.rmq.messages.RmqPublisher.rpc_send`).
         :raises UnroutableError: if nobody holds *recipient_id*."""
         publisher = await self.get_message_publisher()
         return await publisher.rpc_send(recipient_id, msg, timeout=timeout)
