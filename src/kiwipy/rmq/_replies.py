@@ -11,8 +11,8 @@ Invariants:
   reconnection. It is deleted on a clean close and expires on its own otherwise.
 * Its restorer is idempotent (it consumes only when not consuming) and finds out whether the
   queue outlived the outage: if it expired or was deleted meanwhile, replies sent in between
-  are lost, so every waiting future ends with :class:`~kiwipy.ReplyLost` before the queue is
-  declared again.
+  are lost, so once it is declared again every task still waiting is sent again and every
+  RPC still waiting ends with :class:`~kiwipy.ReplyLost`, as after a move (below).
 * In a cluster the queue lives on one node, and while that node is down nobody can use or
   declare it (docs/cluster.md). After failing over to another node, the restorer then
   *moves*: a new queue (a new name) is declared, consumed, and bound with the routing keys of
@@ -177,7 +177,7 @@ class ReplyQueue:
         self._prefix = prefix
         self.name = f"{prefix}-reply-{uuid.uuid4()}"
         self._aliases: list[str] = []  # the names of earlier queues (module doc: moving)
-        self._resend_due = False
+        self._resend_due: Optional[str] = None  # why waiting tasks must be sent again
         self._waiting: dict[str, _Waiting] = {}
         self._exchanges: dict[str, dict[str, Any]] = {}
         self._consumer_tag: Optional[str] = None
@@ -248,9 +248,9 @@ class ReplyQueue:
             await self._bind(exchange)
         if not self._session.is_consuming(REPLIES, self._consumer_tag):
             await self._consume()
-        if self._resend_due:
-            self._resend_due = False
-            self._resend_waiting()
+        if self._resend_due is not None:
+            why, self._resend_due = self._resend_due, None
+            self._resend_waiting(why)
 
     def _move(self, why: BaseException) -> None:
         """Switch to a new queue name (module doc); the restorer then declares, binds and
@@ -258,14 +258,13 @@ class ReplyQueue:
         old, self.name = self.name, f"{self._prefix}-reply-{uuid.uuid4()}"
         self._aliases.append(old)
         self._consumer_tag = None
-        self._resend_due = True
+        self._resend_due = "the node of the reply queue went down while this RPC was waiting"
         _LOGGER.warning("reply queue %s unusable (%s); replies now come to %s", old, why, self.name)
 
-    def _resend_waiting(self) -> None:
-        lost = exceptions.ReplyLost(
-            "the node of the reply queue went down while this RPC was waiting; its reply "
-            "may be lost (RPCs are not repeated)"
-        )
+    def _resend_waiting(self, why: str) -> None:
+        """Send every waiting task again (it may run twice: duplicates are allowed, a lost
+        reply is not) and end every waiting RPC with ``ReplyLost`` (not repeated)."""
+        lost = exceptions.ReplyLost(f"{why}; its reply may be lost (RPCs are not repeated)")
         for correlation_id, each in list(self._waiting.items()):
             if each.resend is None:
                 del self._waiting[correlation_id]
@@ -293,12 +292,11 @@ class ReplyQueue:
                 _fail(waiting.future, exc)
 
     def _queue_vanished(self) -> None:
+        """It expired or was deleted while disconnected: replies sent meanwhile are lost,
+        so once it is declared again the waiting tasks are sent again, as after a move."""
         if self._waiting:
-            self.fail_all(
-                exceptions.ReplyLost(
-                    f"the reply queue {self.name} expired or was deleted while disconnected; "
-                    "replies sent meanwhile are lost"
-                )
+            self._resend_due = (
+                f"the reply queue {self.name} expired or was deleted while disconnected"
             )
 
     def _on_state(self, event: str) -> None:
