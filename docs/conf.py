@@ -72,7 +72,7 @@ nitpick_ignore_regex = [
 # on purpose, so a reference to them is shown as plain text.
 _PRIVATE = re.compile(
     r"(kiwipy(\.rmq)?\._\w+(\..*)?|_\w+|RmqOptions|MemoryOptions|ConnectionParams|ConnectionFactory"
-    r"|ReplyQueue|TaskResponder|Delivery|Outcome|protocol\.\w+|kiwipy\.rmq\.protocol\.\w+)"
+    r"|ReplyQueue|TaskResponder|TaskHost|Delivery|Outcome|protocol\.\w+|kiwipy\.rmq\.protocol\.\w+)"
 )
 
 

@@ -34,23 +34,9 @@ from ._cli_common import (
     out,
 )
 from ._cli_management import ManagementUnavailable, list_queues, management_url
+from ._cli_queues import DEAD_SUFFIX, queue_state, queues_to_inspect
 
-__all__ = ("cmd_inspect", "queue_state", "queues_to_inspect")
-
-_DEAD_SUFFIX = ".dead"
-
-
-def queues_to_inspect(args: argparse.Namespace) -> list[str]:
-    """:returns: the queues named with ``--queue`` (default the default task queue), each
-    followed by its ``.dead`` dead-letter queue."""
-    names: list[str] = []
-    for name in args.queue or [DEFAULT_QUEUE]:
-        for candidate in (name, name + _DEAD_SUFFIX):
-            if name.endswith(_DEAD_SUFFIX) and candidate != name:
-                continue
-            if candidate not in names:
-                names.append(candidate)
-    return names
+__all__ = ("cmd_inspect",)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -103,7 +89,7 @@ async def _inspect_amqp(args: argparse.Namespace) -> dict[str, Any]:
         for queue in queues:
             name = queue["name"]
             if queue.get("exists", True) and name in task_queues:
-                if not name.endswith(_DEAD_SUFFIX):
+                if not name.endswith(DEAD_SUFFIX):
                     queue["declaration"] = await _declaration(connection, name)
     finally:
         await connection.close()
@@ -154,27 +140,6 @@ async def _exchange(connection: Any, name: str) -> dict[str, Any]:
         if not channel.is_closed:
             await channel.close()
     return {"name": name, "exists": True}
-
-
-async def queue_state(connection: Any, name: str) -> dict[str, Any]:
-    """:returns: queue *name*'s ready messages and consumers, from a passive declare."""
-    import aiormq
-
-    channel = await connection.channel()
-    try:
-        queue = await channel.declare_queue(name, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        return {"name": name, "exists": False, "messages": None, "consumers": None}
-    finally:
-        if not channel.is_closed:
-            await channel.close()
-    result = queue.declaration_result
-    return {
-        "name": name,
-        "exists": True,
-        "messages": result.message_count,
-        "consumers": result.consumer_count,
-    }
 
 
 async def _declaration(connection: Any, name: str) -> dict[str, Any]:
