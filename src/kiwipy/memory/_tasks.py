@@ -23,19 +23,19 @@ from typing import Any, Optional, Protocol
 
 import shortuuid
 
-from . import _deadlines, _tracing, exceptions
-from ._memory_broker import Connection, Consumer, Delivery, MemoryBroker, Message, Payload
-from ._memory_outcome import exception_reply
-from ._outcome import EXCEPTION, REJECTED, Outcome, invoke, outcome_of
-from ._raised import set_exception
-from ._task_state import (
+from .. import _deadlines, _tracing, exceptions
+from .._outcome import EXCEPTION, REJECTED, Outcome, invoke, outcome_of
+from .._raised import set_exception
+from .._task_state import (
     TASK_FINISHED,
     TASK_PENDING,
     TASK_PROCESSING,
     TASK_REQUEUED,
     expect_state,
 )
-from .communications import AsyncIncomingTask, AsyncTaskQueue, TaskSubscriber
+from ..communications import AsyncIncomingTask, AsyncTaskQueue, TaskSubscriber
+from ._broker import Connection, Consumer, Delivery, MemoryBroker, Message, Payload
+from ._outcome import exception_reply
 
 __all__ = (
     "TASK_FINISHED",

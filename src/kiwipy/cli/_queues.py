@@ -1,13 +1,13 @@
 """The task queues ``kiwipy inspect`` and its ``--watch`` look at, and one queue's state
-read with a passive declare (shared by :mod:`kiwipy._cli_inspect` and
-:mod:`kiwipy._cli_watch`, so that neither imports the other's module for it)."""
+read with a passive declare (shared by :mod:`kiwipy.cli._inspect` and
+:mod:`kiwipy.cli._watch`, so that neither imports the other's module for it)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ._cli_common import DEFAULT_QUEUE
+from ._common import DEFAULT_QUEUE
 
 __all__ = ("DEAD_SUFFIX", "queue_state", "queues_to_inspect")
 

@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from ._cli_common import (
+from ._common import (
     CONNECT_TIMEOUT,
     EXIT_OK,
     CliError,
@@ -36,8 +36,8 @@ from ._cli_common import (
     open_broker,
     out,
 )
-from ._cli_management import ManagementUnavailable, count_connections, list_queues, management_url
-from ._cli_queues import DEAD_SUFFIX, queue_state, queues_to_inspect
+from ._management import ManagementUnavailable, count_connections, list_queues, management_url
+from ._queues import DEAD_SUFFIX, queue_state, queues_to_inspect
 
 __all__ = ("cmd_watch",)
 
@@ -122,8 +122,8 @@ class _MemorySampler:
     """The in-process broker of this process (tests, notebooks calling ``kiwipy.cli.main``)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from . import memory
-        from ._cli_common import DEFAULT_QUEUE
+        from .. import memory
+        from ._common import DEFAULT_QUEUE
 
         self._broker = memory.get_broker(memory.broker_name(args.url))
         self._names = args.queue or [DEFAULT_QUEUE]
