@@ -57,7 +57,7 @@ nitpick_ignore_regex = [
     (r"py:class", r"(TypeError|RuntimeError|KeyError|NoneType|ellipsis|bytes|str|int|float)"),
     (r"py:class", r"(bool|dict|list|tuple|set|type|object|memoryview|bytearray)"),
     (r"py:class", r"(AbstractAsyncContextManager|AbstractContextManager|Unpack|Self)"),
-    (r"py:class", r"(EncodeFn|DecodeFn|_Matcher|_Bridge|kiwipy\._.*)"),
+    (r"py:class", r"(EncodeFn|DecodeFn|_Matcher|_Bridge|kiwipy(\.memory|\.cli)?\._.*)"),
     (r"py:class", r"_[a-z_]+\..*"),  # a private module's class named in a signature
     (r"py:(exc|class)", r"(InvalidStateError|CancelledError)"),
     (r"py:class", r"_asyncio\..*"),
@@ -71,8 +71,8 @@ nitpick_ignore_regex = [
 # Names of kiwipy's private modules that public signatures mention; they are not documented
 # on purpose, so a reference to them is shown as plain text.
 _PRIVATE = re.compile(
-    r"(kiwipy(\.rmq)?\._\w+(\..*)?|_\w+|RmqOptions|MemoryOptions|ConnectionParams|ConnectionFactory"
-    r"|ReplyQueue|TaskResponder|Delivery|Outcome|protocol\.\w+|kiwipy\.rmq\.protocol\.\w+)"
+    r"(kiwipy(\.rmq|\.memory|\.cli)?\._\w+(\..*)?|_\w+|RmqOptions|MemoryOptions|ConnectionParams|ConnectionFactory"
+    r"|ReplyQueue|TaskResponder|TaskHost|Delivery|Outcome|protocol\.\w+|kiwipy\.rmq\.protocol\.\w+)"
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from . import communicate, communications, encoders, exceptions, filters, futures, local, utils
+from ._connect import register_scheme
 from ._deadlines import deadline
 from .communications import (
     AsyncCommunicator,
@@ -108,6 +109,7 @@ __all__ = (
     "filters",
     "futures",
     "local",
+    "register_scheme",
     "utils",
     "wait",
 )

@@ -15,7 +15,7 @@ other ``BaseException`` from user code (``asyncio.CancelledError``, ``SystemExit
 it never kills a consumer or the loop, and the sender always gets an answer.
 
 Each transport turns an :class:`Outcome` into its reply (``kiwipy.rmq._outcome.to_response``,
-``kiwipy._memory_outcome.outcome_reply``); the decisions are taken here, once, including
+``kiwipy.memory._outcome.outcome_reply``); the decisions are taken here, once, including
 the error reply that replaces a reply that cannot be encoded (:func:`encode_reply`).
 """
 

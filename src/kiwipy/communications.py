@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import shortuuid
 
-from . import _unroutable, exceptions, futures
+from . import _connect, _unroutable, exceptions, futures
 from ._outcome import CANCELLED, from_exception
 from ._raised import exception_text
 
@@ -559,37 +559,22 @@ class AsyncCommunicator(abc.ABC):
         """:returns: the task queue *queue_name*, declared if needed."""
 
 
-_SCHEMES = ("amqp://", "amqps://", "memory://")
-
-
 #: The URI :func:`connect` uses when given none (kiwipy 0.9's ``communicate.DEFAULT_COMM_URI``).
 DEFAULT_COMM_URI = "amqp://guest:guest@127.0.0.1/"
 
 
 def connect(uri: Union[str, Sequence[str]] = DEFAULT_COMM_URI, **kwargs: Any) -> Communicator:
-    """Connect a thread communicator.
+    """Connect a thread communicator, with the transport registered for the URL's scheme.
 
     :param uri: ``amqp://`` or ``amqps://`` for RabbitMQ (the keyword arguments go to
         :func:`kiwipy.rmq.connect`), or ``memory://[name]`` for the in-process transport
         (communicators connected to the same name share queues; see
         :func:`kiwipy.memory.connect`). The nodes of a RabbitMQ cluster may be given as
         several hosts in one URL (``amqp://u:p@host1:5672,host2:5672/``) or as a list of
-        URLs (docs/cluster.md).
+        URLs (docs/cluster.md). A third-party transport adds its scheme with
+        :func:`kiwipy.register_scheme` or the ``kiwipy.transports`` entry point group.
     :raises ValueError: for any other scheme.
     """
-    if not isinstance(uri, str):
-        urls = list(uri)
-        if urls and all(isinstance(u, str) and u.startswith(_SCHEMES[:2]) for u in urls):
-            from . import rmq
-
-            return rmq.connect(connection_params=urls, **kwargs)
-        raise ValueError(f"a list of URIs must hold amqp:// or amqps:// URLs only, not {uri!r}")
-    if uri.startswith(("amqp://", "amqps://")):
-        from . import rmq
-
-        return rmq.connect(connection_params=uri, **kwargs)
-    if uri.startswith("memory://"):
-        from . import memory
-
-        return memory.connect(uri, **kwargs)
-    raise ValueError(f"Unknown communicator uri '{uri}': use one of {', '.join(_SCHEMES)}")
+    # The registry imports the transport on first use: these interfaces never import one.
+    communicator: Communicator = _connect.open_uri(uri, **kwargs)
+    return communicator

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kiwipy._cli_management import list_queues
+from kiwipy.cli._management import list_queues
 
 from .test_cli_rmq import kiwipy, names, queue_of, reap
 

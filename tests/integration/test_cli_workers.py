@@ -219,7 +219,7 @@ def test_failed_task_traceback_is_logged_and_sent(
     assert 'task {"x": 1, "y": 0} raised ZeroDivisionError: division by zero' in text
     assert "Traceback (most recent call last):" in text
     assert 'return task["x"] / task["y"]' in text
-    assert "_cli_serve.py" not in text  # the traceback starts at the user's code
+    assert "cli/_serve.py" not in text  # the traceback starts at the user's code
     assert "warning: task raised" not in text  # the library's record of it is not repeated
     assert worker.stop(signal.SIGTERM) == 0
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 import kiwipy
-from kiwipy import _cli_common, _cli_running, cli
+from kiwipy import cli
+from kiwipy.cli import _common, _running
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(autouse=True)
 def short_drain(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process replies leave at once: no need for the long-running commands' grace."""
-    monkeypatch.setattr(_cli_running, "_DRAIN", 0.05)
+    monkeypatch.setattr(_running, "_DRAIN", 0.05)
 
 
 @pytest.fixture
@@ -282,7 +283,7 @@ def test_invalid_json_with_as_json(output: Output, url: str) -> None:
 
 def parse_body(argv: list[str]) -> object:
     args = cli.build_parser().parse_args(["send", *argv])
-    return _cli_common.read_body(args)
+    return _common.read_body(args)
 
 
 @pytest.mark.parametrize(
@@ -354,17 +355,17 @@ def test_connect_failure_is_one_line(
     def refuse(url: str, **options: object) -> object:
         raise ConnectionRefusedError(111, "Connection refused")
 
-    monkeypatch.setattr(_cli_common, "connect", refuse)
+    monkeypatch.setattr(_common, "connect", refuse)
     assert cli.main(["rpc", "x", "1", "--url", url]) == 1
     line = one_error_line(output.read().err, "rpc")
     assert f"cannot connect to {url}: ConnectionRefusedError" in line
 
 
 def test_helpers() -> None:
-    assert _cli_common.mask_url("amqp://u:pw@h:5672/v") == "amqp://u:***@h:5672/v"
-    assert _cli_common.mask_url("memory://x") == "memory://x"
-    assert _cli_common.format_value({"a": (1, 2)}) == '{"a": [1, 2]}'
-    assert _cli_common.format_value({1, 2}) == "{1, 2}"
+    assert _common.mask_url("amqp://u:pw@h:5672/v") == "amqp://u:***@h:5672/v"
+    assert _common.mask_url("memory://x") == "memory://x"
+    assert _common.format_value({"a": (1, 2)}) == '{"a": [1, 2]}'
+    assert _common.format_value({1, 2}) == "{1, 2}"
 
 
 # Tasks
@@ -436,7 +437,7 @@ def test_worker_with_communicator_verbose_and_coroutines(
 def test_worker_shows_progress(
     output: Output, url: str, handlers: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_cli_running, "_PROGRESS_INTERVAL", 0.05)
+    monkeypatch.setattr(_running, "_PROGRESS_INTERVAL", 0.05)
     worker = Background(["worker", f"{handlers}:slow", "--url", url, "--max-messages", "2"])
     assert cli.main(["send", "--wait", "0.3", "--url", url]) == 0
     assert cli.main(["send", "--wait", "0.3", "--url", url]) == 0

@@ -150,7 +150,7 @@ def test_the_connect_error_names_every_endpoint_and_no_password() -> None:
 
 
 def test_the_command_line_takes_several_hosts() -> None:
-    from kiwipy._cli_common import CliError, check_url
+    from kiwipy.cli._common import CliError, check_url
 
     check_url("amqp://guest:guest@h1:5701,h2:5702,h3/")
     with pytest.raises(CliError, match="port can't be converted"):

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import pytest
 from pamqp import commands as spec
 
-from kiwipy._cli_dead import dead_reason, dead_since, requeued_headers
+from kiwipy.cli._dead import dead_reason, dead_since, requeued_headers
 from kiwipy.rmq import _leases as leases
 from kiwipy.rmq._options import resolve_options
 from kiwipy.rmq._topology import dead_queue_arguments, lease_queue_arguments, task_queue_arguments

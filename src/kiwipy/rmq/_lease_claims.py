@@ -21,16 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Protocol
 
+import aiormq.abc
 from aiormq import exceptions as amqp_errors
 
 from .. import exceptions
-from ._leases import LEASES, RUNNING, claim_queue
-from ._session import PROBE
-
-if TYPE_CHECKING:
-    from ._lease_service import LeaseService
+from ._leases import LEASES, RUNNING, LeaseSettings, claim_queue
+from ._session import PROBE, Session
 
 __all__ = ("Claims",)
 
@@ -43,13 +41,33 @@ class _Claim(NamedTuple):
     deletion: Optional[asyncio.TimerHandle] = None
 
 
+class LeaseAnswers(Protocol):
+    """What claims need of the worker's :class:`~kiwipy.rmq._lease_service.LeaseService`
+    (a protocol, so that this module does not import the service's, which imports it)."""
+
+    session: Session
+    settings: LeaseSettings
+
+    async def start(self) -> None: ...
+
+    def set_answer(self, lease_id: str, answer: str) -> None: ...
+
+    def answer(self, lease_id: str) -> str: ...
+
+    async def ask(self, queue: str, lease_id: str) -> Optional[str]: ...
+
+    async def on_check(self, message: aiormq.abc.DeliveredMessage) -> None: ...
+
+    def spawn(self, coro: Any) -> None: ...
+
+
 class Claims:
     """The claims one worker holds.
 
     :param service: the worker's :class:`~kiwipy.rmq._lease_service.LeaseService`.
     """
 
-    def __init__(self, service: LeaseService) -> None:
+    def __init__(self, service: LeaseAnswers) -> None:
         self._service = service
         self._held: dict[str, _Claim] = {}
 

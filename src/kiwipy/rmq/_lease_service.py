@@ -27,7 +27,7 @@ import collections
 import logging
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Protocol
 
 import aiormq.abc
 
@@ -37,14 +37,25 @@ from ._lease_claims import Claims
 from ._leases import LEASES, UNKNOWN, Lease, LeaseSettings, worker_queue
 from ._session import Session
 
-if TYPE_CHECKING:
-    from ._lease_tasks import RunningTask
-
-__all__ = ("LEASES", "LeaseService")
+__all__ = ("LEASES", "LeaseService", "Running")
 
 _LOGGER = logging.getLogger("kiwipy.rmq.tasks")
 
 _MAX_REMEMBERED = 10000
+
+
+class Running(Protocol):
+    """A task running in this worker, as its entry in :attr:`LeaseService.running` is used
+    (implemented by :class:`kiwipy.rmq._lease_tasks.RunningTask`; a protocol, so that this
+    module does not import that one, which imports it)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def lease_id(self) -> Optional[str]: ...
+
+    async def convert(self, delivery: aiormq.abc.DeliveredMessage) -> None: ...
 
 
 class LeaseService:
@@ -66,7 +77,7 @@ class LeaseService:
         self.session = session
         self.settings = LeaseSettings.from_options(session.options)
         self.owner = uuid.uuid4().hex
-        self.running: dict[tuple[str, str], RunningTask] = {}
+        self.running: dict[tuple[str, str], Running] = {}
         #: Keys of tasks finished and answered here whose delivery could not be acknowledged
         #: (its channel was gone): a redelivery of one of them is dropped, not run again.
         self.finished_unacked: collections.OrderedDict[tuple[str, str], None] = (

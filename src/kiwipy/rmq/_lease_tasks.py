@@ -27,14 +27,14 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import aiormq.abc
 from aiormq import exceptions as amqp_errors
 
 from .. import exceptions
 from . import _amqp
-from ._lease_service import LeaseService
+from ._lease_service import LeaseService, Running
 from ._leases import (
     DROP,
     FINISHED,
@@ -49,10 +49,8 @@ from ._leases import (
     read_lease,
     with_lease,
 )
+from ._session import Session
 from ._topology import declare_lease_queue
-
-if TYPE_CHECKING:
-    from ._incoming import TaskResponder
 
 __all__ = ("RunningTask", "TaskLeases", "task_key")
 
@@ -64,6 +62,17 @@ def task_key(message: aiormq.abc.DeliveredMessage) -> str:
     ``message_id`` (aiormq gives every message one), else its ``correlation_id``."""
     props = message.header.properties
     return str(props.message_id or props.correlation_id or hash(message.body))
+
+
+class Settler(Protocol):
+    """What the leases need of a task queue's :class:`~kiwipy.rmq._incoming.TaskResponder`
+    (a protocol, so that this module does not import the responder's, which imports it)."""
+
+    session: Session
+    queue: str
+
+    async def settle(self, message: aiormq.abc.DeliveredMessage, requeue: Optional[bool]) -> None:
+        """Acknowledge *message* (``requeue=None``) or nack it."""
 
 
 class RunningTask:
@@ -174,7 +183,7 @@ class TaskLeases:
     :param responder: the task queue's responder (publishing, settling, the session).
     """
 
-    def __init__(self, responder: TaskResponder) -> None:
+    def __init__(self, responder: Settler) -> None:
         self.responder = responder
         self.session = responder.session
         self.queue = responder.queue
@@ -253,7 +262,7 @@ class TaskLeases:
         return await self._check(message, lease)
 
     async def _fold(
-        self, running: RunningTask, message: aiormq.abc.DeliveredMessage, lease: Optional[Lease]
+        self, running: Running, message: aiormq.abc.DeliveredMessage, lease: Optional[Lease]
     ) -> None:
         """A task that runs here arrived again (rule 2)."""
         if lease is None:

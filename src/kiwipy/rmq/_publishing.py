@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import aiormq.abc
 
 from .. import exceptions
 from . import _aiormq_boundary, _amqp
-
-if TYPE_CHECKING:
-    from ._session import Session
+from ._session_view import SessionView
 
 __all__ = ("PublishAttempt", "close_when_drained")
 
@@ -52,7 +49,7 @@ _DRAIN_TIMEOUT = 10.0
 class PublishAttempt:
     """The retry policy of one publish (module doc), with its deadline."""
 
-    def __init__(self, session: Session, exchange: str, routing_key: str, retry: bool) -> None:
+    def __init__(self, session: SessionView, exchange: str, routing_key: str, retry: bool) -> None:
         self._session = session
         self._exchange = exchange
         self._retry = retry

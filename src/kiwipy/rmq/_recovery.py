@@ -34,15 +34,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import aiormq.abc
 
 from .. import exceptions
 from . import _aiormq_boundary, _amqp, _events
-
-if TYPE_CHECKING:
-    from ._session import Session
+from ._session_view import SessionView
 
 __all__ = ("ReconnectPacing", "Recovery", "RestoreLater", "Restoration", "Restorer")
 
@@ -220,7 +218,7 @@ class Recovery:
     :param session: the session; its connection's close and reconnect callbacks are ours.
     """
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: SessionView) -> None:
         self._session = session
         self._connection = session.connection
         self.restoration = Restoration(session.events, lambda: session.is_connected)

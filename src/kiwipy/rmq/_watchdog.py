@@ -21,14 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import aiormq.abc
 
 from . import _amqp, _events
-
-if TYPE_CHECKING:
-    from ._session import Session
+from ._session_view import SessionView
 
 __all__ = ("WATCHDOG", "Watchdog", "stall_limit")
 
@@ -38,7 +36,7 @@ WATCHDOG = "watchdog"
 _NO_HEARTBEAT_LIMIT = 60.0
 
 
-def stall_limit(session: Session, connection: aiormq.abc.AbstractConnection) -> float:
+def stall_limit(session: SessionView, connection: aiormq.abc.AbstractConnection) -> float:
     """:returns: seconds without an answer after which *connection* counts as stalled."""
     configured = session.options["stall_timeout"]
     if configured:
@@ -51,7 +49,7 @@ def stall_limit(session: Session, connection: aiormq.abc.AbstractConnection) -> 
 class Watchdog:
     """The stall watchdog of one session (module doc)."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: SessionView) -> None:
         self._session = session
         self._task: Optional[asyncio.Task[None]] = None
 

@@ -26,8 +26,8 @@ import itertools
 import threading
 from typing import Any, Callable, NamedTuple, Optional
 
-from . import _tracing, _unroutable, exceptions
-from .encoders import Encoder
+from .. import _tracing, _unroutable, exceptions
+from ..encoders import Encoder
 
 __all__ = ("Connection", "Consumer", "Delivery", "MemoryBroker", "Message", "Payload")
 

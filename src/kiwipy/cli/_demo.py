@@ -17,8 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
 
-from . import exceptions
-from ._cli_common import (
+from .. import exceptions
+from ..communications import Communicator, connect
+from ..filters import BroadcastFilter
+from ..futures import Future
+from ._common import (
     EXIT_FAILURE,
     EXIT_OK,
     CliError,
@@ -28,9 +31,6 @@ from ._cli_common import (
     mask_url,
     out,
 )
-from .communications import Communicator, connect
-from .filters import BroadcastFilter
-from .futures import Future
 
 __all__ = ("run_demo",)
 

@@ -19,26 +19,23 @@ import contextlib
 import functools
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 import shortuuid
 
-from . import _deadlines, _tracing, exceptions
-from ._memory_broker import Consumer, Delivery
-from ._memory_outcome import exception_reply
-from ._outcome import EXCEPTION, REJECTED, invoke, outcome_of
-from ._raised import set_exception
-from ._task_state import (
+from .. import _deadlines, _tracing, exceptions
+from .._outcome import EXCEPTION, REJECTED, Outcome, invoke, outcome_of
+from .._raised import set_exception
+from .._task_state import (
     TASK_FINISHED,
     TASK_PENDING,
     TASK_PROCESSING,
     TASK_REQUEUED,
     expect_state,
 )
-from .communications import AsyncIncomingTask, AsyncTaskQueue, TaskSubscriber
-
-if TYPE_CHECKING:
-    from ._memory_core import AsyncMemoryCommunicator
+from ..communications import AsyncIncomingTask, AsyncTaskQueue, TaskSubscriber
+from ._broker import Connection, Consumer, Delivery, MemoryBroker, Message, Payload
+from ._outcome import exception_reply
 
 __all__ = (
     "TASK_FINISHED",
@@ -50,6 +47,39 @@ __all__ = (
 )
 
 
+class TaskHost(Protocol):
+    """What the task queues need of the communicator that owns them (implemented by
+    :class:`~kiwipy.memory.AsyncMemoryCommunicator`). A protocol, so that this module does
+    not import the communicator's, which imports this one."""
+
+    _closed: bool
+    _held: set[MemoryIncomingTask]
+
+    @property
+    def broker(self) -> MemoryBroker: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def _open(self) -> Connection: ...
+
+    def _send_task(
+        self, queue: str, task: Any, no_reply: bool, timeout: Optional[float] = None
+    ) -> Optional[asyncio.Future[Any]]: ...
+
+    def _decode_task(self, payload: Payload) -> tuple[Any, bool]: ...
+
+    def _reply(self, message: Message, response: dict[str, Any]) -> bool: ...
+
+    async def _reply_pending(self, message: Message) -> None: ...
+
+    def _handling_task(self, handling: Any, queue: str, message: Message) -> Any: ...
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]: ...
+
+    def _conclude_task(self, delivery: Delivery, no_reply: bool, result: Outcome) -> None: ...
+
+
 class MemoryTaskQueue(AsyncTaskQueue):
     """A named task queue of an :class:`~kiwipy.memory.AsyncMemoryCommunicator`.
 
@@ -58,9 +88,7 @@ class MemoryTaskQueue(AsyncTaskQueue):
     :param prefetch_count: how many of its tasks may be in progress here at once (0: any).
     """
 
-    def __init__(
-        self, communicator: AsyncMemoryCommunicator, name: str, prefetch_count: int = 0
-    ) -> None:
+    def __init__(self, communicator: TaskHost, name: str, prefetch_count: int = 0) -> None:
         self._comm = communicator
         self._name = name
         self._prefetch_count = prefetch_count
@@ -236,7 +264,7 @@ class MemoryIncomingTask(AsyncIncomingTask):
     """
 
     def __init__(
-        self, communicator: AsyncMemoryCommunicator, delivery: Delivery, body: Any, no_reply: bool
+        self, communicator: TaskHost, delivery: Delivery, body: Any, no_reply: bool
     ) -> None:
         self._comm = communicator
         self._delivery = delivery

@@ -26,8 +26,8 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from . import encoders, exceptions
-from .communications import Communicator, connect
+from .. import encoders, exceptions
+from ..communications import Communicator, connect
 
 __all__ = (
     "DEFAULT_QUEUE",
@@ -122,7 +122,7 @@ def check_url(url: str) -> None:
             EXIT_USAGE,
         )
     if _is_amqp(url):
-        from .rmq._options import endpoint_urls
+        from ..rmq._options import endpoint_urls
 
         try:  # one endpoint per host: amqp://u:p@host1:5672,host2:5672/ (docs/cluster.md)
             for endpoint in endpoint_urls(url):
@@ -142,11 +142,11 @@ def _check_query(url: str) -> None:
     """:raises ValueError: for a query parameter the URL's transport does not read or
     cannot use (checked by the transport's own rules)."""
     if _is_amqp(url):
-        from .rmq._options import check_url_query
+        from ..rmq._options import check_url_query
 
         check_url_query(url)
     else:
-        from .memory import broker_name
+        from ..memory import broker_name
 
         broker_name(url)
 
@@ -201,7 +201,7 @@ async def open_broker(url: str, opening: Awaitable[T]) -> T:
 
     :raises CliError: saying why the connection failed (the URL's password masked).
     """
-    from .rmq import _connecting  # only broker commands get here: the rmq extra is there
+    from ..rmq import _connecting  # only broker commands get here: the rmq extra is there
 
     try:
         return await asyncio.wait_for(_connecting.opening(url, opening), CONNECT_TIMEOUT)

@@ -20,8 +20,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Callable
 
-from . import __version__, exceptions
-from ._cli_common import (
+from .. import __version__, exceptions
+from ._common import (
     DEFAULT_URL,
     EXIT_FAILURE,
     EXIT_OK,
@@ -37,7 +37,7 @@ from ._cli_common import (
     read_body,
     wait_result,
 )
-from ._cli_input import (
+from ._input import (
     DEFAULT_GRACE,
     OneLineParser,
     default_concurrency,
@@ -109,37 +109,37 @@ def _guard_send(send: Callable[[], object]) -> object:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._cli_demo import run_demo
+    from ._demo import run_demo
 
     return run_demo(args)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from ._cli_serve import cmd_worker as run
+    from ._serve import cmd_worker as run
 
     return run(args)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ._cli_serve import cmd_serve as run
+    from ._serve import cmd_serve as run
 
     return run(args)
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
-    from ._cli_serve import cmd_listen as run
+    from ._serve import cmd_listen as run
 
     return run(args)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from ._cli_inspect import cmd_inspect as run
+    from ._inspect import cmd_inspect as run
 
     return run(args)
 
 
 def _cmd_dead(args: argparse.Namespace) -> int:
-    from ._cli_dead import cmd_dead as run
+    from ._dead import cmd_dead as run
 
     return run(args)
 
@@ -147,7 +147,7 @@ def _cmd_dead(args: argparse.Namespace) -> int:
 # The parser
 
 
-def _common(parser: argparse.ArgumentParser, default_url: str | None = None) -> None:
+def _add_common_options(parser: argparse.ArgumentParser, default_url: str | None = None) -> None:
     url = default_url or os.environ.get("KIWIPY_URL") or DEFAULT_URL
     default = "a new in-process broker" if default_url else f"$KIWIPY_URL, else {DEFAULT_URL}"
     parser.add_argument(
@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Start three workers and a client and show tasks, RPCs and broadcasts at work. Runs "
         "on the in-process transport unless given --url amqp://...",
     )
-    _common(demo, default_url="memory://")
+    _add_common_options(demo, default_url="memory://")
 
     send = add(
         "send",
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--wait", action="store_true", help="wait for the result and print it")
     _timeout(send, 60.0)
     _exchanges(send)
-    _common(send)
+    _add_common_options(send)
 
     rpc = add(
         "rpc",
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     _body(rpc)
     _timeout(rpc, 10.0)
     _exchanges(rpc, queue=False)
-    _common(rpc)
+    _add_common_options(rpc)
 
     broadcast = add(
         "broadcast",
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     broadcast.add_argument("--subject", help="the broadcast's subject")
     broadcast.add_argument("--correlation-id", help="the broadcast's correlation id")
     _exchanges(broadcast, queue=False)
-    _common(broadcast)
+    _add_common_options(broadcast)
 
     worker = add(
         "worker",
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     _worker_options(worker)
     _handler_options(worker)
     _exchanges(worker)
-    _common(worker)
+    _add_common_options(worker)
 
     serve = add(
         "serve",
@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     _grace(serve, "call")
     _handler_options(serve)
     _exchanges(serve, queue=False)
-    _common(serve)
+    _add_common_options(serve)
 
     listen = add(
         "listen",
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--json", action="store_true", help="print one JSON object per line")
     _long_running(listen)
     _exchanges(listen, queue=False)
-    _common(listen)
+    _add_common_options(listen)
 
     inspect = add(
         "inspect",
@@ -404,9 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--count", type=int, metavar="N", help="with --watch, stop after N refreshes"
     )
     _exchanges(inspect, queue=False)
-    _common(inspect)
+    _add_common_options(inspect)
 
-    from ._cli_dead import configure_parser as configure_dead
+    from ._dead import configure_parser as configure_dead
 
     dead = add(
         "dead",
@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Look at the tasks in a task queue's dead-letter queue (<queue>.dead) and send them "
         "back: 'kiwipy dead list', 'kiwipy dead requeue'.",
     )
-    configure_dead(dead, _common)
+    configure_dead(dead, _add_common_options)
     return parser
 
 

@@ -14,9 +14,9 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from . import exceptions
-from ._outcome import CANCELLED, RESULT, Outcome
-from .communications import _remote_exception
+from .. import exceptions
+from .._outcome import CANCELLED, RESULT, Outcome
+from ..communications import _remote_exception
 
 __all__ = (
     "PENDING",

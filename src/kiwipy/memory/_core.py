@@ -24,18 +24,18 @@ from typing import Any, Optional
 import shortuuid
 from typing_extensions import Unpack
 
-from . import _broadcasts, _cancels, _deadlines, _limits, _tracing, encoders, exceptions
-from . import _memory_outcome as outcome
-from ._memory_broker import Connection, Delivery, MemoryBroker, Message, Payload
-from ._memory_options import MemoryOptions, check_options
-from ._memory_tasks import MemoryIncomingTask, MemoryTaskQueue
-from ._outcome import EXCEPTION, DeferredClose, Outcome, encode_reply, invoke
-from .communications import (
+from .. import _broadcasts, _cancels, _deadlines, _limits, _tracing, encoders, exceptions
+from .._outcome import EXCEPTION, DeferredClose, Outcome, encode_reply, invoke
+from ..communications import (
     AsyncCommunicator,
     BroadcastSubscriber,
     RpcSubscriber,
     TaskSubscriber,
 )
+from . import _outcome as outcome
+from ._broker import Connection, Delivery, MemoryBroker, Message, Payload
+from ._options import MemoryOptions, check_options
+from ._tasks import MemoryIncomingTask, MemoryTaskQueue
 
 __all__ = ("DEFAULT_TASK_QUEUE", "AsyncMemoryCommunicator")
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
-from ._cli_common import (
+from ._common import (
     DEFAULT_QUEUE,
     EXIT_OK,
     EXIT_USAGE,
@@ -39,7 +39,7 @@ from ._cli_common import (
     open_broker,
     out,
 )
-from ._cli_input import whole
+from ._input import whole
 
 __all__ = ("cmd_dead", "configure_parser", "dead_reason", "parked_headers", "requeued_headers")
 
@@ -187,7 +187,7 @@ def _iso(epoch: float) -> str:
 
 
 def _preview(body: bytes, decode: Callable[[bytes], Any]) -> str:
-    from .rmq import protocol
+    from ..rmq import protocol
 
     if len(body) > _PREVIEW_DECODE_LIMIT:  # parked as too large: decoding could take GiBs
         text = repr(body[:_PREVIEW])
@@ -231,7 +231,7 @@ async def _connected(args: argparse.Namespace, work: Callable[[Any], Any]) -> in
 
 
 async def _list(channel: Any, queue: str, args: argparse.Namespace) -> int:
-    from . import encoders
+    from .. import encoders
 
     dead = _Taken(channel, queue)
     try:
@@ -322,7 +322,7 @@ async def _republish(
 ) -> None:
     from aiormq import exceptions as amqp_errors
 
-    from .rmq._leases import copy_properties
+    from ..rmq._leases import copy_properties
 
     props = message.header.properties
     copy = copy_properties(props, headers(props.headers))

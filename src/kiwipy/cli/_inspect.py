@@ -8,10 +8,10 @@ exist, through AMQP itself, so the management plugin is not needed. A passive de
 missing entity closes its channel, so each check gets a channel of its own.
 
 AMQP cannot list queues, so without ``--queue`` the queues come from the management HTTP
-API when the broker has it (:mod:`kiwipy._cli_management`); when it does not, the report
+API when the broker has it (:mod:`kiwipy.cli._management`); when it does not, the report
 says so and shows the default task queue, which it can name. A task queue's arguments are
-found by redeclaring it exactly as kiwipy would (:mod:`kiwipy._cli_declarations`), which
-changes nothing. ``--watch`` refreshes the view (:mod:`kiwipy._cli_watch`).
+found by redeclaring it exactly as kiwipy would (:mod:`kiwipy.cli._declarations`), which
+changes nothing. ``--watch`` refreshes the view (:mod:`kiwipy.cli._watch`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from ._cli_common import (
+from ._common import (
     CONNECT_TIMEOUT,
     DEFAULT_QUEUE,
     EXIT_OK,
@@ -33,24 +33,10 @@ from ._cli_common import (
     open_broker,
     out,
 )
-from ._cli_management import ManagementUnavailable, list_queues, management_url
+from ._management import ManagementUnavailable, list_queues, management_url
+from ._queues import DEAD_SUFFIX, queue_state, queues_to_inspect
 
-__all__ = ("cmd_inspect", "queue_state", "queues_to_inspect")
-
-_DEAD_SUFFIX = ".dead"
-
-
-def queues_to_inspect(args: argparse.Namespace) -> list[str]:
-    """:returns: the queues named with ``--queue`` (default the default task queue), each
-    followed by its ``.dead`` dead-letter queue."""
-    names: list[str] = []
-    for name in args.queue or [DEFAULT_QUEUE]:
-        for candidate in (name, name + _DEAD_SUFFIX):
-            if name.endswith(_DEAD_SUFFIX) and candidate != name:
-                continue
-            if candidate not in names:
-                names.append(candidate)
-    return names
+__all__ = ("cmd_inspect",)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -61,7 +47,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if getattr(args, "count", None) is not None and not args.watch:
         raise CliError("--count goes with --watch", EXIT_USAGE)
     if getattr(args, "watch", False):
-        from ._cli_watch import cmd_watch
+        from ._watch import cmd_watch
 
         return cmd_watch(args)
     if url.startswith("memory://"):
@@ -103,7 +89,7 @@ async def _inspect_amqp(args: argparse.Namespace) -> dict[str, Any]:
         for queue in queues:
             name = queue["name"]
             if queue.get("exists", True) and name in task_queues:
-                if not name.endswith(_DEAD_SUFFIX):
+                if not name.endswith(DEAD_SUFFIX):
                     queue["declaration"] = await _declaration(connection, name)
     finally:
         await connection.close()
@@ -156,29 +142,8 @@ async def _exchange(connection: Any, name: str) -> dict[str, Any]:
     return {"name": name, "exists": True}
 
 
-async def queue_state(connection: Any, name: str) -> dict[str, Any]:
-    """:returns: queue *name*'s ready messages and consumers, from a passive declare."""
-    import aiormq
-
-    channel = await connection.channel()
-    try:
-        queue = await channel.declare_queue(name, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        return {"name": name, "exists": False, "messages": None, "consumers": None}
-    finally:
-        if not channel.is_closed:
-            await channel.close()
-    result = queue.declaration_result
-    return {
-        "name": name,
-        "exists": True,
-        "messages": result.message_count,
-        "consumers": result.consumer_count,
-    }
-
-
 async def _declaration(connection: Any, name: str) -> dict[str, Any]:
-    from ._cli_declarations import identify
+    from ._declarations import identify
 
     return await identify(connection, name)
 
@@ -186,7 +151,7 @@ async def _declaration(connection: Any, name: str) -> dict[str, Any]:
 def _inspect_memory(args: argparse.Namespace) -> dict[str, Any]:
     """The in-process broker of *this* process: useful only when the command line runs inside
     the process that uses it (tests, notebooks calling :func:`kiwipy.cli.main`)."""
-    from . import memory
+    from .. import memory
 
     broker = memory.get_broker(memory.broker_name(args.url))
     queues = []
@@ -205,7 +170,7 @@ def _inspect_memory(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from ._cli_common import (
+from ._common import (
     CONNECT_TIMEOUT,
     EXIT_OK,
     CliError,
@@ -36,11 +36,11 @@ from ._cli_common import (
     open_broker,
     out,
 )
-from ._cli_management import ManagementUnavailable, count_connections, list_queues, management_url
+from ._management import ManagementUnavailable, count_connections, list_queues, management_url
+from ._queues import DEAD_SUFFIX, queue_state, queues_to_inspect
 
 __all__ = ("cmd_watch",)
 
-_DEAD_SUFFIX = ".dead"
 #: Clears a terminal and puts the cursor top left (only written to a terminal).
 _CLEAR = "\x1b[H\x1b[2J"
 
@@ -103,8 +103,6 @@ class _AmqpSampler:
         self.note: Optional[str] = None
 
     async def sample(self) -> dict[str, Any]:
-        from ._cli_inspect import queue_state, queues_to_inspect
-
         queues: Optional[list[dict[str, Any]]] = None
         connections = None
         if self._management:
@@ -124,8 +122,8 @@ class _MemorySampler:
     """The in-process broker of this process (tests, notebooks calling ``kiwipy.cli.main``)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from . import memory
-        from ._cli_common import DEFAULT_QUEUE
+        from .. import memory
+        from ._common import DEFAULT_QUEUE
 
         self._broker = memory.get_broker(memory.broker_name(args.url))
         self._names = args.queue or [DEFAULT_QUEUE]
@@ -136,7 +134,7 @@ class _MemorySampler:
             ready, unsettled = self._broker.queue_stats(name)
             queues.append({"name": name, "exists": True, "messages": ready, "unacked": unsettled})
             dead = len(self._broker.dead_letters(name))
-            queues.append({"name": name + _DEAD_SUFFIX, "exists": True, "messages": dead})
+            queues.append({"name": name + DEAD_SUFFIX, "exists": True, "messages": dead})
         return _sample(queues, None, None)
 
 
@@ -166,7 +164,7 @@ def _view(sample: dict[str, Any], previous: Optional[dict[str, Any]]) -> dict[st
         row["depth_rate"] = _rate(queue.get("messages"), old and old.get("messages"), elapsed)
         row["rate_in"] = _rate(queue.get("published"), old and old.get("published"), elapsed)
         row["rate_out"] = _rate(queue.get("delivered"), old and old.get("delivered"), elapsed)
-        row["dead_letter"] = str(queue["name"]).endswith(_DEAD_SUFFIX)
+        row["dead_letter"] = str(queue["name"]).endswith(DEAD_SUFFIX)
         queues.append(row)
     view = {"time": sample["time"], "queues": queues, "connections": sample["connections"]}
     if "note" in sample:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional, TypedDict, Union
 
-from . import encoders
+from .. import encoders
 
 __all__ = ("MemoryOptions", "check_options")
 

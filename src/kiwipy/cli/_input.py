@@ -13,7 +13,7 @@ import math
 import os
 from typing import Callable, NoReturn, Optional
 
-from ._dispatch import default_workers
+from .._dispatch import default_workers
 
 __all__ = (
     "DEFAULT_GRACE",

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
-from .rmq import defaults
-from .rmq._options import resolve_options
-from .rmq._topology import KIWIPY09_TASK_QUEUE, task_queue_arguments, task_queue_durable
+from ..rmq import defaults
+from ..rmq._options import resolve_options
+from ..rmq._topology import KIWIPY09_TASK_QUEUE, task_queue_arguments, task_queue_durable
 
 __all__ = ("Declaration", "identify", "known_declarations")
 

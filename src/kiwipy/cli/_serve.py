@@ -1,7 +1,7 @@
 """The long-running subcommands: ``worker``, ``serve`` and ``listen``.
 
 Each one subscribes, prints a ``ready`` line on stderr, then waits in the main thread until
-Ctrl-C (SIGINT), SIGTERM or ``--max-messages`` stops it (:mod:`kiwipy._cli_running`: the
+Ctrl-C (SIGINT), SIGTERM or ``--max-messages`` stops it (:mod:`kiwipy.cli._running`: the
 counting, the progress line, the drain on the first signal and the stop at once on the
 second). Subscribers run on the communicator's threads; a worker runs at most
 ``--concurrency`` tasks at once, and the broker's prefetch (``--prefetch``, by default the
@@ -20,8 +20,9 @@ import threading
 import traceback
 from typing import Any, Callable, Optional
 
-from . import exceptions
-from ._cli_common import (
+from .. import exceptions
+from ..filters import BroadcastFilter
+from ._common import (
     EXIT_OK,
     EXIT_USAGE,
     CliError,
@@ -33,8 +34,7 @@ from ._cli_common import (
     out,
     queue_name,
 )
-from ._cli_running import LibraryLog, Tally, drain, preview, stop_on_signals, wait_until_stopped
-from .filters import BroadcastFilter
+from ._running import LibraryLog, Tally, drain, preview, stop_on_signals, wait_until_stopped
 
 __all__ = ("cmd_listen", "cmd_serve", "cmd_worker")
 

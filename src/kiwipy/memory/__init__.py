@@ -13,9 +13,9 @@ process, so the same code and the same contract tests run on both:
   sent and decoded when received, so an unencodable message fails as it would on RabbitMQ.
   Without one, objects are passed by reference, like :class:`~kiwipy.LocalCommunicator`.
 
-The broker is in ``kiwipy._memory_broker``, the asyncio core in ``kiwipy._memory_core``
-(its options in ``kiwipy._memory_options``) and its task queues in
-``kiwipy._memory_tasks``; this module is the public entry point.
+The broker is in ``kiwipy.memory._broker``, the asyncio core in ``kiwipy.memory._core``
+(its options in ``kiwipy.memory._options``) and its task queues in
+``kiwipy.memory._tasks``; this module is the public entry point.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from ._memory_broker import MemoryBroker
-from ._memory_core import DEFAULT_TASK_QUEUE, AsyncMemoryCommunicator
-from ._memory_options import MemoryOptions
-from ._memory_tasks import MemoryIncomingTask, MemoryTaskQueue
-from ._thread import DEFAULT_TIMEOUT, ThreadCommunicator
+from .._thread import DEFAULT_TIMEOUT, ThreadCommunicator
+from ._broker import MemoryBroker
+from ._core import DEFAULT_TASK_QUEUE, AsyncMemoryCommunicator
+from ._options import MemoryOptions
+from ._tasks import MemoryIncomingTask, MemoryTaskQueue
 
 __all__ = (
     "DEFAULT_TASK_QUEUE",

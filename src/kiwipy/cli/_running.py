@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ._cli_common import err, format_value
+from ._common import err, format_value
 
 __all__ = ("LibraryLog", "Tally", "drain", "preview", "stop_on_signals", "wait_until_stopped")
 
