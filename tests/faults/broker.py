@@ -146,6 +146,44 @@ def _process_gone(pid: int) -> bool:
         return True
 
 
+def start_epmd(exe: str, port: int) -> subprocess.Popen[bytes]:
+    """:returns: our own epmd, run in the foreground on 127.0.0.1:*port* (we hold its pid and
+    it dies with us), once it listens."""
+    argv = [exe, "-port", str(port), "-address", "127.0.0.1"]
+    epmd = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while _port_free(port):
+        if epmd.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"epmd did not start on port {port}")
+        time.sleep(0.05)
+    return epmd
+
+
+def signal_and_wait(
+    server: Optional[subprocess.Popen[bytes]], pid: Optional[int], signum: signal.Signals,
+    timeout: float,
+) -> None:  # fmt: skip
+    """Signal a node's beam.smp (*pid*) and reap its start script (*server*); escalate to
+    SIGKILL after *timeout*."""
+    if server is None or server.poll() is not None:
+        return
+    if pid is None:  # killed before rabbit wrote its pid file: the script is all we have
+        os.killpg(server.pid, signal.SIGKILL)
+    else:
+        os.kill(pid, signum)
+    try:
+        server.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(10)
+    deadline = time.monotonic() + 10
+    while pid is not None and not _process_gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 class PrivateBroker:
     """A private single RabbitMQ node on loopback.
 
@@ -345,18 +383,8 @@ class PrivateBroker:
 
     def _start_epmd(self) -> None:
         """Run our own epmd in the foreground, so we hold its pid and it dies with us."""
-        if self._epmd is not None and self._epmd.poll() is None:
-            return
-        argv = [self._epmd_exe, "-port", str(self.epmd_port), "-address", "127.0.0.1"]
-        self._epmd = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while _port_free(self.epmd_port):
-            if self._epmd.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"epmd did not start on port {self.epmd_port}")
-            time.sleep(0.05)
+        if self._epmd is None or self._epmd.poll() is not None:
+            self._epmd = start_epmd(self._epmd_exe, self.epmd_port)
 
     def _wait_ready(self, deadline: float) -> None:
         assert self._server is not None
@@ -369,19 +397,4 @@ class PrivateBroker:
             time.sleep(0.2)
 
     def _signal_and_wait(self, signum: signal.Signals, timeout: float) -> None:
-        """Signal beam.smp and reap the start script; escalate to SIGKILL after ``timeout``."""
-        server, pid = self._server, self.pid
-        if server is None or server.poll() is not None:
-            return
-        if pid is None:  # killed before rabbit wrote its pid file: the script is all we have
-            os.killpg(server.pid, signal.SIGKILL)
-        else:
-            os.kill(pid, signum)
-        try:
-            server.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(10)
-        deadline = time.monotonic() + 10
-        while pid is not None and not _process_gone(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        signal_and_wait(self._server, self.pid, signum, timeout)

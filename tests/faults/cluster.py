@@ -24,7 +24,15 @@ from typing import Optional
 
 from typing_extensions import Self
 
-from .broker import _claim_slot, _port_free, _process_gone, amqp_handshake, find_epmd, find_rmq_bin
+from .broker import (
+    _claim_slot,
+    _port_free,
+    amqp_handshake,
+    find_epmd,
+    find_rmq_bin,
+    signal_and_wait,
+    start_epmd,
+)
 from .proxy import amqp_url
 
 SIZE = 3
@@ -141,21 +149,7 @@ class ClusterNode:
         return "\n".join(parts)
 
     def _signal_and_wait(self, signum: signal.Signals, timeout: float) -> None:
-        server, pid = self._server, self.pid
-        if server is None or server.poll() is not None:
-            return
-        if pid is None:
-            os.killpg(server.pid, signal.SIGKILL)
-        else:
-            os.kill(pid, signum)
-        try:
-            server.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(10)
-        deadline = time.monotonic() + 10
-        while pid is not None and not _process_gone(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        signal_and_wait(self._server, self.pid, signum, timeout)
 
 
 class PrivateCluster:
@@ -251,15 +245,5 @@ class PrivateCluster:
         (self.base / "rabbitmq-env.conf").write_text("")
 
     def _start_epmd(self) -> None:
-        if self._epmd is not None and self._epmd.poll() is None:
-            return
-        argv = [self._epmd_exe, "-port", str(self.epmd_port), "-address", "127.0.0.1"]
-        self._epmd = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while _port_free(self.epmd_port):
-            if self._epmd.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"epmd did not start on port {self.epmd_port}")
-            time.sleep(0.05)
+        if self._epmd is None or self._epmd.poll() is not None:
+            self._epmd = start_epmd(self._epmd_exe, self.epmd_port)
