@@ -68,6 +68,22 @@ async def _expect_deadline(future: Any, sent: float) -> float:
     return time.monotonic() - sent
 
 
+def _slow_handler(events: Any) -> Any:
+    """A coroutine RPC handler that sleeps :data:`_SLEEP` and puts ``started`` and, when it
+    is cancelled, ``cancelled`` into *events*."""
+
+    async def slow(_comm: Any, msg: Any) -> Any:
+        events.put("started")
+        try:
+            await asyncio.sleep(_SLEEP)
+        except asyncio.CancelledError:
+            events.put("cancelled")
+            raise
+        return "too late"
+
+    return slow
+
+
 class DeadlinesContract:
     """Deadlines on every transport (see the module docstring)."""
 
@@ -179,14 +195,7 @@ class DeadlinesContract:
     ) -> None:
         events = contract.Inbox()
 
-        async def slow(_comm: Any, msg: Any) -> Any:
-            events.put("started")
-            try:
-                await asyncio.sleep(_SLEEP)
-            except asyncio.CancelledError:
-                events.put("cancelled")
-                raise
-            return "too late"
+        slow = _slow_handler(events)
 
         ident = await comm.add_rpc_subscriber(slow, transport.name("cancelled"))
         sent = time.monotonic()
@@ -229,14 +238,7 @@ class DeadlinesContract:
     ) -> None:
         events = contract.Inbox()
 
-        async def slow(_comm: Any, msg: Any) -> Any:
-            events.put("started")
-            try:
-                await asyncio.sleep(_SLEEP)
-            except asyncio.CancelledError:
-                events.put("cancelled")
-                raise
-            return "too late"
+        slow = _slow_handler(events)
 
         caller = await transport.connect()
         ident = await comm.add_rpc_subscriber(slow, transport.name("cancel"))

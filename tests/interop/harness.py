@@ -28,6 +28,20 @@ PEER_SCRIPT = Path(__file__).with_name("peer09.py")
 
 
 @functools.cache
+def connect_ours(url: str, prefix: str, **options: Any) -> Any:
+    """This library's thread communicator on the exchanges and task queue named after
+    *prefix*, as a kiwipy 0.9 peer started with the same prefix uses them."""
+    from kiwipy import rmq
+
+    return rmq.RmqThreadCommunicator.connect(
+        connection_params={"url": url},
+        message_exchange=f"{prefix}.messages",
+        task_exchange=f"{prefix}.tasks",
+        task_queue=f"{prefix}.tasks",
+        **options,
+    )
+
+
 def kiwipy09_python() -> str:
     """The kiwipy-0.9 venv's python; the first call may create the venv (needs PyPI)."""
     script = REPO / "scripts" / "kiwipy09-venv"

@@ -25,7 +25,7 @@ import kiwipy
 from kiwipy import rmq
 
 from .._ci import require
-from .harness import Peer09, delete_peer09_declarations, kiwipy09_python
+from .harness import Peer09, connect_ours, delete_peer09_declarations, kiwipy09_python
 
 pytestmark = [pytest.mark.interop, pytest.mark.integration]
 
@@ -65,13 +65,7 @@ def prefix() -> Iterator[str]:
 
 @pytest.fixture
 def ours(prefix: str) -> Iterator[rmq.RmqThreadCommunicator]:
-    comm = rmq.RmqThreadCommunicator.connect(
-        connection_params={"url": URL},
-        message_exchange=f"{prefix}.messages",
-        task_exchange=f"{prefix}.tasks",
-        task_queue=f"{prefix}.tasks",
-        task_queue_compat=True,
-    )
+    comm = connect_ours(URL, prefix, task_queue_compat=True)
     yield comm
     comm.close()
 

@@ -17,7 +17,7 @@ import pytest
 import kiwipy
 from kiwipy import rmq
 
-from .harness import Peer09
+from .harness import Peer09, connect_ours
 
 # _prerequisites: the autouse fixture that requires RabbitMQ and the kiwipy 0.9 venv
 from .test_interop import URL, WAIT, _echo, _prerequisites  # noqa: F401
@@ -33,13 +33,7 @@ def prefix() -> str:
 
 @pytest.fixture
 def ours(prefix: str) -> Iterator[rmq.RmqThreadCommunicator]:
-    comm = rmq.RmqThreadCommunicator.connect(
-        connection_params={"url": URL},
-        message_exchange=f"{prefix}.messages",
-        task_exchange=f"{prefix}.tasks",
-        task_queue=f"{prefix}.tasks",
-        testing_mode=True,
-    )
+    comm = connect_ours(URL, prefix, testing_mode=True)
     yield comm
     comm.close()
 
