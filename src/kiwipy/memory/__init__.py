@@ -13,9 +13,9 @@ process, so the same code and the same contract tests run on both:
   sent and decoded when received, so an unencodable message fails as it would on RabbitMQ.
   Without one, objects are passed by reference, like :class:`~kiwipy.LocalCommunicator`.
 
-The broker is in ``kiwipy.memory._broker``, the asyncio core in ``kiwipy.memory._core``
-(its options in ``kiwipy.memory._options``) and its task queues in
-``kiwipy.memory._tasks``; this module is the public entry point.
+The broker is in ``kiwipy.memory._broker`` (its options in ``kiwipy.memory._options``);
+the communicator, its task queues and pull-mode tasks are the shared core
+(:mod:`kiwipy.core`), which this transport only configures.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from typing import Any
 from typing_extensions import Unpack
 
 from .._thread import DEFAULT_TIMEOUT, ThreadCommunicator
+from ..core import DEFAULT_TASK_QUEUE, AsyncBrokerCommunicator
+from ..core import BrokerIncomingTask as MemoryIncomingTask
+from ..core import BrokerTaskQueue as MemoryTaskQueue
 from ._broker import MemoryBroker
-from ._core import DEFAULT_TASK_QUEUE, AsyncMemoryCommunicator
-from ._options import MemoryOptions
-from ._tasks import MemoryIncomingTask, MemoryTaskQueue
+from ._options import MemoryOptions, check_options
 
 __all__ = (
     "DEFAULT_TASK_QUEUE",
@@ -49,6 +50,25 @@ __all__ = (
 
 #: The uri scheme of this transport.
 SCHEME = "memory://"
+
+
+class AsyncMemoryCommunicator(AsyncBrokerCommunicator):
+    """The asyncio communicator of the in-process transport: the shared core
+    (:class:`kiwipy.core.AsyncBrokerCommunicator`) on a :class:`MemoryBroker`.
+
+    :param broker: the broker to connect to (see :func:`get_broker`).
+    :param options: see :class:`MemoryOptions`.
+    """
+
+    def __init__(self, broker: MemoryBroker, **options: Unpack[MemoryOptions]) -> None:
+        check_options(options)
+        super().__init__(broker, options)
+        self._memory_broker = broker
+
+    @property
+    def broker(self) -> MemoryBroker:
+        """The broker this communicator is connected to."""
+        return self._memory_broker
 
 
 # Named brokers of this process

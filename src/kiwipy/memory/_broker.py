@@ -1,4 +1,5 @@
-"""The in-process broker behind ``memory://`` communicators.
+"""The in-process broker behind ``memory://`` communicators: the smallest
+:class:`kiwipy.core.Broker`.
 
 It plays RabbitMQ's part for communicators living on any number of threads and event loops
 in one process. Rules that keep it correct (everything below holds under ``_lock``):
@@ -24,79 +25,14 @@ import bisect
 import dataclasses
 import itertools
 import threading
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 from .. import _tracing, _unroutable, exceptions
-from ..encoders import Encoder
+from ..core._broker import Connection, Consumer, Delivery, Message, Payload
 
 __all__ = ("Connection", "Consumer", "Delivery", "MemoryBroker", "Message", "Payload")
 
 _Post = tuple["Connection", Callable[..., None], tuple[Any, ...]]
-
-
-class Payload(NamedTuple):
-    """A message body: bytes made by *encoder*, or the object itself when *encoder* is None;
-    *headers* carry the trace context (:mod:`kiwipy._tracing`), as AMQP headers do."""
-
-    data: Any
-    encoder: Optional[Encoder]
-    headers: Optional[dict[str, str]] = None
-
-
-@dataclasses.dataclass(eq=False)
-class Message:
-    """A message in flight: its body, correlation id and the connection replies go to."""
-
-    payload: Payload
-    correlation_id: str
-    reply_to: Optional[Connection] = None
-    seq: int = 0
-    rejected_by: set[int] = dataclasses.field(default_factory=set)
-    redelivered: bool = False  # given back once at least (AMQP's redelivered flag)
-    deadline: Optional[float] = None  # epoch seconds after which it is not started
-    cancels: Optional[str] = None  # a cancel of the RPC with this correlation id (no body)
-    cancelled: bool = False  # a task its sender cancelled: not started any more
-
-
-@dataclasses.dataclass(eq=False)
-class Delivery:
-    """A task message handed to a connection, until it is acked, requeued or dead-lettered."""
-
-    message: Message
-    queue: str
-    connection: Connection
-    consumer: Optional[Consumer]
-    settled: bool = False
-
-
-@dataclasses.dataclass(eq=False)
-class Consumer:
-    """A push consumer of one queue; ``prefetch`` 0 means unlimited unsettled deliveries."""
-
-    tag: int
-    queue: str
-    connection: Connection
-    callback: Callable[[Delivery], None]
-    prefetch: int
-    inflight: int = 0
-    cancelled: bool = False
-
-    def has_room(self) -> bool:
-        return not self.cancelled and (self.prefetch <= 0 or self.inflight < self.prefetch)
-
-
-@dataclasses.dataclass(eq=False)
-class Connection:
-    """One communicator's session: what it receives, and everything closing it releases."""
-
-    loop: asyncio.AbstractEventLoop
-    on_reply: Callable[[str, Payload], None]
-    on_broadcast: Callable[[Payload], None]
-    consumers: list[Consumer] = dataclasses.field(default_factory=list)
-    unsettled: set[Delivery] = dataclasses.field(default_factory=set)
-    rpc: dict[str, Callable[[str, Message], None]] = dataclasses.field(default_factory=dict)
-    waiters: list[tuple[str, Callable[[], None]]] = dataclasses.field(default_factory=list)
-    closed: bool = False
 
 
 @dataclasses.dataclass(eq=False)
@@ -174,6 +110,20 @@ class MemoryBroker:
             self._queue(queue).ready.append((message.seq, message))
             posts = self._dispatch(queue)
         self._flush(posts)
+
+    def publish_many(self, queue: str, messages: list[Message]) -> None:
+        """:meth:`publish` each of *messages* (nothing can fail half-way here)."""
+        with self._lock:
+            ready = self._queue(queue).ready
+            for message in messages:
+                message.seq = next(self._seq)
+                ready.append((message.seq, message))
+            posts = self._dispatch(queue)
+        self._flush(posts)
+
+    def cancel_task(self, queue: str, message: Message) -> None:
+        """The queued *message* is in this process: it says so itself."""
+        message.cancelled = True
 
     def consume(
         self,
@@ -301,9 +251,10 @@ class MemoryBroker:
         if not self._flush([(holder, callback, (key, message))]):
             raise exceptions.UnroutableError(_unroutable.no_rpc_subscriber(key))  # just removed
 
-    def send_reply(self, connection: Connection, correlation_id: str, payload: Payload) -> None:
-        """Deliver a reply; dropped if *connection* has closed (like a deleted reply queue)."""
-        if not connection.closed:
+    def send_reply(self, reply_to: object, correlation_id: str, payload: Payload) -> None:
+        """Deliver a reply; dropped if its connection has closed (like a deleted reply queue)."""
+        connection = reply_to
+        if isinstance(connection, Connection) and not connection.closed:
             self._flush([(connection, connection.on_reply, (correlation_id, payload))])
 
     def broadcast(self, payload: Payload) -> None:

@@ -1,4 +1,5 @@
-"""Task queues of the in-process transport, in push mode (subscribers) and pull mode.
+"""Task queues of the shared core (:mod:`kiwipy.core`), in push mode (subscribers) and pull
+mode, for every broker.
 
 Rules (the RabbitMQ transport follows the same ones):
 
@@ -7,7 +8,7 @@ Rules (the RabbitMQ transport follows the same ones):
 * Push mode tries the queue's subscribers in the order they were added. ``TaskRejected``
   passes the task to the next one; if all reject it, the broker offers it to *another*
   consumer (or keeps it until the subscribers change), never straight back to this one.
-* Pull mode hands out :class:`MemoryIncomingTask` objects; a task that is still pending when
+* Pull mode hands out :class:`BrokerIncomingTask` objects; a task that is still pending when
   the caller lets go of it (end of ``next_task``, end of iteration, its outcome future
   garbage-collected unresolved) is requeued.
 """
@@ -34,29 +35,30 @@ from .._task_state import (
     expect_state,
 )
 from ..communications import AsyncIncomingTask, AsyncTaskQueue, TaskSubscriber
-from ._broker import Connection, Consumer, Delivery, MemoryBroker, Message, Payload
-from ._outcome import exception_reply
+from ._broker import Broker, Connection, Consumer, Delivery, Message, Payload
+from ._replies import exception_reply
 
 __all__ = (
     "TASK_FINISHED",
     "TASK_PENDING",
     "TASK_PROCESSING",
     "TASK_REQUEUED",
-    "MemoryIncomingTask",
-    "MemoryTaskQueue",
+    "BrokerIncomingTask",
+    "BrokerTaskQueue",
+    "TaskHost",
 )
 
 
 class TaskHost(Protocol):
     """What the task queues need of the communicator that owns them (implemented by
-    :class:`~kiwipy.memory.AsyncMemoryCommunicator`). A protocol, so that this module does
+    :class:`~kiwipy.core.AsyncBrokerCommunicator`). A protocol, so that this module does
     not import the communicator's, which imports this one."""
 
     _closed: bool
-    _held: set[MemoryIncomingTask]
+    _held: set[BrokerIncomingTask]
 
     @property
-    def broker(self) -> MemoryBroker: ...
+    def broker(self) -> Broker: ...
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
@@ -80,8 +82,8 @@ class TaskHost(Protocol):
     def _conclude_task(self, delivery: Delivery, no_reply: bool, result: Outcome) -> None: ...
 
 
-class MemoryTaskQueue(AsyncTaskQueue):
-    """A named task queue of an :class:`~kiwipy.memory.AsyncMemoryCommunicator`.
+class BrokerTaskQueue(AsyncTaskQueue):
+    """A named task queue of an :class:`~kiwipy.core.AsyncBrokerCommunicator`.
 
     :param communicator: the owning communicator.
     :param name: the queue's name on the broker.
@@ -103,7 +105,7 @@ class MemoryTaskQueue(AsyncTaskQueue):
     async def task_send(
         self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> Optional[asyncio.Future[Any]]:
-        """Queue *task* here; see :meth:`~kiwipy.memory.AsyncMemoryCommunicator.task_send`."""
+        """Queue *task* here; see :meth:`~kiwipy.core.AsyncBrokerCommunicator.task_send`."""
         return self._comm._send_task(self._name, task, no_reply, timeout)
 
     async def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
@@ -135,7 +137,7 @@ class MemoryTaskQueue(AsyncTaskQueue):
     @contextlib.asynccontextmanager
     async def next_task(
         self, no_ack: bool = False, fail: bool = True, timeout: Optional[float] = None
-    ) -> AsyncIterator[Optional[MemoryIncomingTask]]:
+    ) -> AsyncIterator[Optional[BrokerIncomingTask]]:
         """Async context manager yielding the next task, waiting up to *timeout* seconds for
         one (``None``: not at all, as kiwipy 0.9). A task still pending at exit is requeued. With *no_ack* the task leaves the
         queue at once and is lost if not processed.
@@ -155,10 +157,10 @@ class MemoryTaskQueue(AsyncTaskQueue):
             if task.state == TASK_PENDING:
                 task._give_back()
 
-    async def __aiter__(self) -> AsyncGenerator[MemoryIncomingTask, None]:
+    async def __aiter__(self) -> AsyncGenerator[BrokerIncomingTask, None]:
         """Yield the tasks waiting in the queue until it is empty; those still pending when
         the iteration ends are requeued (so none is seen twice in one iteration)."""
-        held: list[MemoryIncomingTask] = []
+        held: list[BrokerIncomingTask] = []
         await asyncio.sleep(0)
         try:
             while True:
@@ -174,7 +176,7 @@ class MemoryTaskQueue(AsyncTaskQueue):
                 if task.state == TASK_PENDING:
                     task._give_back()
 
-    async def _take(self, no_ack: bool, timeout: float) -> Optional[MemoryIncomingTask]:
+    async def _take(self, no_ack: bool, timeout: float) -> Optional[BrokerIncomingTask]:
         loop, broker, connection = self._comm.loop, self._comm.broker, self._comm._open()
         deadline = loop.time() + timeout
         while True:
@@ -193,7 +195,7 @@ class MemoryTaskQueue(AsyncTaskQueue):
             if task is not None:
                 return task
 
-    def _incoming(self, delivery: Delivery, no_ack: bool) -> Optional[MemoryIncomingTask]:
+    def _incoming(self, delivery: Delivery, no_ack: bool) -> Optional[BrokerIncomingTask]:
         """:returns: the pull-mode task for *delivery*, or ``None`` if it could not be
         decoded (then it is answered with the error and dead-lettered) or is past its
         deadline (then it is dead-lettered)."""
@@ -206,7 +208,7 @@ class MemoryTaskQueue(AsyncTaskQueue):
             return None
         if no_ack:
             self._comm.broker.ack(delivery)
-        return MemoryIncomingTask(self._comm, delivery, body, no_reply)
+        return BrokerIncomingTask(self._comm, delivery, body, no_reply)
 
     def _dead_on_arrival(self, delivery: Delivery) -> bool:
         """:returns: whether *delivery* must not start: past its deadline (then it is
@@ -255,7 +257,7 @@ class MemoryTaskQueue(AsyncTaskQueue):
         comm.broker.requeue(delivery, reject=True)
 
 
-class MemoryIncomingTask(AsyncIncomingTask):
+class BrokerIncomingTask(AsyncIncomingTask):
     """A task taken in pull mode. ``state`` goes ``'pending'`` → ``'processing'`` →
     ``'finished'``, or to ``'requeued'`` when given back.
 

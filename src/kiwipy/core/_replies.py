@@ -1,4 +1,4 @@
-"""Subscriber outcomes as replies of the in-process transport.
+"""Subscriber outcomes as replies of the embedded transports (memory, SQLite).
 
 Replies have the shapes of kiwipy 0.9's RabbitMQ replies (``{'result': v}``,
 ``{'exception': text}`` plus this library's ``exception_type``/``traceback``,

@@ -1,11 +1,15 @@
-"""``AsyncMemoryCommunicator``: the asyncio core of the in-process transport.
+"""``AsyncBrokerCommunicator``: the asyncio communicator every embedded transport shares.
+
+It is written once against a :class:`~kiwipy.core.Broker` (the in-process and the SQLite
+transports each supply one); the task queues and pull-mode tasks are in
+:mod:`kiwipy.core._tasks`, reply shapes in :mod:`kiwipy.core._replies`.
 
 Invariants:
 
 * The core's state is only touched on its own loop: the broker posts everything it delivers
   there with ``call_soon_threadsafe``, and subscribers run there as jobs.
-* Every message body goes through :meth:`AsyncMemoryCommunicator._encode` when sent and
-  :meth:`~AsyncMemoryCommunicator._decode` when received, so with an encoder nothing crosses
+* Every message body goes through :meth:`AsyncBrokerCommunicator._encode` when sent and
+  :meth:`~AsyncBrokerCommunicator._decode` when received, so with an encoder nothing crosses
   the broker that could not cross RabbitMQ.
 * Closing lets RPC calls being handled answer (for up to a second), then cancels the running
   jobs; the broker has already put their tasks back in the queues, so a closed communicator
@@ -18,11 +22,10 @@ import asyncio
 import functools
 import logging
 import uuid
-from collections.abc import Iterable
-from typing import Any, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, Optional
 
 import shortuuid
-from typing_extensions import Unpack
 
 from .. import _broadcasts, _cancels, _deadlines, _limits, _tracing, encoders, exceptions
 from .._outcome import EXCEPTION, DeferredClose, Outcome, encode_reply, invoke
@@ -32,12 +35,11 @@ from ..communications import (
     RpcSubscriber,
     TaskSubscriber,
 )
-from . import _outcome as outcome
-from ._broker import Connection, Delivery, MemoryBroker, Message, Payload
-from ._options import MemoryOptions, check_options
-from ._tasks import MemoryIncomingTask, MemoryTaskQueue
+from . import _replies as outcome
+from ._broker import Broker, Connection, Delivery, Message, Payload
+from ._tasks import BrokerIncomingTask, BrokerTaskQueue
 
-__all__ = ("DEFAULT_TASK_QUEUE", "AsyncMemoryCommunicator")
+__all__ = ("DEFAULT_TASK_QUEUE", "AsyncBrokerCommunicator")
 
 #: The destination name of broadcasts in traces (RabbitMQ's is the message exchange).
 _BROADCASTS = "broadcast"
@@ -49,24 +51,27 @@ _CLOSE_TIMEOUT = 5.0  # seconds disconnect() waits for cancelled subscriber call
 _DRAIN_GRACE = 1.0  # seconds RPC calls being handled get to answer on close (as on RabbitMQ)
 
 
-class AsyncMemoryCommunicator(AsyncCommunicator):
-    """The asyncio communicator of the in-process transport.
+class AsyncBrokerCommunicator(AsyncCommunicator):
+    """The asyncio communicator over a :class:`~kiwipy.core.Broker`.
 
     Subscribers are called with this communicator as first argument; they may be functions,
     coroutine functions or objects with an ``async def __call__``.
 
-    :param broker: the broker to connect to (see :func:`kiwipy.memory.get_broker`).
-    :param options: see :class:`~kiwipy.memory.MemoryOptions`.
+    :param broker: the broker to connect to.
+    :param options: the options a transport checked (``encoder``, ``decoder``,
+        ``task_queue``, ``task_prefetch_count``, ``max_message_size``).
     """
 
-    def __init__(self, broker: MemoryBroker, **options: Unpack[MemoryOptions]) -> None:
-        check_options(options)
+    #: The messaging system named in traces and metrics (:mod:`kiwipy._tracing`).
+    system: ClassVar[str] = _tracing.MEMORY
+
+    def __init__(self, broker: Broker, options: Mapping[str, Any]) -> None:
         encoder, decoder = options.get("encoder"), options.get("decoder")
         self._encoder = (
             None if encoder is None and decoder is None else encoders.resolve(encoder, decoder)
         )
         self._broker = broker
-        _limits.check_options(options)  # the same names as on RabbitMQ, though unused here
+        _limits.check_options(options)
         self._default_queue = options.get("task_queue", DEFAULT_TASK_QUEUE)
         self._prefetch_count = options.get("task_prefetch_count", 0)
         self._max_size = options.get("max_message_size", _limits.DEFAULT_MAX_MESSAGE_SIZE)
@@ -74,19 +79,19 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         self._connection: Optional[Connection] = None
         self._closed = False
         self._replies: dict[str, asyncio.Future[Any]] = {}
-        _tracing.count_replies(self, _tracing.MEMORY, _waiting_count)
+        _tracing.count_replies(self, self.system, _waiting_count)
         self._rpc: dict[str, RpcSubscriber] = {}
         self._broadcast: dict[Any, BroadcastSubscriber] = {}
-        self._queues: dict[str, MemoryTaskQueue] = {}
+        self._queues: dict[str, BrokerTaskQueue] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._rpc_jobs: set[asyncio.Task[None]] = set()  # RPC calls being handled
         self._handlers = _cancels.RunningHandlers()  # the same, by correlation id
         self._deferred_close = DeferredClose()
-        self._held: set[MemoryIncomingTask] = set()  # pull-mode tasks being processed
+        self._held: set[BrokerIncomingTask] = set()  # pull-mode tasks being processed
         self._broadcast_tally = _broadcasts.Tally()
 
     @property
-    def broker(self) -> MemoryBroker:
+    def broker(self) -> Broker:
         """The broker this communicator is connected to."""
         return self._broker
 
@@ -195,7 +200,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
 
     async def task_queue(
         self, queue_name: str, prefetch_size: int = 0, prefetch_count: int = 0
-    ) -> MemoryTaskQueue:
+    ) -> BrokerTaskQueue:
         """:returns: the task queue *queue_name* (``prefetch_size`` is ignored).
 
         :raises InvalidName: if *queue_name* breaks the naming rules (``kiwipy._limits``).
@@ -225,14 +230,16 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
     ) -> list[Optional[asyncio.Future[Any]]]:
         """Queue *tasks* on the default task queue (see
         :meth:`kiwipy.Communicator.task_send_many`): all are encoded first, so one that
-        cannot be raises :class:`~kiwipy.EncodeError` before any is queued; queueing itself
-        cannot fail here, and takes no time (*timeout* is accepted for the interface).
+        cannot be raises :class:`~kiwipy.EncodeError` before any is queued; the broker stores
+        them all or none (*timeout* is accepted for the interface).
         """
         call_timeout = _deadlines.check_timeout(call_timeout)
         connection = self._open()
         payloads = [self._encode((task, no_reply)) for task in tasks]
         queue = self._default_queue
-        return [self._publish_task(queue, p, no_reply, connection, call_timeout) for p in payloads]
+        messages = [self._task_message(queue, p, connection, call_timeout) for p in payloads]
+        self._broker.publish_many(queue, messages)
+        return [self._expect_task(queue, m, no_reply, call_timeout) for m in messages]
 
     async def rpc_send(
         self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
@@ -313,12 +320,12 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             raise RuntimeError("the communicator is not connected: await connect() first")
         return self._connection
 
-    def _task_queue(self, name: str, prefetch_count: Optional[int] = None) -> MemoryTaskQueue:
+    def _task_queue(self, name: str, prefetch_count: Optional[int] = None) -> BrokerTaskQueue:
         queue = self._queues.get(name)
         if queue is None:
             if prefetch_count is None or (name == self._default_queue and not prefetch_count):
                 prefetch_count = self._prefetch_count
-            queue = self._queues[name] = MemoryTaskQueue(self, name, prefetch_count)
+            queue = self._queues[name] = BrokerTaskQueue(self, name, prefetch_count)
         return queue
 
     def _send_task(
@@ -337,24 +344,37 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         connection: Connection,
         timeout: Optional[float] = None,
     ) -> Optional[asyncio.Future[Any]]:
+        message = self._task_message(queue, payload, connection, timeout)
+        self._broker.publish(queue, message)
+        return self._expect_task(queue, message, no_reply, timeout)
+
+    def _task_message(
+        self, queue: str, payload: Payload, connection: Connection, timeout: Optional[float]
+    ) -> Message:
         correlation_id = str(uuid.uuid4())
         payload = self._traced(payload, "task", queue, correlation_id)
         message = Message(payload, correlation_id, connection)
         message.deadline = _deadlines.absolute(timeout)
-        self._broker.publish(queue, message)
+        return message
+
+    def _expect_task(
+        self, queue: str, message: Message, no_reply: bool, timeout: Optional[float]
+    ) -> Optional[asyncio.Future[Any]]:
         if no_reply:
             return None
-        future = self._expect(correlation_id, timeout)
-        future.add_done_callback(functools.partial(self._on_task_done, message))
+        future = self._expect(message.correlation_id, timeout)
+        future.add_done_callback(functools.partial(self._on_task_done, queue, message))
         return future
 
-    def _on_task_done(self, message: Message, future: asyncio.Future[Any]) -> None:
-        """A task whose future its sender cancelled is not started any more: the queued
-        message itself says so (the broker is in this process), for the worker that takes
-        it; no reply is awaited for it."""
+    def _on_task_done(self, queue: str, message: Message, future: asyncio.Future[Any]) -> None:
+        """A task whose future its sender cancelled is not started any more: the broker
+        marks it so for the worker that takes it; no reply is awaited for it."""
         if future.cancelled():
-            message.cancelled = True
             self._forget_reply(message.correlation_id)
+            try:
+                self._broker.cancel_task(queue, message)
+            except exceptions.KiwiError as exc:  # the worker will just run it
+                _LOGGER.warning("could not mark task %s cancelled: %s", message.correlation_id, exc)
 
     def _send_rpc(
         self, key: str, payload: Payload, connection: Connection, timeout: Optional[float] = None
@@ -392,7 +412,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
         without OpenTelemetry): the one place a memory send is traced."""
         if not _tracing.ENABLED:
             return payload
-        headers = _tracing.produce(_tracing.MEMORY, kind, destination, correlation_id, payload.data)
+        headers = _tracing.produce(self.system, kind, destination, correlation_id, payload.data)
         return payload._replace(headers=headers)
 
     def _handling(
@@ -410,7 +430,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             return handling
         return _tracing.process(
             handling,
-            _tracing.MEMORY,
+            self.system,
             kind,
             destination,
             payload.headers,
@@ -456,7 +476,7 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
     def _job_done(self, job: asyncio.Task[None]) -> None:
         self._jobs.discard(job)
         if not job.cancelled() and job.exception() is not None:
-            _LOGGER.error("kiwipy memory communicator job failed", exc_info=job.exception())
+            _LOGGER.error("kiwipy communicator job failed", exc_info=job.exception())
 
     async def _reply_pending(self, message: Message) -> None:
         self._reply(message, outcome.PENDING)
@@ -564,5 +584,5 @@ class AsyncMemoryCommunicator(AsyncCommunicator):
             )
 
 
-def _waiting_count(communicator: AsyncMemoryCommunicator) -> int:
+def _waiting_count(communicator: AsyncBrokerCommunicator) -> int:
     return len(communicator._replies)
