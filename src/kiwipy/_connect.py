@@ -61,6 +61,7 @@ _registry: dict[str, _Entry] = {
     "amqp": _Entry(_rmq, multiple_urls=True),
     "amqps": _Entry(_rmq, multiple_urls=True),
     "memory": _Entry("kiwipy.memory:connect", multiple_urls=False),
+    "sqlite": _Entry("kiwipy.sqlite:connect", multiple_urls=False),
 }
 _entry_points_read = False
 

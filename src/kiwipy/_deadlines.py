@@ -45,6 +45,7 @@ __all__ = (
     "from_headers",
     "guarded",
     "header_value",
+    "remaining",
     "running_until",
 )
 
@@ -154,6 +155,12 @@ def absolute(timeout: Optional[float]) -> Optional[float]:
 def expired(at: Optional[float]) -> bool:
     """:returns: whether the deadline *at* (epoch seconds, or ``None``: none) has passed."""
     return at is not None and time.time() >= at
+
+
+def remaining(at: Optional[float]) -> Optional[float]:
+    """:returns: the seconds left until the deadline *at* (0 if it passed; ``None``: none),
+    to arm a caller's future after a send that took time of its own."""
+    return None if at is None else max(0.0, at - time.time())
 
 
 def expiration(timeout: float) -> str:

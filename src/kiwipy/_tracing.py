@@ -48,6 +48,7 @@ __all__ = (
     "ENABLED",
     "MEMORY",
     "RABBITMQ",
+    "SQLITE",
     "carry",
     "connection_event",
     "count_replies",
@@ -63,6 +64,7 @@ T = TypeVar("T")
 #: ``messaging.system`` of the transports.
 RABBITMQ = "rabbitmq"
 MEMORY = "kiwipy.memory"
+SQLITE = "kiwipy.sqlite"
 
 _SCOPE = "kiwipy"
 

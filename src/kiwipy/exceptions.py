@@ -32,10 +32,12 @@ __all__ = (
     "InvalidStateError",
     "KiwiError",
     "MessageTooLarge",
+    "NetworkFilesystemError",
     "PublishNacked",
     "QueueEmpty",
     "RemoteException",
     "ReplyLost",
+    "StorageError",
     "TaskRejected",
     "TimeoutError",
     "TlsError",
@@ -125,6 +127,29 @@ class BatchSendError(DeliveryFailed):
         super().__init__(f"{len(errors)} of {len(futures)} messages of the batch failed{reason}")
         self.futures = futures
         self.errors = errors
+
+
+class StorageError(DeliveryFailed):
+    """The file of an embedded transport (``sqlite://``) could not be read or written: the
+    disk is full, the file is locked for longer than ``busy_timeout``, or it is not a
+    database. A send that raises it stored nothing.
+
+    :ivar path: the file.
+    :ivar doing: what was being done.
+    :ivar cause: SQLite's error.
+    """
+
+    def __init__(self, path: str, doing: str, cause: BaseException) -> None:
+        hint = ""
+        text = str(cause)
+        if "locked" in text or "busy" in text:
+            hint = " (other processes held its write lock for longer than busy_timeout)"
+        elif "full" in text:
+            hint = " (free some space on its disk)"
+        super().__init__(f"could not {doing} in {path}: {text}{hint}")
+        self.path = path
+        self.doing = doing
+        self.cause = cause
 
 
 # Connecting
@@ -227,6 +252,32 @@ class InvalidStateError(KiwiError, asyncio.InvalidStateError):
 
 class QueueEmpty(KiwiError):
     """``next_task`` found no task in the queue."""
+
+
+class NetworkFilesystemError(KiwiError, OSError):
+    """The file of a ``sqlite://`` communicator is on a network or cluster filesystem (NFS,
+    SMB, Lustre, GPFS, CephFS, sshfs, ...), where SQLite's WAL mode cannot work. Raised when
+    connecting, before the file is created. It is also an :class:`OSError`.
+
+    :ivar path: the database file.
+    :ivar fstype: the filesystem's type, as the mount table names it (``'nfs4'``, ...).
+    """
+
+    def __init__(self, path: str, fstype: str) -> None:
+        super().__init__(
+            f"{path} is on a {fstype} filesystem: SQLite's WAL needs shared memory and POSIX "
+            "locks that network filesystems do not provide; put the file on a local disk, "
+            "e.g. /tmp or $TMPDIR, or use RabbitMQ (KIWIPY_SQLITE_ALLOW_NETWORK_FS=1 skips "
+            "this check, at your own risk)"
+        )
+        self.path = path
+        self.fstype = fstype
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.fstype))
 
 
 _DEADLINE_DOC = """No reply came within the ``timeout`` given to ``rpc_send`` or ``task_send``:

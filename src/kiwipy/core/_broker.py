@@ -173,8 +173,11 @@ class Broker(Protocol):
         :raises UnroutableError: if nobody does.
         """
 
-    def send_reply(self, reply_to: object, correlation_id: str, payload: Payload) -> None:
-        """Deliver a reply to the *reply_to* of a message (dropped if that is gone)."""
+    def send_reply(
+        self, reply_to: object, correlation_id: str, payload: Payload, final: bool = True
+    ) -> None:
+        """Deliver a reply to the *reply_to* of a message (dropped if that is gone); *final*
+        is false for a ``pending`` reply (more will come for the same request)."""
 
     def broadcast(self, payload: Payload) -> None:
         """Deliver a broadcast to every open connection."""

@@ -362,7 +362,7 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
     ) -> Optional[asyncio.Future[Any]]:
         if no_reply:
             return None
-        future = self._expect(message.correlation_id, timeout)
+        future = self._expect(message.correlation_id, _deadlines.remaining(message.deadline))
         future.add_done_callback(functools.partial(self._on_task_done, queue, message))
         return future
 
@@ -385,7 +385,7 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         message.deadline = _deadlines.absolute(timeout)
         self._broker.send_rpc(key, message)
         # Replies are posted to this loop, so none can arrive before the future is registered.
-        future = self._expect(correlation_id, timeout)
+        future = self._expect(correlation_id, _deadlines.remaining(message.deadline))
         future.add_done_callback(functools.partial(self._on_rpc_done, key, correlation_id))
         return future
 
@@ -488,7 +488,8 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
             return True
         name = "memory" if self._encoder is None else self._encoder.name
         payload, sent = encode_reply(self._encode, response, outcome.exception_reply, name)
-        self._broker.send_reply(message.reply_to, message.correlation_id, payload)
+        final = response is not outcome.PENDING
+        self._broker.send_reply(message.reply_to, message.correlation_id, payload, final)
         return sent
 
     def _conclude_task(self, delivery: Delivery, no_reply: bool, result: Outcome) -> None:

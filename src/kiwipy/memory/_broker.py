@@ -251,7 +251,9 @@ class MemoryBroker:
         if not self._flush([(holder, callback, (key, message))]):
             raise exceptions.UnroutableError(_unroutable.no_rpc_subscriber(key))  # just removed
 
-    def send_reply(self, reply_to: object, correlation_id: str, payload: Payload) -> None:
+    def send_reply(
+        self, reply_to: object, correlation_id: str, payload: Payload, final: bool = True
+    ) -> None:
         """Deliver a reply; dropped if its connection has closed (like a deleted reply queue)."""
         connection = reply_to
         if isinstance(connection, Connection) and not connection.closed:
