@@ -23,7 +23,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from .. import _tracing
+from .. import _tracing, exceptions
 from .._thread import DEFAULT_TIMEOUT, ThreadCommunicator
 from ..core import DEFAULT_TASK_QUEUE, AsyncBrokerCommunicator
 from ..core import BrokerIncomingTask as SqliteIncomingTask
@@ -144,10 +144,16 @@ async def async_connect(uri: str, **options: Unpack[SqliteOptions]) -> AsyncSqli
     :raises StorageError: if the file cannot be opened as this transport's database.
     """
     settings, resolved = _settings(uri, dict(options))
-    broker = await asyncio.to_thread(open_broker, settings)
-    communicator = AsyncSqliteCommunicator(broker, resolved)
-    await communicator.connect()
-    return communicator
+    while True:
+        broker = await asyncio.to_thread(open_broker, settings)
+        communicator = AsyncSqliteCommunicator(broker, resolved)
+        try:
+            await communicator.connect()
+        except exceptions.CommunicatorClosed:
+            if broker.closed:  # its last communicator closed meanwhile: open a new one
+                continue
+            raise
+        return communicator
 
 
 class SqliteCommunicator(ThreadCommunicator):

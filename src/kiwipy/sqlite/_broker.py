@@ -581,14 +581,16 @@ class SqliteBroker:
         self._flush(posts)
 
     def _take_broadcasts(self) -> None:
-        rows = self.store.broadcasts_after(self._seen_broadcast, self.id)
+        rows = self.store.broadcasts_after(self._seen_broadcast)
         if not rows:
             return
         self._seen_broadcast = rows[-1][0]
         with self._lock:
             conns = list(self._conns.values())
         posts: list[_Post] = []
-        for _, body, encoder, headers in rows:
+        for _, origin, body, encoder, headers in rows:
+            if origin == self.id:
+                continue  # posted to this broker's connections when sent
             payload = Payload(body, _encoder(encoder), headers)
             posts.extend((c, c.on_broadcast, (payload,)) for c in conns)
         self._flush(posts)

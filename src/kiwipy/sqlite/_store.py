@@ -302,6 +302,10 @@ class Store:
     def claim(self, queue: str, process: int, conn_id: int, consumer: str, limit: int) -> list[Row]:
         """Take up to *limit* ready tasks of *queue*, oldest first, skipping those *consumer*
         rejected, for connection *conn_id* of *process*."""
+        if not self._read(
+            "SELECT 1 FROM tasks WHERE queue=? AND owner IS NULL LIMIT 1", (queue,)
+        ):  # nothing ready: no write lock taken
+            return []
         with self._write("take a task") as conn:
             values = conn.execute(
                 "UPDATE tasks SET owner=?, owner_conn=?, deliveries=deliveries+1"
@@ -474,13 +478,27 @@ class Store:
             return cursor.rowcount > 0
 
     def take_requests(self, process: int) -> list[Row]:
+        """:returns: the RPC requests waiting for *process*, marked taken (a cancel is
+        deleted: nothing answers it); requests taken whose deadline passed a minute ago
+        (their handler was cut short and did not answer) are deleted."""
+        columns = (
+            "id, key, body, encoder, headers, correlation_id, reply_process, reply_conn,"
+            " deadline, cancels"
+        )
         with self._write("take RPC requests") as conn:
             values = conn.execute(
-                "UPDATE rpc_requests SET taken=1 WHERE process=? AND taken=0 RETURNING id, key,"
-                " body, encoder, headers, correlation_id, reply_process, reply_conn, deadline,"
-                " cancels",
+                "DELETE FROM rpc_requests WHERE process=? AND taken=0 AND cancels IS NOT NULL"
+                f" RETURNING {columns}",
                 (process,),
             ).fetchall()
+            values += conn.execute(
+                f"UPDATE rpc_requests SET taken=1 WHERE process=? AND taken=0 RETURNING {columns}",
+                (process,),
+            ).fetchall()
+            conn.execute(
+                "DELETE FROM rpc_requests WHERE process=? AND taken=1 AND deadline < ?",
+                (process, time.time() - 60),
+            )
         rows = [
             Row(id_, key, body, enc, _headers(hdr), cid, rp, rc, dl, cancels=cancels)
             for id_, key, body, enc, hdr, cid, rp, rc, dl, cancels in values
@@ -534,19 +552,23 @@ class Store:
                 (origin, body, encoder, _dumps(headers), time.time()),
             )
             if cursor.lastrowid is not None and cursor.lastrowid % 64 == 0:
+                # seen by every process, or a minute old (a live pump reads in milliseconds)
                 conn.execute(
-                    "DELETE FROM broadcasts WHERE id <= (SELECT MIN(seen_broadcast) FROM processes)"
+                    "DELETE FROM broadcasts WHERE id <= (SELECT MIN(seen_broadcast)"
+                    " FROM processes) OR sent < ?",
+                    (time.time() - 60,),
                 )
 
     def broadcasts_after(
-        self, seen: int, origin: int
-    ) -> list[tuple[int, bytes, str, Optional[dict[str, str]]]]:
+        self, seen: int
+    ) -> list[tuple[int, int, bytes, str, Optional[dict[str, str]]]]:
+        """:returns: ``(id, origin, body, encoder, headers)`` of the broadcasts after *seen*."""
         return [
-            (id_, body, enc, _headers(hdr))
-            for id_, body, enc, hdr in self._read(
-                "SELECT id, body, encoder, headers FROM broadcasts WHERE id > ? AND origin != ?"
+            (id_, origin, body, enc, _headers(hdr))
+            for id_, origin, body, enc, hdr in self._read(
+                "SELECT id, origin, body, encoder, headers FROM broadcasts WHERE id > ?"
                 " ORDER BY id",
-                (seen, origin),
+                (seen,),
             )
         ]
 
