@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 from ._support import ROOT
 from .catalog import CASES, CASES_BY_NAME, IMPLS, TARGETS
 from .report import console_table, evaluate_targets, machine, summarize
-from .runner import Plan, kiwipy09_python, leftovers, run_plan
+from .runner import Plan, aiida_zmq_python, kiwipy09_python, leftovers, run_plan
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "latest.json"
 
@@ -31,6 +31,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--impl", nargs="+", metavar="IMPL", choices=sorted(IMPLS))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
     parser.add_argument("--kiwipy09-python", help="interpreter with kiwipy 0.9 installed")
+    parser.add_argument(
+        "--aiida-zmq-python",
+        help="interpreter with aiida-core 2.9 and pyzmq (default: scripts/aiida-zmq-venv)",
+    )
     parser.add_argument("--list", action="store_true", help="list cases, implementations, targets")
     parser.add_argument(
         "--tracing",
@@ -104,8 +108,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     plan = Plan(cases, args.impl, repeat, args.quick)
     k09, k09_error = kiwipy09_python(args.kiwipy09_python)
     pythons = {"ours": sys.executable, "kiwipy09": k09, "kiwipy09-error": k09_error}
-    started, t0, host = _now(), time.monotonic(), machine()
     interpreters = {"ours": probe(sys.executable, broker=True), "kiwipy09": probe(k09, False)}
+    if any(impl.interpreter == "aiida-zmq" for _case, _rep, impl in plan.steps()):
+        zmq, zmq_error = aiida_zmq_python(args.aiida_zmq_python)
+        pythons.update({"aiida-zmq": zmq, "aiida-zmq-error": zmq_error})
+        interpreters["aiida-zmq"] = probe(zmq, False)
+    started, t0, host = _now(), time.monotonic(), machine()
     print(f"{len(plan.steps())} measurements, {repeat} repetition(s)", file=sys.stderr)
     runs, interrupted = run_plan(plan, pythons)
     rows = summarize(runs)

@@ -17,18 +17,26 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional
 
-from . import cases_consume, cases_fanout, cases_memory, cases_rpc, cases_send
+from . import cases_consume, cases_fanout, cases_memory, cases_rpc, cases_send, cases_zmq
 from ._support import Context, Names, NotAvailable, aio_connect, kiwipy_version
 
 Runner = Callable[[Context], Dict[str, Any]]
-RUNNERS: Dict[str, Dict[str, Runner]] = {
-    **cases_send.RUNNERS,
-    **cases_consume.RUNNERS,
-    **cases_memory.RUNNERS,
-    **cases_rpc.RUNNERS,
-    **cases_fanout.RUNNERS,
-}
-DISTRIBUTIONS = ("kiwipy", "aio-pika", "aiormq", "pamqp", "pika", "msgpack", "PyYAML", "psutil")
+RUNNERS: Dict[str, Dict[str, Runner]] = {}
+for _module in (cases_send, cases_consume, cases_memory, cases_rpc, cases_fanout, cases_zmq):
+    for _case, _runners in _module.RUNNERS.items():  # a case's variants may come from several
+        RUNNERS.setdefault(_case, {}).update(_runners)
+DISTRIBUTIONS = (
+    "kiwipy",
+    "aio-pika",
+    "aiormq",
+    "pamqp",
+    "pika",
+    "msgpack",
+    "PyYAML",
+    "psutil",
+    "aiida-core",
+    "pyzmq",
+)
 
 
 def measure(ctx: Context, impl: str) -> Dict[str, Any]:

@@ -3,7 +3,8 @@
 Usage: ``python -m benchmarks._peers ROLE VARIANT PREFIX [options]``. A peer speaks in lines:
 it prints ``connected`` / ``ready`` / ``progress N`` / ``result {json}`` on stdout, reads
 ``go`` / ``sent`` on stdin, and stops when its stdin closes. Variants are ``thread`` and
-``async`` (kiwipy's two communicators) and, for the RPC server, ``aio-pika``.
+``async`` (kiwipy's two communicators), ``aiida-zmq`` (AiiDA's ZeroMQ communicator, with
+``--endpoint``; see ``_zmq``) and, for the RPC server, ``aio-pika``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,31 @@ def _task_handler(args: argparse.Namespace) -> Any:
     return handle
 
 
+def _zmq_task_worker(args: argparse.Namespace) -> None:
+    """Says ``progress K`` when it has handled K tasks, for each K in ``--marks``: AiiDA's
+    ZeroMQ broker does not forward a worker's results to the sender, so it learns it here."""
+    from . import _zmq
+
+    marks = {int(m) for m in args.marks.split(",") if m}
+    count = [0]
+
+    def handle(_comm: Any, task: Any) -> int:
+        count[0] += 1
+        if count[0] in marks:
+            say(f"progress {count[0]}")
+        return len(task)
+
+    comm = _zmq.connect(args.endpoint, args.prefetch or None)
+    comm.add_task_subscriber(handle)
+    say("ready")
+    sys.stdin.read()
+    comm.close()
+
+
 def task_worker(args: argparse.Namespace, names: Names) -> None:
+    if args.variant == "aiida-zmq":
+        _zmq_task_worker(args)
+        return
     if args.variant == "thread":
         comm = connect_thread(names, **_options(args))
         say("connected")
@@ -96,7 +121,15 @@ async def _raw_rpc_server(names: Names) -> None:
 
 
 def rpc_server(args: argparse.Namespace, names: Names) -> None:
-    if args.variant == "aio-pika":
+    if args.variant == "aiida-zmq":
+        from . import _zmq
+
+        comm = _zmq.connect(args.endpoint)
+        comm.add_rpc_subscriber(_rpc_handler, RPC_ID)
+        say("ready")
+        sys.stdin.read()
+        comm.close()
+    elif args.variant == "aio-pika":
         asyncio.run(_raw_rpc_server(names))
     elif args.variant == "thread":
         comm = connect_thread(names)
@@ -158,6 +191,22 @@ class Tally:
 
 def broadcast_sub(args: argparse.Namespace, names: Names) -> None:
     tally = Tally(args.expect, args.grace)
+    if args.variant == "aiida-zmq":
+        # The broker sends a broadcast only to clients it knows from a task or RPC
+        # subscription (as AiiDA's daemon workers have): this one holds an RPC subscriber,
+        # which the sender also calls to know the broker has registered it.
+        import os
+
+        from . import _zmq
+
+        comm = _zmq.connect(args.endpoint)
+        ident = f"sub-{os.getpid()}"
+        comm.add_rpc_subscriber(_rpc_handler, ident)
+        comm.add_broadcast_subscriber(tally)
+        say(f"ready {ident}")
+        say("result " + tally.wait())
+        comm.close()
+        return
     if args.variant == "thread":
         comm = connect_thread(names)
         comm.add_broadcast_subscriber(tally)
@@ -182,12 +231,14 @@ ROLES = {"task-worker": task_worker, "rpc-server": rpc_server, "broadcast-sub": 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks._peers")
     parser.add_argument("role", choices=sorted(ROLES))
-    parser.add_argument("variant", choices=["thread", "async", "aio-pika"])
+    parser.add_argument("variant", choices=["thread", "async", "aio-pika", "aiida-zmq"])
     parser.add_argument("prefix")
     parser.add_argument("--wait-go", action="store_true", help="wait for 'go' before consuming")
     parser.add_argument("--progress", type=int, default=0, help="report every N tasks")
     parser.add_argument("--prefetch", type=int, default=0, help="task_prefetch_count")
     parser.add_argument("--expect", type=int, default=0, help="broadcasts to wait for")
+    parser.add_argument("--endpoint", default="", help="aiida-zmq: the broker's router socket")
+    parser.add_argument("--marks", default="", help="aiida-zmq worker: counts to report")
     parser.add_argument("--grace", type=float, default=3.0, help="seconds to wait for stragglers")
     args = parser.parse_args(argv)
     ROLES[args.role](args, Names(args.prefix))

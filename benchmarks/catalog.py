@@ -15,7 +15,7 @@ class Impl:
     """An implementation: which interpreter runs it and which code path (variant) it takes."""
 
     name: str
-    interpreter: str  # "ours" (.venv) or "kiwipy09" (the upstream kiwipy 0.9 venv)
+    interpreter: str  # "ours" (.venv), "kiwipy09" (the kiwipy 0.9 venv) or "aiida-zmq"
     variant: str  # thread/async for kiwipy; the client style for the references
     kind: str  # "ours", "kiwipy09" or "reference"
     label: str
@@ -38,6 +38,8 @@ IMPLS: Dict[str, Impl] = {
             "reference",
             "aio-pika, pipelined confirms",
         ),
+        # AiiDA's own ZeroMQ broker service and communicator (aiida-core 2.9, its own venv).
+        Impl("aiida-zmq", "aiida-zmq", "aiida-zmq", "reference", "AiiDA ZeroMQ broker (2.9)"),
     )
 }
 
@@ -72,7 +74,7 @@ def _m(name: str, title: str, unit: str, higher: bool = True) -> Tuple[Metric, .
 CASES: Tuple[Case, ...] = (
     Case(
         "task_send",
-        (*KIWI, "pika-confirm", "aio-pika", "pika"),
+        (*KIWI, "pika-confirm", "aio-pika", "pika", "aiida-zmq"),
         _m("task_send", "task send, each call confirmed", "msg/s"),
         2000,
         100,
@@ -117,7 +119,7 @@ CASES: Tuple[Case, ...] = (
     ),
     Case(
         "task_roundtrip",
-        KIWI,
+        (*KIWI, "aiida-zmq"),
         _m("task_roundtrip", "task round trip with replies, worker process", "tasks/s"),
         2000,
         100,
@@ -137,7 +139,7 @@ CASES: Tuple[Case, ...] = (
     ),
     Case(
         "rpc_latency",
-        (*KIWI, "aio-pika"),
+        (*KIWI, "aio-pika", "aiida-zmq"),
         (
             Metric("rpc_p50", "RPC round trip p50", "ms", False),
             Metric("rpc_p99", "RPC round trip p99", "ms", False),
@@ -148,7 +150,7 @@ CASES: Tuple[Case, ...] = (
     ),
     Case(
         "rpc_throughput",
-        (*KIWI, "aio-pika"),
+        (*KIWI, "aio-pika", "aiida-zmq"),
         _m("rpc_throughput", "RPC throughput, 1,000 calls in flight", "calls/s"),
         1000,
         100,
@@ -170,7 +172,7 @@ CASES: Tuple[Case, ...] = (
     ),
     Case(
         "broadcast_fanout",
-        KIWI,
+        (*KIWI, "aiida-zmq"),
         (
             Metric("broadcast_fanout", "broadcast fan-out to 5 subscriber processes", "deliv/s"),
             Metric("broadcast_lost", "broadcast deliveries lost", "count", False),

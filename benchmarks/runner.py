@@ -40,18 +40,28 @@ class Plan:
 
 def kiwipy09_python(explicit: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
     """The kiwipy 0.9 interpreter (created by scripts/kiwipy09-venv), or why there is none."""
+    return venv_python("kiwipy09-venv", explicit)
+
+
+def aiida_zmq_python(explicit: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """The interpreter with aiida-core's ZeroMQ broker (scripts/aiida-zmq-venv), or why not."""
+    return venv_python("aiida-zmq-venv", explicit)
+
+
+def venv_python(script: str, explicit: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """``explicit``, or the interpreter that ``scripts/<script>`` creates (once) and prints."""
     if explicit:
         return explicit, None
     try:
         proc = subprocess.run(
-            [str(ROOT / "scripts" / "kiwipy09-venv")],
+            [str(ROOT / "scripts" / script)],
             capture_output=True,
             text=True,
             timeout=900,
             check=True,
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        return None, f"scripts/kiwipy09-venv failed: {exc}"
+        return None, f"scripts/{script} failed: {exc}"
     return proc.stdout.strip().splitlines()[-1], None
 
 
