@@ -28,6 +28,7 @@ import pathlib
 import secrets
 import socket
 import threading
+import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from .. import _tracing, _unroutable, encoders, exceptions
@@ -92,6 +93,11 @@ class SqliteBroker:
         self._rpc: dict[str, tuple[Connection, Callable[[str, Message], None]]] = {}
         self._peers: dict[int, tuple[str, str]] = {}  # process id -> (doorbell, lock file)
         self._seen_broadcast = 0
+        # RPCs sent by datagram: correlation id -> (holder process, connection, encoder,
+        # deadline), to answer ``lost`` if the holder dies; and those received by datagram,
+        # answered the same way
+        self._outstanding: dict[str, tuple[int, Connection, str, Optional[float]]] = {}
+        self._lane_requests: dict[str, Optional[float]] = {}  # correlation id -> deadline
         self._closed = False
         self.on_empty: Optional[Callable[[SqliteBroker], None]] = None
         self.id = 0
@@ -152,10 +158,16 @@ class SqliteBroker:
             _LOGGER.info("process %d on %s is gone: answering its RPCs", process, self.path)
         for reply_process, reply_conn, correlation_id, _, encoder in lost:
             self._send_lost(Address(reply_process, reply_conn), correlation_id, encoder)
+        with self._lock:
+            orphans = [(cid, v) for cid, v in self._outstanding.items() if v[0] == process]
+            for cid, _ in orphans:
+                del self._outstanding[cid]
+        for correlation_id, (_, connection, encoder, _) in orphans:
+            self._send_lost(connection, correlation_id, encoder)
         self.ring_peers(_doorbell.TASK)
         self.ring_self(_doorbell.TASK)
 
-    def _send_lost(self, address: Address, correlation_id: str, encoder: str) -> None:
+    def _send_lost(self, address: object, correlation_id: str, encoder: str) -> None:
         reason = "the RPC subscriber's process ended before it answered"
         try:
             body = _encoder(encoder).encode(lost_reply(reason))
@@ -495,9 +507,28 @@ class SqliteBroker:
         if holder is None or holder == self.id or not self._alive(holder):
             raise exceptions.UnroutableError(_unroutable.no_rpc_subscriber(key))
         values = self._task_values(message)[:-1] + (message.cancels,)
+        if self._send_lane(holder, key, values, message.reply_to):
+            return
         if not self.store.send_request(holder, key, values):
             raise exceptions.UnroutableError(_unroutable.no_rpc_subscriber(key))
         self._ring(holder, _doorbell.RPC)
+
+    def _send_lane(self, holder: int, key: str, values: tuple[Any, ...], reply_to: object) -> bool:
+        """Send an RPC request by datagram (:mod:`._doorbell`). :returns: whether it went."""
+        body, encoder, headers, cid, reply_process, reply_conn, deadline, cancels = values
+        peer = self._peers.get(holder)
+        if peer is None or self._doorbell is None:
+            return False
+        header = {"k": key, "c": cid, "p": reply_process, "n": reply_conn, "d": deadline,
+                  "e": encoder, "h": headers, "x": cancels}  # fmt: skip
+        if isinstance(reply_to, Connection):
+            with self._lock:
+                self._outstanding[cid] = (holder, reply_to, encoder, deadline)
+        if self._doorbell.send(peer[0], _doorbell.REQUEST, header, body):
+            return True
+        with self._lock:
+            self._outstanding.pop(cid, None)
+        return False
 
     def send_reply(
         self, reply_to: object, correlation_id: str, payload: Payload, final: bool = True
@@ -522,6 +553,18 @@ class SqliteBroker:
             payload.encoder.name,
             payload.headers,
         )
+        if correlation_id in self._lane_requests:
+            if final:
+                self._lane_requests.pop(correlation_id, None)
+            peer = self._peers.get(reply_to.process)
+            header = {"n": reply_to.conn, "c": correlation_id, "e": values[4], "h": values[5],
+                      "f": final}  # fmt: skip
+            if (
+                peer is not None
+                and self._doorbell is not None
+                and self._doorbell.send(peer[0], _doorbell.ANSWER, header, values[3])
+            ):
+                return
         answered = (self.id, correlation_id) if final else None
         if self.store.reply(values, answered):
             self._ring(reply_to.process, _doorbell.REPLY)
@@ -550,9 +593,59 @@ class SqliteBroker:
         if _doorbell.TASK in kinds:
             self._dispatch_tasks()
 
+    def receive(self, messages: list[tuple[bytes, dict[str, Any], bytes]]) -> None:
+        """Post the RPC requests and replies that came by datagram."""
+        posts: list[_Post] = []
+        for kind, header, body in messages:
+            payload = Payload(body, _encoder(header["e"]), header.get("h"))
+            correlation_id = header["c"]
+            if kind == _doorbell.ANSWER:
+                connection = self._conns.get(header["n"])
+                if header.get("f", True):
+                    with self._lock:
+                        self._outstanding.pop(correlation_id, None)
+                if connection is not None:
+                    posts.append((connection, connection.on_reply, (correlation_id, payload)))
+                continue
+            key = header["k"]
+            message = Message(
+                payload,
+                correlation_id,
+                self._reply_to(header["p"], header["n"]),
+                deadline=header["d"],
+                cancels=header["x"],
+            )
+            local = self._rpc.get(key)
+            if header["x"] is None and isinstance(message.reply_to, Address):
+                self._lane_requests[correlation_id] = header["d"]
+            if local is not None:
+                posts.append((local[0], local[1], (key, message)))
+            elif header["x"] is None and message.reply_to is not None:
+                self._send_lost_reply(message.reply_to, correlation_id, header["e"], key)
+        self._flush(posts)
+
+    def _send_lost_reply(
+        self, reply_to: object, correlation_id: str, encoder: str, key: str
+    ) -> None:
+        body = _encoder(encoder).encode(lost_reply(f"the RPC subscriber '{key}' is gone"))
+        self.send_reply(reply_to, correlation_id, Payload(body, _encoder(encoder)))
+
+    def prune(self) -> None:
+        """Forget datagram RPCs whose deadline passed (their callers gave up)."""
+        now = time.time()
+        with self._lock:
+            for cid, (_, _, _, deadline) in list(self._outstanding.items()):
+                if deadline is not None and deadline < now:
+                    del self._outstanding[cid]
+            for cid, deadline in list(self._lane_requests.items()):
+                if deadline is not None and deadline < now:
+                    del self._lane_requests[cid]
+
     def _take_replies(self) -> None:
         posts: list[_Post] = []
         for _, conn_id, correlation_id, body, encoder, headers in self.store.take_replies(self.id):
+            with self._lock:
+                self._outstanding.pop(correlation_id, None)
             connection = self._conns.get(conn_id)
             if connection is not None:
                 payload = Payload(body, _encoder(encoder), headers)
@@ -574,10 +667,7 @@ class SqliteBroker:
             if local is not None:
                 posts.append((local[0], local[1], (row.queue, message)))
             elif row.cancels is None and message.reply_to is not None:
-                reason = f"the RPC subscriber '{row.queue}' is gone"
-                body = _encoder(row.encoder).encode(lost_reply(reason))
-                lost = Payload(body, _encoder(row.encoder))
-                self.send_reply(message.reply_to, row.correlation_id, lost)
+                self._send_lost_reply(message.reply_to, row.correlation_id, row.encoder, row.queue)
         self._flush(posts)
 
     def _take_broadcasts(self) -> None:

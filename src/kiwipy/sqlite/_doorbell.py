@@ -5,18 +5,38 @@ file to clean up and no path-length limit; elsewhere a socket file in the tempor
 directory). A ring is one byte naming what changed (:data:`KINDS`); the receiving pump drains
 every byte waiting and does each kind of work once. Rings are hints, never data: a lost one
 costs at most the slow safety poll, so a full socket buffer is not an error.
+
+A doorbell also carries small RPC requests and replies (:meth:`Doorbell.send`): a datagram
+of one kind byte (:data:`REQUEST`, :data:`ANSWER`), a 4-byte header length, a JSON header and
+the body. They are not durable (neither are RabbitMQ's); a send that does not fit or finds
+the receiver's buffer full returns ``False`` and the caller goes through the file instead.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
+import struct
 import sys
 import tempfile
-from typing import Union
+from typing import Any, Union
 
-__all__ = ("ALL", "BROADCAST", "KINDS", "PEERS", "REPLY", "RPC", "STOP", "TASK", "Doorbell")
+__all__ = (
+    "ALL",
+    "ANSWER",
+    "BROADCAST",
+    "KINDS",
+    "MAX_DATAGRAM",
+    "PEERS",
+    "REPLY",
+    "REQUEST",
+    "RPC",
+    "STOP",
+    "TASK",
+    "Doorbell",
+)
 
 TASK = b"t"  # a task was queued or given back
 RPC = b"q"  # an RPC request waits for this process
@@ -24,6 +44,12 @@ REPLY = b"r"  # a reply waits for this process
 BROADCAST = b"b"  # a broadcast was sent
 PEERS = b"p"  # a process joined or left
 STOP = b"x"  # the pump of this process is to stop
+REQUEST = b"Q"  # a datagram carrying an RPC request
+ANSWER = b"R"  # a datagram carrying a reply
+
+#: The largest datagram :meth:`Doorbell.send` sends (a larger message goes through the file).
+MAX_DATAGRAM = 64 * 1024
+_HEADER = struct.Struct("!I")
 KINDS = frozenset({TASK, RPC, REPLY, BROADCAST, PEERS})
 ALL = KINDS
 
@@ -46,8 +72,10 @@ class Doorbell:
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._socket.bind(self._address)
         self._socket.setblocking(False)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)
+        self._sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
 
     def fileno(self) -> int:
         return self._socket.fileno()
@@ -67,18 +95,46 @@ class Doorbell:
             raise
         return True
 
+    def send(self, name: str, kind: bytes, header: dict[str, Any], body: bytes) -> bool:
+        """Send a message of *kind* to the doorbell called *name*.
+
+        :returns: whether it was sent (else: too large, the receiver's buffer is full, or
+            its process is gone; go through the file).
+        """
+        head = json.dumps(header, separators=(",", ":")).encode()
+        if len(head) + len(body) + 5 > MAX_DATAGRAM:
+            return False
+        try:
+            self._sender.sendto(
+                b"".join((kind, _HEADER.pack(len(head)), head, body)), _address(name)
+            )
+        except OSError:
+            return False
+        return True
+
     def ring_self(self, kind: bytes) -> None:
         self.ring(self.name, kind)
 
-    def drain(self) -> set[bytes]:
-        """:returns: the kinds of every ring waiting (read without blocking)."""
+    def drain(self) -> tuple[set[bytes], list[tuple[bytes, dict[str, Any], bytes]]]:
+        """:returns: the kinds of every ring waiting, and the messages waiting as ``(kind,
+        header, body)`` (read without blocking)."""
         kinds: set[bytes] = set()
+        messages: list[tuple[bytes, dict[str, Any], bytes]] = []
         while True:
             try:
-                data = self._socket.recv(4096)
+                data = self._socket.recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
-                return kinds
-            kinds.update(data[i : i + 1] for i in range(len(data)))
+                return kinds, messages
+            kind = data[:1]
+            if kind in (REQUEST, ANSWER) and len(data) > 5:
+                (size,) = _HEADER.unpack_from(data, 1)
+                try:
+                    header = json.loads(data[5 : 5 + size])
+                except ValueError:
+                    continue  # not ours: doorbells are private to this user, but be safe
+                messages.append((kind, header, data[5 + size :]))
+            else:
+                kinds.update(data[i : i + 1] for i in range(len(data)))
 
     def close(self) -> None:
         self._socket.close()

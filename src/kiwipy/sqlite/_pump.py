@@ -57,7 +57,7 @@ class Pump:
             timeout = max(0.0, min(next_check, next_poll) - time.monotonic())
             try:
                 readable, _, _ = select.select([self._doorbell], [], [], timeout)
-                kinds = self._doorbell.drain() if readable else set()
+                kinds, messages = self._doorbell.drain() if readable else (set(), [])
             except (OSError, ValueError):  # the socket was closed under us: stopping
                 return
             if self._stopping or _doorbell.STOP in kinds:
@@ -70,6 +70,9 @@ class Pump:
                 if now >= next_poll:
                     next_poll = now + settings.safety_poll
                     kinds |= _doorbell.ALL
+                    self._broker.prune()
+                if messages:
+                    self._broker.receive(messages)
                 if kinds:
                     self._broker.pump(kinds)
             except exceptions.StorageError as exc:
