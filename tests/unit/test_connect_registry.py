@@ -91,7 +91,7 @@ def test_unknown_scheme_lists_the_registered_ones() -> None:
     with pytest.raises(ValueError) as info:
         kiwipy.connect("nope://x")
     assert str(info.value) == (
-        "Unknown communicator uri 'nope://x': use one of amqp://, amqps://, memory://, fake://"
+        "Unknown communicator uri 'nope://x': use one of amqp://, amqps://, memory://, sqlite://, fake://"
     )
 
 
@@ -118,7 +118,7 @@ def test_entry_point_is_read_once_on_an_unknown_scheme(monkeypatch: pytest.Monke
     found: Any = kiwipy.connect("fake://there", x=2)
     assert isinstance(found, Fake)
     assert (found.uri, found.kwargs) == ("fake://there", {"x": 2})
-    with pytest.raises(ValueError, match="memory://, fake://"):
+    with pytest.raises(ValueError, match="memory://, sqlite://, fake://"):
         kiwipy.connect("other://")
     assert fake.calls == [_connect.ENTRY_POINT_GROUP]  # read once
     with kiwipy.connect("memory://") as comm:  # a built-in scheme keeps its factory

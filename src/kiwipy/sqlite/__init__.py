@@ -36,6 +36,7 @@ __all__ = (
     "DEFAULT_TASK_QUEUE",
     "SCHEME",
     "AsyncSqliteCommunicator",
+    "BrokerSettings",
     "SqliteBroker",
     "SqliteCommunicator",
     "SqliteIncomingTask",

@@ -36,6 +36,7 @@ from ..core._broker import Connection, Consumer, Delivery, Message, Payload
 from ..core._replies import lost_reply
 from . import _doorbell, _files
 from ._doorbell import Doorbell
+from ._pump import Pump
 from ._store import Row, Store
 
 __all__ = ("Address", "BrokerSettings", "SqliteBroker")
@@ -103,15 +104,13 @@ class SqliteBroker:
         self.id = 0
         self._lockfile: Optional[_files.LockFile] = None
         self._doorbell: Optional[Doorbell] = None
-        self._pump: Any = None
+        self._pump: Optional[Pump] = None
 
     def __repr__(self) -> str:
         return f"<SqliteBroker {self.path!r} process {self.id}>"
 
     def open(self) -> None:
         """Create or open the file, register this process, and start the pump."""
-        from ._pump import Pump  # the pump calls back into this module's class
-
         path = self.path
         self.store.initialise()
         token = secrets.token_hex(8)

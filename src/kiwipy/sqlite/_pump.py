@@ -13,16 +13,41 @@ import logging
 import select
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from .. import exceptions
 from . import _doorbell
 from ._doorbell import Doorbell
 
-if TYPE_CHECKING:  # the broker starts its pump; the pump calls back into the broker
-    from ._broker import SqliteBroker
+__all__ = ("Pump", "PumpHost")
 
-__all__ = ("Pump",)
+
+class _Settings(Protocol):
+    @property
+    def liveness_interval(self) -> float: ...
+
+    @property
+    def safety_poll(self) -> float: ...
+
+
+class PumpHost(Protocol):
+    """What the pump calls back in the broker that owns it (a protocol, so that this module
+    does not import the broker's, which starts the pump)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def settings(self) -> _Settings: ...
+
+    def check_peers(self) -> None: ...
+
+    def prune(self) -> None: ...
+
+    def receive(self, messages: list[tuple[bytes, dict[str, Any], bytes]]) -> None: ...
+
+    def pump(self, kinds: set[bytes]) -> None: ...
+
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -30,7 +55,7 @@ _LOGGER = logging.getLogger(__name__)
 class Pump:
     """The receiving thread of *broker*, woken by *doorbell*."""
 
-    def __init__(self, broker: SqliteBroker, doorbell: Doorbell) -> None:
+    def __init__(self, broker: PumpHost, doorbell: Doorbell) -> None:
         self._broker = broker
         self._doorbell = doorbell
         self._stopping = False
