@@ -235,6 +235,8 @@ def test_demo_on_rabbitmq(rmq_uri: str) -> None:
     assert "kiwipy demo on RabbitMQ at amqp://guest:***@" in result.stdout
     assert "rpc to 'nobody-home' raised UnroutableError" in result.stdout
     assert "14 checks passed" in result.stdout
+    assert "Started three worker processes in " in result.stdout  # not threads of the demo
+    assert "Ended the worker processes " in result.stdout
 
 
 @pytest.mark.parametrize(

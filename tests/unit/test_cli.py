@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -234,7 +235,7 @@ def test_url_defaults_to_env_then_local_rabbitmq(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("KIWIPY_URL", raising=False)
     parser = cli.build_parser()
     assert parser.parse_args(["send", "1"]).url == "amqp://guest:guest@127.0.0.1:5672/"
-    assert parser.parse_args(["demo"]).url == "memory://"
+    assert parser.parse_args(["demo"]).url == "sqlite://"  # a new file in a temporary folder
     monkeypatch.setenv("KIWIPY_URL", "memory://from-env")
     assert cli.build_parser().parse_args(["rpc", "x"]).url == "memory://from-env"
 
@@ -544,24 +545,111 @@ def test_inspect_unreachable_broker(output: Output) -> None:
     assert "cannot connect to amqp://guest:***@127.0.0.1:1/" in line
 
 
-def test_demo(output: Output) -> None:
+DEMO_STEPS = (
+    "square 6 = 36",
+    "the client caught RemoteException: division by zero",
+    "rendered by grace",
+    "calculator: 2 + 3 = 5",
+    "raised UnroutableError",
+    "grace heard: job.1.finished, job.3.finished",
+    "14 checks passed",
+)
+
+
+def demo_workers(text: str) -> dict[str, int]:
+    """:returns: the worker PIDs the demo's output names."""
+    line = next(line for line in text.splitlines() if line.startswith("Started three worker"))
+    return {name: int(pid) for name, pid in re.findall(r"(\w+) \(pid (\d+)\)", line)}
+
+
+def demo_folder(text: str) -> Path:
+    """:returns: the temporary folder the demo's first line names."""
+    found = re.search(r"a temporary folder, (/\S+)/demo\.db", text.splitlines()[0])
+    assert found, text
+    return Path(found.group(1))
+
+
+def alive(pid: int) -> bool:
+    """:returns: whether process *pid* exists (not even as a zombie)."""
+    return Path(f"/proc/{pid}").exists()
+
+
+def test_demo_runs_worker_processes_over_a_temporary_sqlite_file(output: Output) -> None:
     started = time.monotonic()
     assert cli.main(["demo"]) == 0
     assert time.monotonic() - started < 10
     text = output.read().out
-    assert text.startswith("kiwipy demo on the in-process transport (memory://demo-")
-    for expected in (
-        "square 6 = 36",
-        "the client caught RemoteException: division by zero",
-        "rendered by grace",
-        "calculator: 2 + 3 = 5",
-        "raised UnroutableError",
-        "grace heard: job.1.finished, job.3.finished",
-        "checks passed",
-    ):
+    assert text.startswith("kiwipy demo on a SQLite file in a temporary folder, /")
+    for expected in DEMO_STEPS:
         assert expected in text
+    workers = demo_workers(text)
+    assert sorted(workers) == ["ada", "grace", "linus"]
+    assert len({*workers.values(), os.getpid()}) == 4  # three processes besides this one
+    assert f"The client is this process (pid {os.getpid()})." in text
+    assert f"computed by ada (pid {workers['ada']})" in text
+    assert f"answered by linus (pid {workers['linus']})" in text
+    folder = demo_folder(text)
+    assert f"Ended the worker processes {', '.join(map(str, workers.values()))}" in text
+    assert f"removed {folder}." in text
+    assert not folder.exists()
+    assert not any(alive(pid) for pid in workers.values())
     assert 25 <= len(text.splitlines()) <= 45
     assert output.err == ""
+
+
+def test_demo_on_a_given_sqlite_file_keeps_it(output: Output, tmp_path: Path) -> None:
+    path = tmp_path / "my demo.db"
+    assert cli.main(["demo", "--url", f"sqlite:///{path}"]) == 0
+    text = output.read().out
+    assert text.startswith(f"kiwipy demo on the SQLite file {path} (kept afterwards")
+    assert "14 checks passed" in text
+    assert f"and kept {path}." in text
+    assert path.is_file()
+    assert not any(alive(pid) for pid in demo_workers(text).values())
+
+
+def test_demo_in_process(output: Output) -> None:
+    assert cli.main(["demo", "--url", "memory://"]) == 0
+    text = output.read().out
+    assert text.startswith("kiwipy demo on the in-process transport (memory://demo-")
+    assert "Three workers (ada, grace, linus) and the client share this process." in text
+    for expected in DEMO_STEPS:
+        assert expected in text
+    assert "pid" not in text
+    assert output.err == ""
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://x/", "it must start with amqp://, amqps://, sqlite:// or memory://"),
+        ("sqlite://host/x.db", "it has a host part ('host')"),
+    ],
+)
+def test_demo_bad_url(output: Output, url: str, message: str) -> None:
+    assert cli.main(["demo", "--url", url]) == 2
+    assert message in one_error_line(output.read().err, "demo")
+
+
+def test_demo_stops_cleanly_on_sigint() -> None:
+    process = start(["demo"])
+    assert process.stdout is not None
+    lines: list[str] = []
+    while not lines or not lines[-1].startswith("Started three worker"):
+        lines.append(process.stdout.readline())
+        assert lines[-1], f"the demo ended before its workers started: {lines}"
+    workers = demo_workers("".join(lines))
+    assert all(alive(pid) for pid in workers.values())
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == "kiwipy demo: interrupted"
+    folder = demo_folder("".join(lines))
+    assert f"removed {folder}" in err
+    assert not folder.exists()
+    assert not any(alive(pid) for pid in workers.values())
+    assert "checks passed" not in out
 
 
 # Signals, in a subprocess

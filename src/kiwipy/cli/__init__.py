@@ -3,7 +3,8 @@
 Subcommands: ``demo``, ``send``, ``rpc``, ``broadcast``, ``worker``, ``serve``, ``listen``,
 ``inspect`` and ``dead``; ``kiwipy <command> --help`` describes each. The broker URL comes from ``--url``,
 else the ``KIWIPY_URL`` environment variable, else the local RabbitMQ
-(``amqp://guest:guest@127.0.0.1:5672/``); the demo defaults to the in-process transport.
+(``amqp://guest:guest@127.0.0.1:5672/``); the demo defaults to a new SQLite file in a temporary
+folder, with its workers as processes of their own.
 
 Exit codes: 0 success, 1 a run-time failure (broker unreachable, no reply in time, the remote
 side raised, unknown RPC recipient), 2 bad input (options, URL, body, callable), 130
@@ -108,6 +109,10 @@ def _guard_send(send: Callable[[], object]) -> object:
         raise CliError("the broker did not confirm the message in time") from None
 
 
+#: The demo's default URL (a new SQLite file in a temporary folder; see ``_demo.py``).
+DEMO_URL = "sqlite://"
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -147,14 +152,19 @@ def _cmd_dead(args: argparse.Namespace) -> int:
 # The parser
 
 
-def _add_common_options(parser: argparse.ArgumentParser, default_url: str | None = None) -> None:
+def _add_common_options(
+    parser: argparse.ArgumentParser, default_url: str | None = None, default_help: str = ""
+) -> None:
     url = default_url or os.environ.get("KIWIPY_URL") or DEFAULT_URL
-    default = "a new in-process broker" if default_url else f"$KIWIPY_URL, else {DEFAULT_URL}"
+    default = default_help or f"$KIWIPY_URL, else {DEFAULT_URL}"
+    transports = "or memory://NAME for the in-process transport"
+    if default_url:
+        transports = f"sqlite:///FILE.db, {transports}"
     parser.add_argument(
         "--url",
         default=url,
-        help="broker URL: amqp://user:password@host:port/vhost, amqps://..., or memory://NAME "
-        f"for the in-process transport (default: {default})",
+        help=f"broker URL: amqp://user:password@host:port/vhost, amqps://..., {transports} "
+        f"(default: {default})",
     )
     parser.add_argument(
         "--encoder",
@@ -273,10 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         _cmd_demo,
         "a narrated tour of tasks, RPC and broadcasts",
-        "Start three workers and a client and show tasks, RPCs and broadcasts at work. Runs "
-        "on the in-process transport unless given --url amqp://...",
+        "Start three worker processes and a client and show tasks, RPCs and broadcasts at "
+        "work. Runs over a new SQLite file in a temporary folder (no broker; the folder is "
+        "removed at the end) unless given --url amqp://... (RabbitMQ), --url sqlite:///FILE.db "
+        "(that file, kept) or --url memory:// (in-process, the workers on threads).",
     )
-    _add_common_options(demo, default_url="memory://")
+    _add_common_options(
+        demo,
+        default_url=DEMO_URL,
+        default_help="a new SQLite file in a temporary folder, removed afterwards",
+    )
 
     send = add(
         "send",
