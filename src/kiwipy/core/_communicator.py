@@ -468,7 +468,11 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         self._replies.pop(correlation_id, None)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        job = self.loop.create_task(coro)
+        try:
+            job = self.loop.create_task(coro)
+        except RuntimeError:  # the loop is closing: the coroutine will never run
+            coro.close()
+            raise
         self._jobs.add(job)
         job.add_done_callback(self._job_done)
         return job
