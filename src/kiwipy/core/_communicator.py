@@ -2,7 +2,8 @@
 
 It is written once against a :class:`~kiwipy.core.Broker` (the in-process and the SQLite
 transports each supply one); the task queues and pull-mode tasks are in
-:mod:`kiwipy.core._tasks`, reply shapes in :mod:`kiwipy.core._replies`.
+:mod:`kiwipy.core._tasks`; reply shapes and waiting in :mod:`kiwipy._replies`, shared with
+the RabbitMQ transport.
 
 Invariants:
 
@@ -27,7 +28,7 @@ from typing import Any, ClassVar, Optional
 
 import shortuuid
 
-from .. import _broadcasts, _cancels, _deadlines, _limits, _tracing, encoders, exceptions
+from .. import _broadcasts, _cancels, _deadlines, _limits, _replies, _tracing, encoders, exceptions
 from .._outcome import EXCEPTION, DeferredClose, Outcome, encode_reply, invoke
 from ..communications import (
     AsyncCommunicator,
@@ -35,7 +36,6 @@ from ..communications import (
     RpcSubscriber,
     TaskSubscriber,
 )
-from . import _replies as outcome
 from ._broker import Broker, Connection, Delivery, Message, Payload
 from ._tasks import BrokerIncomingTask, BrokerTaskQueue
 
@@ -78,7 +78,7 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._connection: Optional[Connection] = None
         self._closed = False
-        self._replies: dict[str, asyncio.Future[Any]] = {}
+        self._replies: _replies.Waiters[None] = _replies.Waiters(self._new_future)
         _tracing.count_replies(self, self.system, _waiting_count)
         self._rpc: dict[str, RpcSubscriber] = {}
         self._broadcast: dict[Any, BroadcastSubscriber] = {}
@@ -133,11 +133,7 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         self._closed = True
         if self._connection is not None:
             self._broker.close(self._connection)
-        replies, self._replies = self._replies, {}
-        for future in replies.values():
-            if not future.done():
-                future.set_exception(exceptions.CommunicatorClosed())
-                future.exception()  # retrieved: nobody waiting for it is not worth a log line
+        self._replies.fail_all(exceptions.CommunicatorClosed())
         if not self._deferred_close.start(self._stop_jobs):
             await self._stop_jobs()
 
@@ -391,7 +387,7 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
 
     def _on_rpc_done(self, key: str, correlation_id: str, future: asyncio.Future[Any]) -> None:
         """A caller that cancelled its RPC cancels the handler too (:mod:`kiwipy._cancels`)."""
-        if not future.cancelled() or self._replies.pop(correlation_id, None) is None:
+        if not future.cancelled() or self._replies.pop(correlation_id) is None:
             return  # answered (the future was popped with its reply), or failed here
         cancel = Message(Payload(None, None), "", None, cancels=correlation_id)
         try:
@@ -460,12 +456,15 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         return body[0], bool(body[1])
 
     def _expect(self, correlation_id: str, timeout: Optional[float] = None) -> asyncio.Future[Any]:
-        future = self._replies[correlation_id] = self.loop.create_future()
+        future = self._replies.expect(correlation_id, None)
         _deadlines.arm(future, timeout, functools.partial(self._forget_reply, correlation_id))
         return future
 
     def _forget_reply(self, correlation_id: str) -> None:
-        self._replies.pop(correlation_id, None)
+        self._replies.forget(correlation_id)
+
+    def _new_future(self) -> asyncio.Future[Any]:
+        return self.loop.create_future()
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         try:
@@ -483,7 +482,7 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
             _LOGGER.error("kiwipy communicator job failed", exc_info=job.exception())
 
     async def _reply_pending(self, message: Message) -> None:
-        self._reply(message, outcome.PENDING)
+        self._reply(message, _replies.pending_response())
 
     def _reply(self, message: Message, response: dict[str, Any]) -> bool:
         """Send *response* to the requester of *message*; an unencodable one is replaced by
@@ -491,8 +490,8 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         if message.reply_to is None:
             return True
         name = "memory" if self._encoder is None else self._encoder.name
-        payload, sent = encode_reply(self._encode, response, outcome.exception_reply, name)
-        final = response is not outcome.PENDING
+        payload, sent = encode_reply(self._encode, response, _replies.exception_response, name)
+        final = _replies.PENDING_KEY not in response
         self._broker.send_reply(message.reply_to, message.correlation_id, payload, final)
         return sent
 
@@ -500,7 +499,7 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         """Reply with a task's final outcome, then ack it (the order RabbitMQ tasks use)."""
         if self._closed:  # the task went back to its queue when the connection closed
             return
-        if no_reply or self._reply(delivery.message, outcome.outcome_reply(result)):
+        if no_reply or self._reply(delivery.message, _replies.outcome_response(result)):
             self._broker.ack(delivery)
         else:
             self._broker.dead_letter(delivery, "its reply cannot be encoded")
@@ -508,23 +507,22 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
     # Receiving (posted to this loop by the broker)
 
     def _on_reply(self, correlation_id: str, payload: Payload) -> None:
-        future = self._replies.pop(correlation_id, None)
-        if future is None or future.done():
+        if self._replies.get(correlation_id) is None:
             _LOGGER.debug("dropping reply for unknown or finished request %s", correlation_id)
             return
         try:
-            reply = self._decode(payload)
+            reply = _replies.decode_reply(self._decode(payload))
         except exceptions.DecodeError as exc:
-            future.set_exception(exc)
+            self._replies.fail(correlation_id, exc)
             return
-        outcome.settle_reply(future, reply, lambda: self._expect(correlation_id))
+        self._replies.resolve(correlation_id, reply)
 
     def _on_rpc(self, key: str, message: Message) -> None:
         subscriber = self._rpc.get(key)
         if message.cancels is not None:
             self._handlers.cancel(message.cancels)
         elif self._closed or subscriber is None:
-            self._reply(message, outcome.lost_reply(f"the RPC subscriber '{key}' is gone"))
+            self._reply(message, _replies.lost_response(f"the RPC subscriber '{key}' is gone"))
         elif _deadlines.expired(message.deadline):
             # its caller has DeadlineExceeded already: a request past it is never started
             _LOGGER.debug("dropping RPC %s to %r: past its deadline", message.correlation_id, key)
@@ -542,7 +540,7 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
                 msg = self._decode(message.payload)
             except exceptions.DecodeError as exc:
                 _tracing.failed(exc)
-                self._reply(message, outcome.exception_reply(exc))
+                self._reply(message, _replies.exception_response(exc))
                 return
             pending = functools.partial(self._reply_pending, message)
             invoking = invoke(subscriber, (self, msg), pending)
@@ -551,13 +549,13 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
             if result.kind == EXCEPTION:
                 _tracing.failed(result.value)
             if not _deadlines.cut_short(result):  # its caller has DeadlineExceeded already
-                self._reply(message, outcome.outcome_reply(result))
+                self._reply(message, _replies.outcome_response(result))
         except asyncio.CancelledError:
             if self._handlers.was_cancelled(message.correlation_id):
                 return  # by its caller, who has its cancelled future: no reply
             if self._closed:
                 closed = "the RPC subscriber was closed before it answered"
-                self._reply(message, outcome.lost_reply(closed))
+                self._reply(message, _replies.lost_response(closed))
             raise
 
     def _on_broadcast(self, payload: Payload) -> None:

@@ -27,6 +27,7 @@ import shortuuid
 from .. import _deadlines, _tracing, exceptions
 from .._outcome import EXCEPTION, REJECTED, Outcome, invoke, outcome_of
 from .._raised import set_exception
+from .._replies import exception_response
 from .._task_state import (
     TASK_FINISHED,
     TASK_PENDING,
@@ -36,7 +37,6 @@ from .._task_state import (
 )
 from ..communications import AsyncIncomingTask, AsyncTaskQueue, TaskSubscriber
 from ._broker import Broker, Connection, Consumer, Delivery, Message, Payload
-from ._replies import exception_reply
 
 __all__ = (
     "TASK_FINISHED",
@@ -223,7 +223,7 @@ class BrokerTaskQueue(AsyncTaskQueue):
         return True
 
     def _reject_undecodable(self, delivery: Delivery, exc: exceptions.DecodeError) -> None:
-        self._comm._reply(delivery.message, exception_reply(exc))
+        self._comm._reply(delivery.message, exception_response(exc))
         self._comm.broker.dead_letter(delivery, str(exc))
 
     def _on_delivery(self, delivery: Delivery) -> None:

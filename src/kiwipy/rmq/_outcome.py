@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .._outcome import CANCELLED, EXCEPTION, REJECTED, RESULT, Outcome, invoke, outcome_of
-from . import protocol
+from .._replies import outcome_response as to_response
 
 __all__ = (
     "CANCELLED",
@@ -21,15 +21,6 @@ __all__ = (
     "to_response",
     "tracked",
 )
-
-
-def to_response(outcome: Outcome) -> dict[str, Any]:
-    """:returns: the kiwipy 0.9 reply body for a final *outcome*."""
-    if outcome.kind == RESULT:
-        return protocol.result_response(outcome.value)
-    if outcome.kind == CANCELLED:
-        return protocol.cancelled_response(str(outcome.value))
-    return protocol.exception_response(outcome.value)
 
 
 @contextlib.contextmanager

@@ -54,7 +54,7 @@ import aiormq.abc
 from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
 
-from .. import _deadlines, _tracing, exceptions
+from .. import _deadlines, _replies, _tracing, exceptions
 from . import _acks, _amqp, _events, protocol
 from ._fastpublish import Outgoing
 from ._liveness import ResponderCheck
@@ -149,7 +149,8 @@ class _Recent:
 
 
 class _Waiting(NamedTuple):
-    future: asyncio.Future[Any]
+    """What the reply queue knows of a request waiting for its reply."""
+
     recipient: str  # routing key the request went to
     watch: Optional[str]  # the queue whose existence tells the responder is alive
     resend: Optional[Outgoing]  # a task: sent again if the reply queue has to move
@@ -178,7 +179,7 @@ class ReplyQueue:
         self.name = f"{prefix}-reply-{uuid.uuid4()}"
         self._aliases: list[str] = []  # the names of earlier queues (module doc: moving)
         self._resend_due: Optional[str] = None  # why waiting tasks must be sent again
-        self._waiting: dict[str, _Waiting] = {}
+        self._waiting: _replies.Waiters[_Waiting] = _replies.Waiters(session.loop.create_future)
         self._exchanges: dict[str, dict[str, Any]] = {}
         self._consumer_tag: Optional[str] = None
         self._started: Optional[asyncio.Future[None]] = None
@@ -265,10 +266,9 @@ class ReplyQueue:
         """Send every waiting task again (it may run twice: duplicates are allowed, a lost
         reply is not) and end every waiting RPC with ``ReplyLost`` (not repeated)."""
         lost = exceptions.ReplyLost(f"{why}; its reply may be lost (RPCs are not repeated)")
-        for correlation_id, each in list(self._waiting.items()):
+        for correlation_id, (_, each) in self._waiting.items():
             if each.resend is None:
-                del self._waiting[correlation_id]
-                _fail(each.future, lost)
+                self._waiting.fail(correlation_id, lost)
             else:
                 task = asyncio.ensure_future(self._resend(correlation_id, each.resend))
                 self._resending.add(task)
@@ -287,9 +287,7 @@ class ReplyQueue:
             await self._session.publish(message.exchange, message.routing_key, message.body,
                                         props, message.mandatory)  # fmt: skip
         except exceptions.KiwiError as exc:
-            waiting = self._waiting.pop(correlation_id, None)
-            if waiting is not None:
-                _fail(waiting.future, exc)
+            self._waiting.fail(correlation_id, exc)
 
     def _queue_vanished(self) -> None:
         """It expired or was deleted while disconnected: replies sent meanwhile are lost,
@@ -319,20 +317,16 @@ class ReplyQueue:
         :param resend: the task message, sent again if the reply queue has to move to
             another node (module doc); without it, a move ends the wait with ``ReplyLost``.
         """
-        future: asyncio.Future[Any] = self._session.loop.create_future()
-        self._waiting[correlation_id] = _Waiting(future, recipient, watch, resend)
+        future = self._waiting.expect(correlation_id, _Waiting(recipient, watch, resend))
         if watch is not None:
             self._check.watch(watch)
         return future
 
     def _watched(self) -> set[str]:
-        return {each.watch for each in self._waiting.values() if each.watch is not None}
+        return {each.watch for _, (_, each) in self._waiting.items() if each.watch is not None}
 
     def _fail_watching(self, queue: str, exc: BaseException) -> None:
-        for correlation_id, each in list(self._waiting.items()):
-            if each.watch == queue:
-                del self._waiting[correlation_id]
-                _fail(each.future, exc)
+        self._waiting.fail_all(exc, where=lambda each: each.watch == queue)
 
     def deadline(
         self, correlation_id: str, future: asyncio.Future[Any], timeout: Optional[float]
@@ -344,13 +338,11 @@ class ReplyQueue:
 
     def forget(self, correlation_id: str) -> None:
         """Stop waiting for *correlation_id* (its request was not sent)."""
-        self._waiting.pop(correlation_id, None)
+        self._waiting.forget(correlation_id)
 
     def fail_all(self, exc: BaseException) -> None:
         """End every waiting future with *exc*."""
-        waiting, self._waiting = self._waiting, {}
-        for each in waiting.values():
-            _fail(each.future, exc)
+        self._waiting.fail_all(exc)
 
     @property
     def waiting(self) -> int:
@@ -368,31 +360,15 @@ class ReplyQueue:
             _acks.ack(message.channel, message.delivery_tag).add_done_callback(_retrieve)
 
     async def _handle(self, correlation_id: str, message: aiormq.abc.DeliveredMessage) -> None:
-        waiting = self._waiting.pop(correlation_id, None)
-        if waiting is None:
+        if self._waiting.get(correlation_id) is None:
             _LOGGER.debug("dropping a reply for an unknown id %r", correlation_id)
             return
         try:
-            reply = protocol.decode_reply(await decode_body(self._session, message.body))
+            reply = _replies.decode_reply(await decode_body(self._session, message.body))
         except exceptions.KiwiError as exc:
             _LOGGER.error("undecodable reply to %r: %s", correlation_id, exc)
-            reply = protocol.Reply("exception", exc)
-        self._resolve(correlation_id, waiting, reply)
-
-    def _resolve(self, correlation_id: str, waiting: _Waiting, reply: protocol.Reply) -> None:
-        future = waiting.future
-        if future.done():
-            return  # the caller cancelled it; later levels have nobody to go to
-        if reply.kind == "pending":
-            inner = self._session.loop.create_future()
-            self._waiting[correlation_id] = waiting._replace(future=inner)
-            future.set_result(inner)
-        elif reply.kind == "result":
-            future.set_result(reply.value)
-        elif reply.kind == "exception":
-            future.set_exception(reply.value)
-        else:
-            future.cancel()
+            reply = _replies.Reply("exception", exc)
+        self._waiting.resolve(correlation_id, reply)
 
     async def close(self) -> None:
         """Stop consuming and delete the queue (best effort: it expires anyway)."""
@@ -409,13 +385,6 @@ class ReplyQueue:
                 )
             except (exceptions.KiwiError, amqp_errors.ChannelClosed) as exc:
                 _LOGGER.debug("reply queue %s not deleted: %s", self.name, exc)
-
-
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-        # Mark it retrieved: a caller who dropped the future needs no warning at exit.
-        future.exception()
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -22,12 +22,27 @@ import dataclasses
 import hashlib
 import os
 import socket
-import traceback
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
-from .. import _broadcasts, _limits, exceptions
-from .._raised import exception_text
+from .. import _broadcasts, _limits
+from .._replies import (
+    CANCELLED_KEY,
+    EXCEPTION_KEY,
+    EXCEPTION_TYPE_KEY,
+    LOST_KEY,
+    PENDING_KEY,
+    RESULT_KEY,
+    TRACEBACK_KEY,
+    MalformedMessage,
+    Reply,
+    cancelled_response,
+    decode_reply,
+    exception_response,
+    lost_response,
+    pending_response,
+    result_response,
+)
 
 __all__ = (
     "BROADCAST_TOPIC",
@@ -68,20 +83,6 @@ RPC_TOPIC = _limits.RPC_TOPIC  # the naming rules depend on it
 HOST_KEY = "host"
 HOSTNAME_KEY = "hostname"
 PID_KEY = "pid"
-RESULT_KEY = "result"
-EXCEPTION_KEY = "exception"
-CANCELLED_KEY = "cancelled"
-PENDING_KEY = "pending"
-LOST_KEY = "lost"
-EXCEPTION_TYPE_KEY = "exception_type"
-TRACEBACK_KEY = "traceback"
-
-
-class MalformedMessage(exceptions.DecodeError):
-    """A message decoded fine but does not have the shape its kind requires."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, encoder="kiwipy-protocol")
 
 
 def rpc_routing_key(recipient_id: Any) -> str:
@@ -189,76 +190,6 @@ def add_host_info(msg: dict[str, Any]) -> None:
     if HOST_KEY in msg:
         raise ValueError(f"Host information key already exists in message '{msg}'")
     msg[HOST_KEY] = get_host_info()
-
-
-def result_response(result: Any) -> dict[str, Any]:
-    return {RESULT_KEY: result}
-
-
-def exception_response(exception: BaseException, trace: Any = None) -> dict[str, Any]:
-    """:returns: the reply for *exception*: its text (kiwipy 0.9's key) plus its type and
-    traceback (keys kiwipy 0.9 ignores)."""
-    message = exception_text(exception)
-    if trace is not None:
-        message += "\n" + "".join(traceback.format_tb(trace))
-    exc_type = type(exception)
-    return {
-        EXCEPTION_KEY: message,
-        EXCEPTION_TYPE_KEY: f"{exc_type.__module__}.{exc_type.__qualname__}",
-        TRACEBACK_KEY: "".join(
-            traceback.format_exception(exc_type, exception, exception.__traceback__)
-        ),
-    }
-
-
-def lost_response(reason: str) -> dict[str, Any]:
-    """:returns: the reply telling the requester that no answer will come (module doc)."""
-    response = exception_response(exceptions.ReplyLost(reason))
-    response[LOST_KEY] = reason
-    return response
-
-
-def cancelled_response(msg: Optional[str] = None) -> dict[str, Any]:
-    return {CANCELLED_KEY: msg}
-
-
-def pending_response(msg: Optional[str] = None) -> dict[str, Any]:
-    return {PENDING_KEY: msg}
-
-
-@dataclasses.dataclass(frozen=True)
-class Reply:
-    """A decoded reply. ``kind`` is ``'cancelled'``, ``'exception'``, ``'result'`` or
-    ``'pending'``; ``value`` is the result, or the :class:`~kiwipy.RemoteException`."""
-
-    kind: str
-    value: Any = None
-
-
-def decode_reply(response: Any) -> Reply:
-    """Classify a decoded reply body, checking keys in kiwipy 0.9's order (cancelled,
-    exception, result, pending; this library's ``lost`` before ``exception``).
-
-    :raises MalformedMessage: if it is not a mapping or has none of the keys.
-    """
-    if not isinstance(response, Mapping):
-        raise MalformedMessage(f"a reply is a mapping, got {_describe(response)}")
-    if CANCELLED_KEY in response:
-        return Reply("cancelled", response[CANCELLED_KEY])
-    if LOST_KEY in response:
-        return Reply("exception", exceptions.ReplyLost(response[LOST_KEY]))
-    if EXCEPTION_KEY in response:
-        remote = exceptions.RemoteException(
-            response[EXCEPTION_KEY],
-            remote_type=response.get(EXCEPTION_TYPE_KEY),
-            remote_traceback=response.get(TRACEBACK_KEY),
-        )
-        return Reply("exception", remote)
-    if RESULT_KEY in response:
-        return Reply("result", response[RESULT_KEY])
-    if PENDING_KEY in response:
-        return Reply("pending", response[PENDING_KEY])
-    raise MalformedMessage(f"a reply has one of result/exception/pending/cancelled: {response!r}")
 
 
 def _describe(obj: Any) -> str:

@@ -32,8 +32,8 @@ import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from .. import _tracing, _unroutable, encoders, exceptions
+from .._replies import lost_response
 from ..core._broker import Connection, Consumer, Delivery, Message, Payload
-from ..core._replies import lost_reply
 from . import _doorbell, _files
 from ._doorbell import Doorbell
 from ._pump import Pump
@@ -169,7 +169,7 @@ class SqliteBroker:
     def _send_lost(self, address: object, correlation_id: str, encoder: str) -> None:
         reason = "the RPC subscriber's process ended before it answered"
         try:
-            body = _encoder(encoder).encode(lost_reply(reason))
+            body = _encoder(encoder).encode(lost_response(reason))
         except exceptions.KiwiError:
             return
         self.send_reply(address, correlation_id, Payload(body, _encoder(encoder)))
@@ -620,13 +620,13 @@ class SqliteBroker:
             if local is not None:
                 posts.append((local[0], local[1], (key, message)))
             elif header["x"] is None and message.reply_to is not None:
-                self._send_lost_reply(message.reply_to, correlation_id, header["e"], key)
+                self._send_lost_response(message.reply_to, correlation_id, header["e"], key)
         self._flush(posts)
 
-    def _send_lost_reply(
+    def _send_lost_response(
         self, reply_to: object, correlation_id: str, encoder: str, key: str
     ) -> None:
-        body = _encoder(encoder).encode(lost_reply(f"the RPC subscriber '{key}' is gone"))
+        body = _encoder(encoder).encode(lost_response(f"the RPC subscriber '{key}' is gone"))
         self.send_reply(reply_to, correlation_id, Payload(body, _encoder(encoder)))
 
     def prune(self) -> None:
@@ -666,7 +666,9 @@ class SqliteBroker:
             if local is not None:
                 posts.append((local[0], local[1], (row.queue, message)))
             elif row.cancels is None and message.reply_to is not None:
-                self._send_lost_reply(message.reply_to, row.correlation_id, row.encoder, row.queue)
+                self._send_lost_response(
+                    message.reply_to, row.correlation_id, row.encoder, row.queue
+                )
         self._flush(posts)
 
     def _take_broadcasts(self) -> None:
