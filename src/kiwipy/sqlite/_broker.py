@@ -92,6 +92,7 @@ class SqliteBroker:
         self._rpc: dict[str, tuple[Connection, Callable[[str, Message], None]]] = {}
         self._peers: dict[int, tuple[str, str]] = {}  # process id -> (doorbell, lock file)
         self._seen_broadcast = 0
+        self._failed_acks: set[int] = set()  # tasks run here whose ack could not be written
         self._closed = False
         self.on_empty: Optional[Callable[[SqliteBroker], None]] = None
         self.id = 0
@@ -419,9 +420,29 @@ class SqliteBroker:
         full = self._settle(delivery)
         if full is None:
             return
-        self.store.ack(delivery.message.seq, self.id)
+        try:
+            self.store.ack(delivery.message.seq, self.id)
+        except exceptions.StorageError:
+            # e.g. a full disk: the task stays taken by this process; retry_acks tries again
+            with self._lock:
+                self._failed_acks.add(delivery.message.seq)
+            raise
         if full:
             self.ring_self(_doorbell.TASK)
+
+    def retry_acks(self) -> None:
+        """Write the acks that failed (rule 1): until one is written its task stays taken
+        by this process, neither lost nor run again, and would stay so as long as it lives."""
+        with self._lock:
+            pending, self._failed_acks = self._failed_acks, set()
+        failed = set()
+        for task in sorted(pending):
+            try:
+                self.store.ack(task, self.id)
+            except exceptions.StorageError:
+                failed.add(task)
+        with self._lock:
+            self._failed_acks |= failed
 
     def requeue(self, delivery: Delivery, reject: bool = False) -> None:
         if self._settle(delivery) is None:
