@@ -99,6 +99,7 @@ class SqliteBroker:
         # answered the same way
         self._outstanding: dict[str, tuple[int, Connection, str, Optional[float]]] = {}
         self._lane_requests: dict[str, Optional[float]] = {}  # correlation id -> deadline
+        self._failed_acks: set[int] = set()  # tasks run here whose ack could not be written
         self._closed = False
         self.on_empty: Optional[Callable[[SqliteBroker], None]] = None
         self.id = 0
@@ -430,9 +431,29 @@ class SqliteBroker:
         full = self._settle(delivery)
         if full is None:
             return
-        self.store.ack(delivery.message.seq, self.id)
+        try:
+            self.store.ack(delivery.message.seq, self.id)
+        except exceptions.StorageError:
+            # e.g. a full disk: the task stays taken by this process; retry_acks tries again
+            with self._lock:
+                self._failed_acks.add(delivery.message.seq)
+            raise
         if full:
             self.ring_self(_doorbell.TASK)
+
+    def retry_acks(self) -> None:
+        """Write the acks that failed (rule 1): until one is written its task stays taken
+        by this process, neither lost nor run again, and would stay so as long as it lives."""
+        with self._lock:
+            pending, self._failed_acks = self._failed_acks, set()
+        failed = set()
+        for task in sorted(pending):
+            try:
+                self.store.ack(task, self.id)
+            except exceptions.StorageError:
+                failed.add(task)
+        with self._lock:
+            self._failed_acks |= failed
 
     def requeue(self, delivery: Delivery, reject: bool = False) -> None:
         if self._settle(delivery) is None:
