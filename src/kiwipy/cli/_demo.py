@@ -28,6 +28,7 @@ from ._common import (
     check_url,
     connect_options,
     err,
+    is_sqlite,
     mask_url,
     out,
 )
@@ -214,6 +215,9 @@ def _setup(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
         url = args.url if args.url != "memory://" else f"memory://demo-{tag}"
         return url, options, f"the in-process transport ({url})"
     prefix = f"kiwipy-demo-{tag}"
+    if is_sqlite(args.url):  # a queue of its own in the file, emptied afterwards
+        options.update(task_queue=f"{prefix}.tasks", task_prefetch_count=1)
+        return args.url, options, f"the SQLite file of {args.url} (queue {prefix}.tasks)"
     options.update(
         message_exchange=f"{prefix}.messages",
         task_exchange=f"{prefix}.tasks",
@@ -230,8 +234,21 @@ def _cleanup(url: str, options: dict[str, Any]) -> Iterator[None]:
     try:
         yield
     finally:
-        if not url.startswith("memory://"):
+        if is_sqlite(url):
+            _empty_sqlite_queue(url, options["task_queue"])
+        elif not url.startswith("memory://"):
             asyncio.run(_delete_names(url, options))
+
+
+def _empty_sqlite_queue(url: str, queue: str) -> None:
+    """Drop the dead letters the demo left in its queue of the SQLite file (best effort)."""
+    from ..sqlite import SqliteAdmin
+
+    try:
+        with SqliteAdmin(url) as admin:
+            admin.delete_dead([letter.id for letter in admin.dead_letters(queue)])
+    except Exception:  # the queue's name is unique: leftovers harm nobody
+        pass
 
 
 async def _delete_names(url: str, options: dict[str, Any]) -> None:
