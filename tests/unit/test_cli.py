@@ -243,7 +243,7 @@ def test_url_defaults_to_env_then_local_rabbitmq(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("http://127.0.0.1/", "it must start with amqp://, amqps:// or memory://"),
+        ("http://127.0.0.1/", "it must start with amqp://, amqps://, memory:// or sqlite://"),
         ("amqp://guest:secret@127.0.0.1:notaport/", "bad URL 'amqp://guest:***@127.0.0.1"),
         ("amqp:///", "it names no host"),
     ],

@@ -1,7 +1,7 @@
 """The ``kiwipy`` command line (also ``python -m kiwipy``).
 
 Subcommands: ``demo``, ``send``, ``rpc``, ``broadcast``, ``worker``, ``serve``, ``listen``,
-``inspect`` and ``dead``; ``kiwipy <command> --help`` describes each. The broker URL comes from ``--url``,
+``inspect``, ``dead`` and ``move``; ``kiwipy <command> --help`` describes each. The broker URL comes from ``--url``,
 else the ``KIWIPY_URL`` environment variable, else the local RabbitMQ
 (``amqp://guest:guest@127.0.0.1:5672/``); the demo defaults to a new SQLite file in a temporary
 folder, with its workers as processes of their own.
@@ -149,6 +149,12 @@ def _cmd_dead(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_move(args: argparse.Namespace) -> int:
+    from ._move import cmd_move as run
+
+    return run(args)
+
+
 # The parser
 
 
@@ -157,14 +163,13 @@ def _add_common_options(
 ) -> None:
     url = default_url or os.environ.get("KIWIPY_URL") or DEFAULT_URL
     default = default_help or f"$KIWIPY_URL, else {DEFAULT_URL}"
-    transports = "or memory://NAME for the in-process transport"
-    if default_url:
-        transports = f"sqlite:///FILE.db, {transports}"
     parser.add_argument(
         "--url",
         default=url,
-        help=f"broker URL: amqp://user:password@host:port/vhost, amqps://..., {transports} "
-        f"(default: {default})",
+        help="broker URL: amqp://user:password@host:port/vhost, amqps://..., "
+        "sqlite:///relative/path.db or sqlite:////absolute/path.db for a SQLite file shared by "
+        f"the processes of one host, or memory://NAME for the in-process transport (default: "
+        f"{default})",
     )
     parser.add_argument(
         "--encoder",
@@ -385,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Show the broker's product and version, whether the exchanges exist, and the queues "
         "with their messages ready and consumers. Without --queue it lists every queue of the "
         "vhost through the RabbitMQ management HTTP API when the broker has it enabled, else "
-        "(saying so) only the default task queue: AMQP cannot list queues. Reads only.",
+        "(saying so) only the default task queue: AMQP cannot list queues. On a sqlite:// file "
+        "it shows every queue (ready, unsettled, consumers, dead letters) and the processes "
+        "on the file (live ones, and dead ones not yet released). Reads only.",
     )
     inspect.add_argument(
         "--queue",
@@ -432,6 +439,20 @@ def build_parser() -> argparse.ArgumentParser:
         "back: 'kiwipy dead list', 'kiwipy dead requeue'.",
     )
     configure_dead(dead, _add_common_options)
+
+    from ._move import REPLIES_NOTE
+    from ._move import configure_parser as configure_move
+
+    move = add(
+        "move",
+        _cmd_move,
+        "move the waiting tasks of a SQLite file to RabbitMQ",
+        "Send every task waiting in a SQLite file (or in its --queue queues) to RabbitMQ's "
+        "task queue of the same name, each confirmed by RabbitMQ before it is deleted from "
+        "the file; a task that cannot be sent stays in the file. Stop the file's workers "
+        f"first: a task one takes meanwhile may run twice. Note: {REPLIES_NOTE}.",
+    )
+    configure_move(move, os.environ.get("KIWIPY_URL") or DEFAULT_URL)
     return parser
 
 

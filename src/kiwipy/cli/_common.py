@@ -36,10 +36,12 @@ __all__ = (
     "EXIT_OK",
     "EXIT_USAGE",
     "CliError",
+    "age",
     "connect_from_args",
     "describe",
     "err",
     "format_value",
+    "is_sqlite",
     "load_callable",
     "mask_url",
     "out",
@@ -55,7 +57,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
-_SCHEMES = ("amqp://", "amqps://", "memory://")
+_SCHEMES = ("amqp://", "amqps://", "memory://", "sqlite://")
 #: How text meant as a JSON object, array or string starts (``--as auto``).
 _JSON_STARTS = ("{", "[", '"')
 
@@ -114,11 +116,17 @@ def _is_amqp(url: str) -> bool:
     return url.startswith(("amqp://", "amqps://"))
 
 
+def is_sqlite(url: str) -> bool:
+    """Whether *url* names a SQLite file (the ``sqlite://`` transport)."""
+    return url.startswith("sqlite://")
+
+
 def check_url(url: str) -> None:
     """:raises CliError: (usage) unless *url* has a scheme kiwipy can connect to."""
     if not url.startswith(_SCHEMES):
         raise CliError(
-            f"bad URL {mask_url(url)!r}: it must start with amqp://, amqps:// or memory://",
+            f"bad URL {mask_url(url)!r}: it must start with amqp://, amqps://, memory:// or "
+            "sqlite:// (sqlite:///relative/path.db, sqlite:////absolute/path.db)",
             EXIT_USAGE,
         )
     if _is_amqp(url):
@@ -132,6 +140,14 @@ def check_url(url: str) -> None:
                     raise ValueError("it names no host")
         except ValueError as exc:
             raise CliError(f"bad URL {mask_url(url)!r}: {exc}", EXIT_USAGE) from None
+    if is_sqlite(url):
+        from ..sqlite import check_sqlite_url
+
+        try:  # its text names the URL and the expected forms
+            check_sqlite_url(url)
+        except ValueError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+        return
     try:
         _check_query(url)
     except ValueError as exc:
@@ -273,6 +289,17 @@ def _body_text(args: argparse.Namespace) -> str | None:
         raise CliError(f"the body is not UTF-8 text: {exc}", EXIT_USAGE) from None
     # A file or a pipe normally ends with a newline that is not part of the message.
     return text[:-1] if text.endswith("\n") else text
+
+
+def age(seconds: float | None) -> str:
+    """:returns: *seconds* as a short age: ``42s``, ``5m``, ``3h``, ``2d`` (``?`` for None)."""
+    if seconds is None:
+        return "?"
+    total = max(int(seconds), 0)
+    for unit, size, above in (("d", 86400, 172800), ("h", 3600, 7200), ("m", 60, 120)):
+        if total >= above:
+            return f"{total // size}{unit}"
+    return f"{total}s"
 
 
 def format_value(value: Any) -> str:

@@ -33,15 +33,23 @@ from ._common import (
     EXIT_OK,
     EXIT_USAGE,
     CliError,
+    age,
     check_url,
     err,
     format_value,
+    is_sqlite,
     open_broker,
     out,
 )
 from ._input import whole
 
-__all__ = ("cmd_dead", "configure_parser", "dead_reason", "parked_headers", "requeued_headers")
+__all__ = (
+    "cmd_dead",
+    "configure_parser",
+    "dead_reason",
+    "parked_headers",
+    "requeued_headers",
+)
 
 REQUEUED_HEADER = "x-kiwipy-requeued"
 _DROPPED_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-kiwipy-")
@@ -113,16 +121,6 @@ def requeued_headers(headers: Optional[dict[str, Any]]) -> dict[str, Any]:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _age(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "?"
-    total = max(int(seconds), 0)
-    for unit, size, above in (("d", 86400, 172800), ("h", 3600, 7200), ("m", 60, 120)):
-        if total >= above:
-            return f"{total // size}{unit}"
-    return f"{total}s"
 
 
 # Reading the queue
@@ -205,7 +203,21 @@ def _preview(body: bytes, decode: Callable[[bytes], Any]) -> str:
 def cmd_dead(args: argparse.Namespace) -> int:
     check_url(args.url)
     if args.url.startswith("memory://"):
-        raise CliError("dead-letter queues are kept by RabbitMQ; give an amqp:// URL", EXIT_USAGE)
+        raise CliError(
+            "dead-letter queues are kept by RabbitMQ or a SQLite file; give an amqp:// or "
+            "sqlite:// URL",
+            EXIT_USAGE,
+        )
+    if is_sqlite(args.url):
+        from ._sqlite import cmd_dead_sqlite
+
+        return cmd_dead_sqlite(args)
+    if getattr(args, "ids", None):
+        raise CliError(
+            "--id picks a dead letter of a sqlite:// file; on RabbitMQ use "
+            "--count or --correlation-id",
+            EXIT_USAGE,
+        )
     queue = _task_queue(args.queue)
     run = {"list": _list, "requeue": _requeue, "park": _park}[args.dead_command]
     return asyncio.run(_connected(args, lambda channel: run(channel, queue, args)))
@@ -256,10 +268,10 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     width = max(len("reason"), *(len(r["reason"]) for r in rows))
     lines = [f"{'#':>3}  {'reason':<{width}}  {'dead for':>8}  {'correlation id':<36}  body"]
     for row in rows:
-        age = _age(row["age_seconds"])
+        age_text = age(row["age_seconds"])
         corr = row["correlation_id"] or "-"
         lines.append(
-            f"{row['position']:>3}  {row['reason']:<{width}}  {age:>8}  {corr:<36}  {row['body']}"
+            f"{row['position']:>3}  {row['reason']:<{width}}  {age_text:>8}  {corr:<36}  {row['body']}"
         )
         if row["detail"]:  # its first line: a YAML error goes on with the position
             lines.append(f"{'':>3}  {row['detail'].splitlines()[0]}")
@@ -349,7 +361,9 @@ def configure_parser(
         help="show the dead-lettered tasks of a task queue",
         description="Show the tasks in <queue>.dead: why each is there (x-kiwipy-reason or "
         "the broker's x-death), for how long, its correlation id and the start of its body. "
-        "Reads without losing anything: the messages go back in their order.",
+        "Reads without losing anything: the messages go back in their order. On a sqlite:// "
+        "file: the file's dead letters with their ids and reasons; without --queue, those of "
+        "every queue.",
     )
     _queue(listing)
     listing.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -365,7 +379,8 @@ def configure_parser(
         "requeue",
         help="send dead-lettered tasks back to their task queue",
         description="Republish tasks from <queue>.dead to <queue> (confirmed by the broker "
-        "before the dead copy is removed) and print each one requeued.",
+        "before the dead copy is removed) and print each one requeued. On a sqlite:// file "
+        "they go back to the end of their queue in one transaction; --id picks them by id.",
     )
     _queue(requeue)
     _which(requeue)
@@ -375,7 +390,8 @@ def configure_parser(
         help="move waiting tasks into the dead-letter queue (to migrate or set aside a queue)",
         description="Move tasks waiting in <queue> (not those workers hold) to <queue>.dead, "
         "each confirmed by the broker before it leaves <queue>; 'requeue' sends them back. "
-        "Used to migrate a kiwipy 0.9 queue (see the long tasks page of the docs).",
+        "Used to migrate a kiwipy 0.9 queue (see the long tasks page of the docs). On a "
+        "sqlite:// file they become dead letters with reason parked-by-operator.",
     )
     _queue(park)
     _which(park)
@@ -387,6 +403,14 @@ def _which(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--all", action="store_true", help="every task there")
     which.add_argument("--count", type=whole(1), metavar="N", help="the first N (the oldest)")
     which.add_argument("--correlation-id", metavar="ID", help="those with this correlation id")
+    which.add_argument(
+        "--id",
+        dest="ids",
+        action="append",
+        type=whole(1),
+        metavar="N",
+        help="sqlite:// only: the one with this id, as 'dead list' shows it (repeatable)",
+    )
 
 
 def _queue(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ from ._common import (
     check_url,
     err,
     format_value,
+    is_sqlite,
     mask_url,
     open_broker,
     out,
@@ -52,6 +53,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return cmd_watch(args)
     if url.startswith("memory://"):
         report = _inspect_memory(args)
+    elif is_sqlite(url):
+        from ._sqlite import inspect_sqlite, render_sqlite
+
+        report = inspect_sqlite(args)
+        if args.json:
+            out(format_value(report))
+        else:
+            for line in render_sqlite(report):
+                out(line)
+        return EXIT_OK
     else:
         report = asyncio.run(_inspect_amqp(args))
     if args.json:

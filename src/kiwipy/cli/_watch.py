@@ -54,6 +54,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     try:
         if args.url.startswith("memory://"):
             asyncio.run(_watch(args, _MemorySampler(args)))
+        elif args.url.startswith("sqlite://"):
+            _watch_sqlite(args)
         else:
             asyncio.run(_watch_amqp(args))
     except KeyboardInterrupt:  # Ctrl-C is how a live view ends
@@ -71,6 +73,26 @@ async def _watch_amqp(args: argparse.Namespace) -> None:
         await _watch(args, _AmqpSampler(args, connection))
     finally:
         await connection.close()
+
+
+def _watch_sqlite(args: argparse.Namespace) -> None:
+    from ._sqlite import SqliteSampler
+
+    sampler = SqliteSampler(args)
+    try:
+        asyncio.run(_watch(args, _SqliteSamples(sampler)))
+    finally:
+        sampler.close()
+
+
+class _SqliteSamples:
+    """Every queue of a SQLite file (or the ``--queue`` ones), each with its dead letters."""
+
+    def __init__(self, sampler: Any) -> None:
+        self._sampler = sampler
+
+    async def sample(self) -> dict[str, Any]:
+        return _sample(self._sampler.queues(), None, None)
 
 
 async def _watch(args: argparse.Namespace, sampler: Any) -> None:

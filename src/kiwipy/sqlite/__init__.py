@@ -29,6 +29,7 @@ from ..core import DEFAULT_TASK_QUEUE, AsyncBrokerCommunicator
 from ..core import BrokerIncomingTask as SqliteIncomingTask
 from ..core import BrokerTaskQueue as SqliteTaskQueue
 from . import _files
+from ._admin import SqliteAdmin, check_sqlite_url
 from ._broker import BrokerSettings, SqliteBroker
 from ._options import SqliteOptions, resolve_options
 
@@ -37,12 +38,14 @@ __all__ = (
     "SCHEME",
     "AsyncSqliteCommunicator",
     "BrokerSettings",
+    "SqliteAdmin",
     "SqliteBroker",
     "SqliteCommunicator",
     "SqliteIncomingTask",
     "SqliteOptions",
     "SqliteTaskQueue",
     "async_connect",
+    "check_sqlite_url",
     "connect",
     "open_broker",
 )

@@ -255,6 +255,22 @@ class Store:
         """:returns: ``(id, pid, host, doorbell, lock, started)`` of every process row."""
         return self._read("SELECT id, pid, host, doorbell, lock, started FROM processes")
 
+    def consumers(self) -> list[tuple[int, str, int]]:
+        """:returns: ``(process, queue, count)`` of every registered task consumer."""
+        return self._read("SELECT process, queue, count FROM consumers ORDER BY process, queue")
+
+    def rpc_bindings(self) -> list[tuple[str, int]]:
+        """:returns: ``(identifier, process)`` of every bound RPC identifier."""
+        return self._read("SELECT key, process FROM rpc_bindings ORDER BY process, key")
+
+    def schema_version(self) -> Optional[int]:
+        """:returns: the schema version the file records, ``None`` if it has no kiwipy
+        tables (an empty file, or another application's database)."""
+        if not self._read("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"):
+            return None
+        found = self._read("SELECT value FROM meta WHERE key='schema'")
+        return int(found[0][0]) if found else None
+
     def leave(self, process: int) -> list[tuple[int, int, str, int, str]]:
         """Remove *process* and give back all it held: its tasks go back to their queues,
         RPC requests it did not answer are returned (to be answered ``lost``).
@@ -422,16 +438,35 @@ class Store:
                 conn.execute("DELETE FROM dead_letters WHERE id=?", (id_,)).rowcount for id_ in ids
             )
 
-    def take_ready(self, queue: str, limit: int) -> list[Row]:
-        """:returns: up to *limit* ready tasks of *queue*, read without taking them."""
+    def take_ready(self, queue: str, limit: int, after: int = 0) -> list[Row]:
+        """:returns: up to *limit* ready tasks of *queue* with an id above *after*, oldest
+        first, read without taking them."""
         return [
             _task_row(values)
             for values in self._read(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE queue=? AND owner IS NULL"
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE queue=? AND owner IS NULL AND id > ?"
                 " ORDER BY id LIMIT ?",
-                (queue, limit),
+                (queue, after, limit),
             )
         ]
+
+    def park_tasks(self, ids: Sequence[int], reason: str) -> int:
+        """Move ready tasks by id to the dead letters with *reason* (those taken meanwhile
+        stay). :returns: how many."""
+        moved = 0
+        with self._write("park tasks") as conn:
+            for id_ in ids:
+                cursor = conn.execute(
+                    "INSERT INTO dead_letters (queue, body, encoder, headers, correlation_id,"
+                    " reason, deliveries, created, died) SELECT queue, body, encoder, headers,"
+                    " correlation_id, ?, deliveries, created, ? FROM tasks"
+                    " WHERE id=? AND owner IS NULL",
+                    (reason, time.time(), id_),
+                )
+                conn.execute("DELETE FROM tasks WHERE id=? AND owner IS NULL", (id_,))
+                conn.execute("DELETE FROM rejections WHERE task=?", (id_,))
+                moved += cursor.rowcount
+        return moved
 
     def delete_tasks(self, ids: Sequence[int]) -> int:
         """Delete ready tasks by id (those taken meanwhile stay). :returns: how many."""
