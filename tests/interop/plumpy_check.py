@@ -155,6 +155,13 @@ async def worker(url: str, prefix: str) -> None:
     WORKER_COMMUNICATOR = comm
     tmp = tempfile.mkdtemp()
     stop: asyncio.Future[Any] = loop.create_future()
+    # plumpy's convert_to_comm (plumpy/communications.py) schedules a subscriber on this loop
+    # with run_coroutine_threadsafe, then, from the communicator's thread, adds a done
+    # callback to the result: when the coroutine finished in between, asyncio queues that
+    # callback with a call_soon that does not wake this loop, and the reply waits for the
+    # loop's next event. A busy daemon has events all the time; an idle test loop has none,
+    # so it gets a tick (the race is plumpy's, on any transport; see the closing note).
+    ticking = asyncio.ensure_future(_tick())
 
     def listen(_c: Any, body: Any, sender: Any, subject: Any, _cid: Any) -> None:
         if subject == "test.stop":
@@ -172,9 +179,15 @@ async def worker(url: str, prefix: str) -> None:
         report("ready")
         report("stopped", by=await stop)
     finally:
+        ticking.cancel()
         thread_comm.close()
         shutil.rmtree(tmp)
     report("closed", is_closed=thread_comm.is_closed())
+
+
+async def _tick() -> None:
+    while True:
+        await asyncio.sleep(0.02)
 
 
 def result(future: Any) -> Any:
