@@ -50,14 +50,17 @@ nitpicky = True
 # Offline build: names from outside kiwipy cannot be linked; everything of kiwipy's must be.
 nitpick_ignore_regex = [
     (r"py:.*", r"(typing|typing_extensions|collections\.abc|concurrent\.futures|asyncio|abc)\..*"),
-    (r"py:.*", r"(contextlib|re|argparse|types|logging|threading|json|yaml)\..*"),
+    (r"py:.*", r"(contextlib|re|argparse|types|logging|threading|json|yaml|pathlib|sqlite3)\..*"),
     (r"py:.*", r"(aio_pika|aiormq|pamqp|yarl|msgpack)(\..*)?"),
     (r"py:class", r"(Any|Callable|Optional|Union|Awaitable|Coroutine|Iterator|AsyncIterator)"),
     (r"py:class", r"(Future|T|TypeVar|Pattern|Exception|BaseException|TimeoutError|ValueError)"),
     (r"py:class", r"(TypeError|RuntimeError|KeyError|NoneType|ellipsis|bytes|str|int|float)"),
     (r"py:class", r"(bool|dict|list|tuple|set|type|object|memoryview|bytearray)"),
     (r"py:class", r"(AbstractAsyncContextManager|AbstractContextManager|Unpack|Self)"),
-    (r"py:class", r"(EncodeFn|DecodeFn|_Matcher|_Bridge|kiwipy(\.memory|\.cli)?\._.*)"),
+    (
+        r"py:class",
+        r"(EncodeFn|DecodeFn|_Matcher|_Bridge|kiwipy(\.memory|\.cli|\.sqlite|\.core)?\._.*)",
+    ),
     (r"py:class", r"_[a-z_]+\..*"),  # a private module's class named in a signature
     (r"py:(exc|class)", r"(InvalidStateError|CancelledError)"),
     (r"py:class", r"_asyncio\..*"),
