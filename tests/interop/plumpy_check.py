@@ -186,7 +186,7 @@ async def worker(url: str, prefix: str) -> None:
 
 
 async def _tick() -> None:
-    while True:
+    while True:  # noqa: ASYNC110 - a tick, not a wait for an event
         await asyncio.sleep(0.02)
 
 
