@@ -18,24 +18,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Optional, Protocol
 
 import shortuuid
 
 from .. import _deadlines, _tracing, exceptions
-from .._outcome import EXCEPTION, REJECTED, Outcome, invoke, outcome_of
-from .._raised import set_exception
+from .._incoming import IncomingTask
+from .._outcome import EXCEPTION, REJECTED, Outcome, invoke
 from .._replies import exception_response
 from .._task_state import (
     TASK_FINISHED,
     TASK_PENDING,
     TASK_PROCESSING,
     TASK_REQUEUED,
-    expect_state,
 )
-from ..communications import AsyncIncomingTask, AsyncTaskQueue, TaskSubscriber
+from ..communications import AsyncTaskQueue, TaskSubscriber
 from ._broker import Broker, Connection, Consumer, Delivery, Message, Payload
 
 __all__ = (
@@ -155,7 +153,7 @@ class BrokerTaskQueue(AsyncTaskQueue):
             yield task
         finally:
             if task.state == TASK_PENDING:
-                task._give_back()
+                task.give_back_now()
 
     async def __aiter__(self) -> AsyncGenerator[BrokerIncomingTask, None]:
         """Yield the tasks waiting in the queue until it is empty; those still pending when
@@ -174,7 +172,7 @@ class BrokerTaskQueue(AsyncTaskQueue):
         finally:
             for task in held:
                 if task.state == TASK_PENDING:
-                    task._give_back()
+                    task.give_back_now()
 
     async def _take(self, no_ack: bool, timeout: float) -> Optional[BrokerIncomingTask]:
         loop, broker, connection = self._comm.loop, self._comm.broker, self._comm._open()
@@ -257,97 +255,36 @@ class BrokerTaskQueue(AsyncTaskQueue):
         comm.broker.requeue(delivery, reject=True)
 
 
-class BrokerIncomingTask(AsyncIncomingTask):
-    """A task taken in pull mode. ``state`` goes ``'pending'`` → ``'processing'`` →
-    ``'finished'``, or to ``'requeued'`` when given back.
-
-    Cancelling the outcome future of :meth:`process` cancels the task's outcome: the sender's
-    future is cancelled and the task is finished (:meth:`requeue` gives a task back).
-    """
+class BrokerIncomingTask(IncomingTask):
+    """A task taken in pull mode from a broker (the life cycle: :mod:`kiwipy._incoming`)."""
 
     def __init__(
         self, communicator: TaskHost, delivery: Delivery, body: Any, no_reply: bool
     ) -> None:
+        super().__init__(communicator.loop, body, no_reply)
         self._comm = communicator
         self._delivery = delivery
-        self._body = body
-        self._no_reply = no_reply
-        self._state = TASK_PENDING
-        # Only a weak reference: dropping the outcome unresolved must requeue the task.
-        self._outcome_ref: Optional[weakref.ref[asyncio.Future[Any]]] = None
 
-    @property
-    def body(self) -> Any:
-        return self._body
-
-    @property
-    def no_reply(self) -> bool:
-        return self._no_reply
-
-    @property
-    def state(self) -> str:
-        return self._state
-
-    def process(self) -> asyncio.Future[Any]:
-        """:returns: the outcome future; resolving it replies to the requester and acks.
-
-        :raises InvalidStateError: unless the task is pending.
-        :raises CommunicatorClosed: if the communicator was closed.
-        """
+    def _check_open(self) -> None:
         self._comm._open()
-        expect_state(self._state, "process", TASK_PENDING)
-        self._state = TASK_PROCESSING
-        outcome: asyncio.Future[Any] = self._comm.loop.create_future()
-        outcome.add_done_callback(self._on_outcome)
-        self._outcome_ref = weakref.ref(outcome, self._on_outcome_lost)
-        self._comm._held.add(self)  # keeps the weak reference (and its callback) alive
-        return outcome
 
-    async def requeue(self) -> None:
-        """Give the task back to its queue.
+    def _hold(self, held: bool) -> None:
+        if held:
+            self._comm._held.add(self)
+        else:
+            self._comm._held.discard(self)
 
-        :raises InvalidStateError: unless the task is pending or processing.
-        """
-        expect_state(self._state, "requeue", TASK_PENDING, TASK_PROCESSING)
-        self._give_back()
+    async def _finish(self, outcome: Outcome) -> None:
+        self._comm._conclude_task(self._delivery, self._no_reply, outcome)
 
-    @contextlib.asynccontextmanager
-    async def processing(self) -> AsyncIterator[asyncio.Future[Any]]:
-        """Async context manager yielding the outcome future. An exception in the block is
-        the task's outcome (sent to the requester) and is re-raised; an outcome still
-        unresolved at exit requeues the task."""
-        outcome = self.process()
-        try:
-            yield outcome
-        except Exception as exc:
-            if not outcome.done():
-                set_exception(outcome, exc)
-            raise
-        finally:
-            if not outcome.done():
-                self._give_back()
-
-    def _give_back(self) -> None:
-        if self._state not in (TASK_PENDING, TASK_PROCESSING):
-            return
-        self._state = TASK_REQUEUED
-        self._comm._held.discard(self)
+    async def _give_back(self) -> None:
         self._comm.broker.requeue(self._delivery)
 
-    def _on_outcome(self, outcome: asyncio.Future[Any]) -> None:
-        if self._state != TASK_PROCESSING:
-            return
-        self._state = TASK_FINISHED
-        self._comm._held.discard(self)
-        self._comm._conclude_task(self._delivery, self._no_reply, outcome_of(outcome))
-
-    def _on_outcome_lost(self, _ref: Any) -> None:
-        # Called by the garbage collector, on whatever thread it runs.
-        try:
-            self._comm.loop.call_soon_threadsafe(self._requeue_if_processing)
-        except RuntimeError:  # loop closed: closing the connection gave the task back already
-            pass
-
-    def _requeue_if_processing(self) -> None:
-        if self._state == TASK_PROCESSING:
-            self._give_back()
+    def give_back_now(self) -> None:
+        """Give the task back at once, unless it is finished (the queue's iteration or
+        ``next_task`` ended with it still pending)."""
+        if self._state in (TASK_PENDING, TASK_PROCESSING):
+            self._state = TASK_REQUEUED
+            self._outcome_ref = None
+            self._hold(False)
+            self._comm.broker.requeue(self._delivery)
