@@ -17,12 +17,22 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional
 
-from . import cases_consume, cases_fanout, cases_memory, cases_rpc, cases_send, cases_zmq
+from . import (
+    _sqlite,
+    cases_consume,
+    cases_fanout,
+    cases_idle,
+    cases_memory,
+    cases_rpc,
+    cases_send,
+    cases_zmq,
+)
 from ._support import Context, Names, NotAvailable, aio_connect, kiwipy_version
 
 Runner = Callable[[Context], Dict[str, Any]]
 RUNNERS: Dict[str, Dict[str, Runner]] = {}
-for _module in (cases_send, cases_consume, cases_memory, cases_rpc, cases_fanout, cases_zmq):
+_MODULES = (cases_send, cases_consume, cases_memory, cases_rpc, cases_fanout, cases_zmq, cases_idle)
+for _module in _MODULES:
     for _case, _runners in _module.RUNNERS.items():  # a case's variants may come from several
         RUNNERS.setdefault(_case, {}).update(_runners)
 DISTRIBUTIONS = (
@@ -51,8 +61,14 @@ def measure(ctx: Context, impl: str) -> Dict[str, Any]:
     }
     start = time.perf_counter()
     try:
-        runner = RUNNERS[ctx.case][ctx.variant]
-        result.update(runner(ctx))
+        if ctx.variant in _sqlite.VARIANTS:
+            # The kiwipy case code of the base variant, on a fresh SQLite file (peers too).
+            ctx.variant, synchronous = _sqlite.VARIANTS[ctx.variant]
+            with _sqlite.SqliteFile(ctx.names.prefix, synchronous) as db:
+                result.update(RUNNERS[ctx.case][ctx.variant](ctx))
+                result.setdefault("details", {}).update(db.details())
+        else:
+            result.update(RUNNERS[ctx.case][ctx.variant](ctx))
         result["status"] = "ok"
     except NotAvailable as exc:
         result.update(status="n/a", reason=str(exc))

@@ -142,14 +142,40 @@ def kiwi_options(names: Names, codec_name: str = "msgpack", **extra: Any) -> Dic
     }
 
 
+# The sqlite:// transport: a measurement of ``kiwipy-sqlite-*`` sets this variable to its
+# fresh file's URL (``_sqlite.SqliteFile``); its peers inherit it, so the same case code and
+# the same peers connect to that file instead of RabbitMQ.
+SQLITE_URL_ENV = "KIWIPY_BENCH_SQLITE_URL"
+
+
+def sqlite_url() -> Optional[str]:
+    """The SQLite file this process's communicators use, or None (RabbitMQ)."""
+    return os.environ.get(SQLITE_URL_ENV) or None
+
+
+def sqlite_options(names: Names, codec_name: str = "msgpack", **extra: Any) -> Dict[str, Any]:
+    return {"task_queue": names.task_queue, **codec(codec_name), **extra}
+
+
 def connect_thread(names: Names, codec_name: str = "msgpack", **extra: Any) -> Any:
-    """A thread communicator, created the way aiida-core and plumpy create theirs."""
+    """A thread communicator, created the way aiida-core and plumpy create theirs (on the
+    SQLite file of ``sqlite_url()`` when there is one)."""
+    url = sqlite_url()
+    if url is not None:
+        from kiwipy import sqlite
+
+        return sqlite.connect(url, **sqlite_options(names, codec_name, **extra))
     from kiwipy import rmq
 
     return rmq.RmqThreadCommunicator.connect(**kiwi_options(names, codec_name, **extra))
 
 
 async def connect_async(names: Names, codec_name: str = "msgpack", **extra: Any) -> Any:
+    url = sqlite_url()
+    if url is not None:
+        from kiwipy import sqlite
+
+        return await sqlite.async_connect(url, **sqlite_options(names, codec_name, **extra))
     from kiwipy import rmq
 
     return await rmq.async_connect(**kiwi_options(names, codec_name, **extra))

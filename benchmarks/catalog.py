@@ -19,6 +19,9 @@ class Impl:
     variant: str  # thread/async for kiwipy; the client style for the references
     kind: str  # "ours", "kiwipy09" or "reference"
     label: str
+    # What ours is compared with first: kiwipy 0.9 in the same variant by default; for the
+    # sqlite:// transport, this library on RabbitMQ in the same variant.
+    twin: Optional[str] = None
 
 
 IMPLS: Dict[str, Impl] = {
@@ -40,10 +43,37 @@ IMPLS: Dict[str, Impl] = {
         ),
         # AiiDA's own ZeroMQ broker service and communicator (aiida-core 2.9, its own venv).
         Impl("aiida-zmq", "aiida-zmq", "aiida-zmq", "reference", "AiiDA ZeroMQ broker (2.9)"),
+        # This library's sqlite:// transport: the kiwipy case code on a fresh SQLite file per
+        # measurement (_sqlite.py), peers on the same file. No RabbitMQ involved.
+        Impl(
+            "kiwipy-sqlite-thread",
+            "ours",
+            "sqlite-thread",
+            "ours",
+            "kiwipy sqlite://, thread, synchronous=full",
+            "kiwipy-thread",
+        ),
+        Impl(
+            "kiwipy-sqlite-normal",
+            "ours",
+            "sqlite-normal",
+            "ours",
+            "kiwipy sqlite://, thread, synchronous=normal",
+            "kiwipy-thread",
+        ),
+        Impl(
+            "kiwipy-sqlite-async",
+            "ours",
+            "sqlite-async",
+            "ours",
+            "kiwipy sqlite://, asyncio, synchronous=full",
+            "kiwipy-async",
+        ),
     )
 }
 
 KIWI = ("kiwipy-thread", "kiwipy-async", "kiwipy09-thread", "kiwipy09-async")
+SQLITE = ("kiwipy-sqlite-thread", "kiwipy-sqlite-normal", "kiwipy-sqlite-async")
 
 
 @dataclass(frozen=True)
@@ -74,7 +104,7 @@ def _m(name: str, title: str, unit: str, higher: bool = True) -> Tuple[Metric, .
 CASES: Tuple[Case, ...] = (
     Case(
         "task_send",
-        (*KIWI, "pika-confirm", "aio-pika", "pika", "aiida-zmq"),
+        (*KIWI, "pika-confirm", "aio-pika", "pika", "aiida-zmq", *SQLITE),
         _m("task_send", "task send, each call confirmed", "msg/s"),
         2000,
         100,
@@ -91,7 +121,7 @@ CASES: Tuple[Case, ...] = (
     ),
     Case(
         "task_send_pipelined",
-        ("kiwipy-thread", "kiwipy-async", "aio-pika-pipelined"),
+        ("kiwipy-thread", "kiwipy-async", "aio-pika-pipelined", *SQLITE),
         _m("task_send_pipelined", "task send, pipelined confirms", "msg/s"),
         10000,
         300,
@@ -119,7 +149,7 @@ CASES: Tuple[Case, ...] = (
     ),
     Case(
         "task_roundtrip",
-        (*KIWI, "aiida-zmq"),
+        (*KIWI, "aiida-zmq", *SQLITE),
         _m("task_roundtrip", "task round trip with replies, worker process", "tasks/s"),
         2000,
         100,
@@ -127,7 +157,7 @@ CASES: Tuple[Case, ...] = (
     ),
     Case(
         "task_roundtrip_many",
-        KIWI,
+        (*KIWI, *SQLITE),
         _m(
             "task_roundtrip_many",
             "task round trip, batch sends (task_send_many; 0.9: task_send)",
@@ -139,7 +169,7 @@ CASES: Tuple[Case, ...] = (
     ),
     Case(
         "rpc_latency",
-        (*KIWI, "aio-pika", "aiida-zmq"),
+        (*KIWI, "aio-pika", "aiida-zmq", *SQLITE),
         (
             Metric("rpc_p50", "RPC round trip p50", "ms", False),
             Metric("rpc_p99", "RPC round trip p99", "ms", False),
@@ -150,7 +180,7 @@ CASES: Tuple[Case, ...] = (
     ),
     Case(
         "rpc_throughput",
-        (*KIWI, "aio-pika", "aiida-zmq"),
+        (*KIWI, "aio-pika", "aiida-zmq", *SQLITE),
         _m("rpc_throughput", "RPC throughput, 1,000 calls in flight", "calls/s"),
         1000,
         100,
@@ -159,7 +189,7 @@ CASES: Tuple[Case, ...] = (
     ),
     Case(
         "rpc_throughput_many",
-        (*KIWI, "aio-pika"),
+        (*KIWI, "aio-pika", *SQLITE),
         _m(
             "rpc_throughput_many",
             "RPC throughput, batch sends (rpc_send_many; 0.9: rpc_send)",
@@ -172,7 +202,7 @@ CASES: Tuple[Case, ...] = (
     ),
     Case(
         "broadcast_fanout",
-        (*KIWI, "aiida-zmq"),
+        (*KIWI, "aiida-zmq", *SQLITE),
         (
             Metric("broadcast_fanout", "broadcast fan-out to 5 subscriber processes", "deliv/s"),
             Metric("broadcast_lost", "broadcast deliveries lost", "count", False),
@@ -184,7 +214,7 @@ CASES: Tuple[Case, ...] = (
     ),
     Case(
         "broadcast_fanout_many",
-        KIWI,
+        (*KIWI, *SQLITE),
         (
             Metric(
                 "broadcast_fanout_many",
@@ -197,6 +227,20 @@ CASES: Tuple[Case, ...] = (
         50,
         240,
         {"subscribers": 5},
+    ),
+    Case(
+        "worker_idle_cpu",
+        ("kiwipy-thread", "kiwipy-async", "aiida-zmq", *SQLITE),
+        (
+            Metric("worker_idle_cpu", "idle worker process CPU", "% core", False),
+            Metric(
+                "client_idle_cpu", "idle client process CPU (beside that worker)", "% core", False
+            ),
+        ),
+        5,  # seconds of idleness (params); N is not used
+        1,
+        120,
+        {"seconds": 5.0},
     ),
     Case(
         "worker_memory",
@@ -265,7 +309,7 @@ class Target:
     text: str
 
 
-# The targets of issue 6, as ratios in the same run. Columns: metric, implementation,
+# The targets of issue 6 (then the sqlite:// transport's), as ratios in the same run. Columns: metric, implementation,
 # comparison, threshold, versus (None = the median itself), text.
 # fmt: off
 _TARGET_ROWS: Tuple[Tuple[str, str, str, float, Optional[str], str], ...] = (
@@ -303,6 +347,34 @@ _TARGET_ROWS: Tuple[Tuple[str, str, str, float, Optional[str], str], ...] = (
     # sent live (kiwipy 0.9: flat) and when they wait in the queue (kiwipy 0.9: ~84 MiB).
     ("worker_rss_growth_live", "kiwipy-thread", "<=", 2.0, None, "worker RSS growth < 2 MiB"),
     ("worker_rss_growth", "kiwipy-thread", "<=", 2.0, None, "... with a backlog: < 2 MiB"),
+    # The sqlite:// transport's targets (same cases, same run). Its default
+    # (synchronous=full, every task committed to the disk) against this library on RabbitMQ
+    # (persistent messages, confirms); against AiiDA's ZeroMQ broker, whose task storage
+    # does not fsync, the task cases use synchronous=normal (like for like).
+    ("task_send", "kiwipy-sqlite-thread", ">=", 2.0, "kiwipy-thread",
+     "sqlite task_send >= 2x RabbitMQ"),
+    ("task_send_pipelined", "kiwipy-sqlite-thread", ">=", 20000.0, None,
+     "sqlite task_send_many >= 20,000/s"),
+    ("rpc_p50", "kiwipy-sqlite-thread", "<=", 0.5, "kiwipy-thread",
+     "sqlite RPC p50 <= 0.5x RabbitMQ"),
+    ("task_roundtrip", "kiwipy-sqlite-thread", ">=", 1.0, "kiwipy-thread",
+     "sqlite round trip >= 1x RabbitMQ"),
+    ("broadcast_fanout", "kiwipy-sqlite-thread", ">=", 1.0, "kiwipy-thread",
+     "sqlite fan-out >= 1x RabbitMQ"),
+    ("broadcast_lost", "kiwipy-sqlite-thread", "<=", 0.0, None, "sqlite: no broadcast lost"),
+    # "No measurable CPU": under 0.5 % of a core over 5 s idle (CPU time comes in 10 ms
+    # ticks: 0.2 % is one tick in 5 s).
+    ("worker_idle_cpu", "kiwipy-sqlite-thread", "<=", 0.5, None, "sqlite idle worker < 0.5% CPU"),
+    ("task_send", "kiwipy-sqlite-normal", ">=", 1.0, "aiida-zmq",
+     "sqlite (normal) task_send >= 1x aiida-zmq"),
+    ("task_roundtrip", "kiwipy-sqlite-normal", ">=", 1.0, "aiida-zmq",
+     "sqlite (normal) round trip >= 1x aiida-zmq"),
+    ("rpc_p50", "kiwipy-sqlite-thread", "<=", 1.0, "aiida-zmq",
+     "sqlite RPC p50 <= 1x aiida-zmq"),
+    ("rpc_throughput", "kiwipy-sqlite-thread", ">=", 1.0, "aiida-zmq",
+     "sqlite RPC throughput >= 1x aiida-zmq"),
+    ("broadcast_fanout", "kiwipy-sqlite-thread", ">=", 1.0, "aiida-zmq",
+     "sqlite fan-out >= 1x aiida-zmq"),
 )
 # fmt: on
 TARGETS: Tuple[Target, ...] = tuple(Target(*row) for row in _TARGET_ROWS)

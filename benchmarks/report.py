@@ -94,7 +94,8 @@ def add_ratios(rows: List[Row]) -> None:
             continue
         others = [r for r in rows if r["metric"] == row["metric"] and r["kind"] == "reference"]
         if row["kind"] == "ours":
-            twin = index.get((row["metric"], row["impl"].replace("kiwipy-", "kiwipy09-")))
+            name = IMPLS[row["impl"]].twin or row["impl"].replace("kiwipy-", "kiwipy09-")
+            twin = index.get((row["metric"], name))
             others = ([twin] if twin else []) + others
         ratios = {}
         for other in others:
@@ -142,7 +143,7 @@ def _ratio_text(row: Row) -> str:
 def console_table(rows: List[Row], targets: List[Dict[str, Any]]) -> str:
     lines = []
     metric = None
-    head = f"  {'implementation':<19} {'median':>10} {'min-max':>21}  ratios (median / other's)"
+    head = f"  {'implementation':<21} {'median':>10} {'min-max':>21}  ratios (median / other's)"
     for row in rows:
         if row["metric"] != metric:
             metric = row["metric"]
@@ -152,11 +153,11 @@ def console_table(rows: List[Row], targets: List[Dict[str, Any]]) -> str:
         if row["status"] == "ok":
             span = f"{fmt(row['min'])} - {fmt(row['max'])}"
             lines.append(
-                f"  {row['impl']:<19} {fmt(row['median']):>10} {span:>21}  {_ratio_text(row)}"
+                f"  {row['impl']:<21} {fmt(row['median']):>10} {span:>21}  {_ratio_text(row)}"
             )
         else:
-            lines.append(f"  {row['impl']:<19} {row['status'].upper():>10}  {row['note'][:110]}")
-    lines += ["", "Targets (issue 6):"]
+            lines.append(f"  {row['impl']:<21} {row['status'].upper():>10}  {row['note'][:110]}")
+    lines += ["", "Targets (issue 6; sqlite://):"]
     for t in targets:
         versus = f" / {t['versus']}" if t["versus"] else ""
         value = fmt(t["value"]) if t["value"] is not None else "-"

@@ -8,6 +8,7 @@ it exits, even when it crashed or was killed for running too long.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+from ._sqlite import VARIANTS as SQLITE_VARIANTS
+from ._sqlite import leftover_dirs
 from ._support import ROOT, URL, Names
 from .catalog import IMPLS, Case, Impl
 from .report import fmt
@@ -77,11 +80,34 @@ def child_env(impl: Optional[Impl] = None) -> Dict[str, str]:
     return env
 
 
+async def _delete_aio(queues: List[str], exchanges: List[str]) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(URL)
+    try:
+        channel = await connection.channel()
+        for queue in queues:
+            await channel.queue_delete(queue)
+        for exchange in exchanges:
+            await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()
+
+
 def delete(queues: List[str], exchanges: List[str]) -> Optional[str]:
-    """Delete queues and exchanges by name (deleting a missing one is not an error)."""
+    """Delete queues and exchanges by name (deleting a missing one is not an error), with
+    pika, or aio-pika where pika is not installed (a .venv without the bench extra)."""
+    if not queues and not exchanges:
+        return None
     try:
         import pika
-
+    except ImportError:
+        try:
+            asyncio.run(_delete_aio(queues, exchanges))
+        except Exception as exc:
+            return f"deleting {queues + exchanges}: {exc!r}"
+        return None
+    try:
         connection = pika.BlockingConnection(pika.URLParameters(URL))
         try:
             channel = connection.channel()
@@ -165,7 +191,13 @@ def run_step(
     try:
         result = run_child(case, impl, python, prefix, quick)
     finally:
-        problem = cleanup(Names(prefix))
+        if impl.variant in SQLITE_VARIANTS:  # no broker names; a killed child's directory
+            problem = None
+            left = leftover_dirs(prefix)
+        else:
+            problem, left = cleanup(Names(prefix)), []
+    if left:
+        result["removed_dirs"] = left
     result.update(base)
     result["elapsed_s"] = time.monotonic() - start
     result["load1_before"] = load  # the machine is shared: a high value explains an outlier
@@ -184,7 +216,7 @@ def _progress(i: int, total: int, result: Dict[str, Any], case: Case) -> str:
         shown = "n/a: " + str(result.get("reason", ""))
     else:
         shown = "ERROR: " + str(result.get("error", ""))[:90]
-    head = f"[{i:>3}/{total}] {case.name:<20} {result['impl']:<19} rep {result['rep'] + 1}"
+    head = f"[{i:>3}/{total}] {case.name:<20} {result['impl']:<21} rep {result['rep'] + 1}"
     return f"{head}  {shown}  ({result.get('elapsed_s', 0.0):.1f} s)"
 
 
