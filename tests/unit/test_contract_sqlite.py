@@ -30,7 +30,7 @@ def _sqlite_transport(
     async def dead_letters(queue: str) -> list[Any]:
         store = Store(str(path))
         try:
-            return [letter.body for letter in store.dead_letters(queue)]
+            return [letter.body for letter in store.queues.dead_letters(queue)]
         finally:
             store.close()
 
@@ -99,7 +99,7 @@ class TestAsyncSqliteApart(_SqliteContract):
         async def dead_letters(queue: str) -> list[Any]:
             store = Store(str(path))
             try:
-                return [letter.body for letter in store.dead_letters(queue)]
+                return [letter.body for letter in store.queues.dead_letters(queue)]
             finally:
                 store.close()
 

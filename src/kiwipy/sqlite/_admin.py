@@ -116,10 +116,10 @@ class SqliteAdmin:
     def processes(self) -> list[ProcessInfo]:
         """:returns: every process registered on the file, oldest first."""
         consumers: dict[int, dict[str, int]] = {}
-        for process, queue, count in self._store.consumers():
+        for process, queue, count in self._store.processes.consumers():
             consumers.setdefault(process, {})[queue] = count
         rpc: dict[int, list[str]] = {}
-        for key, process in self._store.rpc_bindings():
+        for key, process in self._store.rpc.bindings():
             rpc.setdefault(process, []).append(key)
         return [
             ProcessInfo(
@@ -132,28 +132,28 @@ class SqliteAdmin:
                 consumers.get(id_, {}),
                 rpc.get(id_, []),
             )
-            for id_, pid, host, _, lock, started in sorted(self._store.processes())
+            for id_, pid, host, _, lock, started in sorted(self._store.processes.rows())
         ]
 
     def queues(self, names: Optional[Sequence[str]] = None) -> list[QueueInfo]:
         """:returns: the task queues with tasks, consumers or dead letters (or those
         *names*, each even if empty), by name."""
         if names is None:
-            stats = self._store.queue_stats()
+            stats = self._store.queues.queue_stats()
         else:
             stats = {}
             for name in names:
-                stats.update(self._store.queue_stats(name))
+                stats.update(self._store.queues.queue_stats(name))
         return [QueueInfo(name, *values) for name, values in stats.items()]
 
     def dead_letters(self, queue: Optional[str] = None) -> list[DeadLetter]:
         """:returns: the dead letters of *queue* (``None``: of every queue), oldest first."""
-        return self._store.dead_letters(queue)
+        return self._store.queues.dead_letters(queue)
 
     def ready_tasks(self, queue: str, limit: int, after: int = 0) -> list[Row]:
         """:returns: up to *limit* tasks waiting in *queue* with an id above *after*,
         oldest first (read, not taken: a worker may take one meanwhile)."""
-        return self._store.take_ready(queue, limit, after)
+        return self._store.queues.take_ready(queue, limit, after)
 
     def integrity_check(self) -> str:
         """:returns: SQLite's ``PRAGMA integrity_check``: ``'ok'`` or what is wrong."""
@@ -164,24 +164,24 @@ class SqliteAdmin:
     def requeue_dead(self, ids: Sequence[int]) -> int:
         """Put the dead letters *ids* back at the end of their queues (with no sender
         waiting for their results) and wake the live processes. :returns: how many."""
-        moved = self._store.requeue_dead(ids)
+        moved = self._store.queues.requeue_dead(ids)
         if moved:
             self._ring(_doorbell.TASK)
         return moved
 
     def delete_dead(self, ids: Sequence[int]) -> int:
         """Delete the dead letters *ids*. :returns: how many."""
-        return self._store.delete_dead(ids)
+        return self._store.queues.delete_dead(ids)
 
     def park(self, ids: Sequence[int], reason: str = PARKED) -> int:
         """Move the waiting tasks *ids* to the dead letters (those a worker took meanwhile
         stay with it). :returns: how many."""
-        return self._store.park_tasks(ids, reason)
+        return self._store.queues.park_tasks(ids, reason)
 
     def delete_ready(self, ids: Sequence[int]) -> int:
         """Delete the waiting tasks *ids* (those a worker took meanwhile stay with it).
         :returns: how many."""
-        return self._store.delete_tasks(ids)
+        return self._store.queues.delete_tasks(ids)
 
     @staticmethod
     def decode_task(row: Union[Row, DeadLetter]) -> tuple[Any, bool]:
@@ -208,7 +208,7 @@ class SqliteAdmin:
 
     def _ring(self, kind: bytes) -> None:
         """Ring every live process's doorbell (a hint: a lost ring costs a safety poll)."""
-        rows = self._store.processes()
+        rows = self._store.processes.rows()
         if not rows:
             return
         try:
