@@ -253,8 +253,17 @@ class SqliteBroker:
         self._rpc.prune()
 
     def receive(self, messages: list[tuple[bytes, dict[str, Any], bytes]]) -> None:
-        """Post the RPC requests and replies that came by datagram."""
-        self._rpc.receive(messages)
+        """Post the RPC requests, replies and broadcasts that came by datagram."""
+        rpc = [message for message in messages if message[0] != _doorbell.ANNOUNCE]
+        if rpc:
+            self._rpc.receive(rpc)
+        posts = [
+            post
+            for kind, header, body in messages
+            if kind == _doorbell.ANNOUNCE
+            for post in self._broadcasts.receive(header, body)
+        ]
+        self._connections.flush(posts)
 
     def pump(self, kinds: set[bytes]) -> None:
         """Do the work the doorbell rang for."""

@@ -74,7 +74,7 @@ CREATE INDEX IF NOT EXISTS replies_process ON replies (process);
 CREATE TABLE IF NOT EXISTS broadcasts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     origin INTEGER NOT NULL, body BLOB NOT NULL, encoder TEXT NOT NULL, headers TEXT,
-    sent REAL NOT NULL);
+    sent REAL NOT NULL, target INTEGER);
 """
 
 
@@ -128,7 +128,7 @@ class Database:
         try:
             conn = sqlite3.connect(
                 self.path,
-                timeout=self._busy_timeout,
+                timeout=0,  # waits for the lock are ours: see _retrying
                 isolation_level=None,
                 check_same_thread=False,
             )
@@ -163,16 +163,35 @@ class Database:
     def error(self, exc: sqlite3.Error, doing: str) -> exceptions.StorageError:
         return exceptions.StorageError(self.path, doing, exc)
 
+    def _retrying(self, conn: sqlite3.Connection, sql: str, doing: str) -> None:
+        """Execute *sql*, waiting while the file is busy (another writer holds its lock) for
+        up to ``busy_timeout``: first 50 microseconds, doubling up to 2 ms between tries.
+        SQLite's own busy handler sleeps 1, 2, 5, 10... ms, several times the tens of
+        microseconds a write here holds the lock."""
+        delay, deadline = 0.00005, 0.0
+        while True:
+            try:
+                conn.execute(sql)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise self.error(exc, doing) from exc
+                now = time.monotonic()
+                deadline = deadline or now + self._busy_timeout
+                if now >= deadline:
+                    raise self.error(exc, doing) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.002)
+            except sqlite3.Error as exc:
+                raise self.error(exc, doing) from exc
+
     @contextlib.contextmanager
     def write(self, doing: str, durable: bool = False) -> Iterator[sqlite3.Connection]:
         conn = self._durable() if durable else self._fast()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise self.error(exc, doing) from exc
+        self._retrying(conn, "BEGIN IMMEDIATE", doing)
         try:
             yield conn
-            conn.execute("COMMIT")
+            self._retrying(conn, "COMMIT", doing)
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
@@ -181,10 +200,19 @@ class Database:
             raise
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        try:
-            return self._fast().execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise self.error(exc, "read") from exc
+        delay, deadline = 0.00005, 0.0
+        while True:
+            try:
+                return self._fast().execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:  # busy only while the WAL is recovered
+                now = time.monotonic()
+                deadline = deadline or now + self._busy_timeout
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or now >= deadline:
+                    raise self.error(exc, "read") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.002)
+            except sqlite3.Error as exc:
+                raise self.error(exc, "read") from exc
 
     def initialise(self) -> None:
         """Put the file in WAL mode and create the tables (idempotent, safe to race)."""

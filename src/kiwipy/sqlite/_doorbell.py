@@ -25,6 +25,7 @@ from typing import Any, Union
 
 __all__ = (
     "ALL",
+    "ANNOUNCE",
     "ANSWER",
     "BROADCAST",
     "KINDS",
@@ -46,6 +47,7 @@ PEERS = b"p"  # a process joined or left
 STOP = b"x"  # the pump of this process is to stop
 REQUEST = b"Q"  # a datagram carrying an RPC request
 ANSWER = b"R"  # a datagram carrying a reply
+ANNOUNCE = b"B"  # a datagram carrying a broadcast
 
 #: The largest datagram :meth:`Doorbell.send` sends (a larger message goes through the file).
 MAX_DATAGRAM = 64 * 1024
@@ -126,7 +128,7 @@ class Doorbell:
             except (BlockingIOError, InterruptedError):
                 return kinds, messages
             kind = data[:1]
-            if kind in (REQUEST, ANSWER) and len(data) > 5:
+            if kind in (REQUEST, ANSWER, ANNOUNCE) and len(data) > 5:
                 (size,) = _HEADER.unpack_from(data, 1)
                 try:
                     header = json.loads(data[5 : 5 + size])

@@ -55,6 +55,7 @@ class Peers:
         self.doorbell: Optional[Doorbell] = None
         #: answers the RPCs of dead processes
         self.handler: Optional[GoneHandler] = None
+        self._turn = 0
 
     def refresh(self) -> None:
         """Read the other processes on the file, and release those found dead."""
@@ -100,12 +101,25 @@ class Peers:
         self.ring_self(_doorbell.TASK)
 
     def ring_peers(self, kind: bytes) -> None:
+        """Ring every peer, starting with a different one each time (the first rung tends
+        to be the first to take a task: the load is shared)."""
+        peers = list(self._peers.values())
+        if not peers:
+            return
+        self._turn = (self._turn + 1) % len(peers)
         gone = False
-        for doorbell, _ in list(self._peers.values()):
+        for doorbell, _ in peers[self._turn :] + peers[: self._turn]:
             if self.doorbell is not None and not self.doorbell.ring(doorbell, kind):
                 gone = True
         if gone:
             self.ring_self(_doorbell.PEERS)
+
+    def current(self) -> list[int]:
+        """:returns: the ids of the peers on the file now (read again from the file, since
+        one may have joined an instant ago: its ring saying so may not be read yet)."""
+        if self._table.ids() != {*self._peers, self.id}:
+            self.refresh()
+        return list(self._peers)
 
     def ring_self(self, kind: bytes) -> None:
         if self.doorbell is not None:

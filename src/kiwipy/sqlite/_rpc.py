@@ -7,8 +7,11 @@ Rules:
    process it goes as a datagram on its doorbell (:mod:`._doorbell`, the *lane*) when it
    fits, else through the ``rpc_requests`` table. Neither is durable: RabbitMQ does not keep
    RPCs either.
-2. A reply goes back the way its request came: a datagram answers a datagram, else the
-   ``replies`` table (storing the final reply deletes the request in the same transaction).
+2. A reply to a request taken from the ``rpc_requests`` table goes back through the
+   ``replies`` table (storing the final one deletes the request in the same transaction).
+   Every other reply (to a task, or to a request that came by datagram) goes as a datagram
+   when it fits and the requester's doorbell takes it, else through the table: either way it
+   is in the requester's hands before the task it answers is acknowledged.
 3. Every RPC in flight whose holder dies is answered ``lost`` (the caller gets
    :class:`~kiwipy.ReplyLost`): those it held in the file by whoever releases it
    (:meth:`Rpc.process_gone`), those sent to it by datagram by their sender, which keeps
@@ -44,7 +47,9 @@ class Rpc:
         # deadline), to answer ``lost`` if the holder dies; and those received by datagram,
         # answered the same way
         self._outstanding: dict[str, tuple[int, Connection, str, Optional[float]]] = {}
-        self._lane_requests: dict[str, Optional[float]] = {}  # correlation id -> deadline
+        # RPC requests taken from the file (too large for a datagram): answered through the
+        # file, deleting the request (correlation id -> deadline)
+        self._db_requests: dict[str, Optional[float]] = {}
 
     # Bindings
 
@@ -91,12 +96,14 @@ class Rpc:
             if self._connections.flush([(connection, callback, (key, message))]):
                 return
         holder = self._table.holder(key)
-        if holder is None or holder == self._peers.id or not self._peers.alive(holder):
+        if holder is None or holder == self._peers.id:
             raise exceptions.UnroutableError(_unroutable.no_rpc_subscriber(key))
         reply_conn = self._connections.id_of(message.reply_to)
         values = message_values(message, self._peers.id, reply_conn)[:-1] + (message.cancels,)
         if self._send_lane(holder, key, values, message.reply_to):
-            return
+            return  # a dead holder's doorbell takes nothing: it is checked below then
+        if not self._peers.alive(holder):
+            raise exceptions.UnroutableError(_unroutable.no_rpc_subscriber(key))
         if not self._table.send_request(holder, key, values):
             raise exceptions.UnroutableError(_unroutable.no_rpc_subscriber(key))
         self._peers.ring(holder, _doorbell.RPC)
@@ -141,14 +148,16 @@ class Rpc:
             payload.encoder.name,
             payload.headers,
         )
-        if correlation_id in self._lane_requests:
+        from_file = correlation_id in self._db_requests
+        if from_file:
             if final:
-                self._lane_requests.pop(correlation_id, None)
+                self._db_requests.pop(correlation_id, None)
+        else:  # a reply to a task or to an RPC that came by datagram: by datagram too
             header = {"n": reply_to.conn, "c": correlation_id, "e": values[4], "h": values[5],
                       "f": final}  # fmt: skip
             if self._peers.send(reply_to.process, _doorbell.ANSWER, header, values[3]):
                 return
-        answered = (self._peers.id, correlation_id) if final else None
+        answered = (self._peers.id, correlation_id) if final and from_file else None
         if self._table.reply(values, answered):
             self._peers.ring(reply_to.process, _doorbell.REPLY)
 
@@ -186,9 +195,9 @@ class Rpc:
             for cid, (_, _, _, deadline) in list(self._outstanding.items()):
                 if deadline is not None and deadline < now:
                     del self._outstanding[cid]
-            for cid, deadline in list(self._lane_requests.items()):
+            for cid, deadline in list(self._db_requests.items()):
                 if deadline is not None and deadline < now:
-                    del self._lane_requests[cid]
+                    del self._db_requests[cid]
 
     # Receiving (on the pump thread)
 
@@ -212,8 +221,6 @@ class Rpc:
                 payload, correlation_id, reply_to, deadline=header["d"], cancels=header["x"]
             )
             local = self._bound.get(key)
-            if header["x"] is None and isinstance(message.reply_to, Address):
-                self._lane_requests[correlation_id] = header["d"]
             if local is not None:
                 posts.append((local[0], local[1], (key, message)))
             elif header["x"] is None and message.reply_to is not None:
@@ -245,6 +252,8 @@ class Rpc:
                 deadline=row.deadline,
                 cancels=row.cancels,
             )
+            if row.cancels is None and isinstance(message.reply_to, Address):
+                self._db_requests[row.correlation_id] = row.deadline
             if local is not None:
                 posts.append((local[0], local[1], (row.queue, message)))
             elif row.cancels is None and message.reply_to is not None:

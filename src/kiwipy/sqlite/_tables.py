@@ -8,6 +8,7 @@ RPCs or broadcasts either).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Optional
 
 from ._database import Database, Row, dumps, load_headers
@@ -36,6 +37,10 @@ class ProcessTable:
     def rows(self) -> list[tuple[int, int, str, str, str, float]]:
         """:returns: ``(id, pid, host, doorbell, lock, started)`` of every process row."""
         return self._db.read("SELECT id, pid, host, doorbell, lock, started FROM processes")
+
+    def ids(self) -> set[int]:
+        """:returns: the id of every process row."""
+        return {row[0] for row in self._db.read("SELECT id FROM processes")}
 
     def consumers(self) -> list[tuple[int, str, int]]:
         """:returns: ``(process, queue, count)`` of every registered task consumer."""
@@ -188,13 +193,23 @@ class BroadcastTable:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def broadcast(self, origin: int, body: bytes, encoder: str, headers: Any) -> None:
+    def broadcast(
+        self,
+        origin: int,
+        body: bytes,
+        encoder: str,
+        headers: Any,
+        targets: Sequence[Optional[int]] = (None,),
+    ) -> None:
+        """Store a broadcast for every process (a target ``None``) or for each of
+        *targets*."""
         with self._db.write("send a broadcast") as conn:
-            cursor = conn.execute(
-                "INSERT INTO broadcasts (origin, body, encoder, headers, sent)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (origin, body, encoder, dumps(headers), time.time()),
-            )
+            for target in targets:
+                cursor = conn.execute(
+                    "INSERT INTO broadcasts (origin, body, encoder, headers, sent, target)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (origin, body, encoder, dumps(headers), time.time(), target),
+                )
             if cursor.lastrowid is not None and cursor.lastrowid % 64 == 0:
                 # seen by every process, or a minute old (a live pump reads in milliseconds)
                 conn.execute(
@@ -203,14 +218,17 @@ class BroadcastTable:
                     (time.time() - 60,),
                 )
 
-    def after(self, seen: int) -> list[tuple[int, int, bytes, str, Optional[dict[str, str]]]]:
-        """:returns: ``(id, origin, body, encoder, headers)`` of the broadcasts after *seen*."""
+    def after(
+        self, seen: int, process: int
+    ) -> list[tuple[int, int, bytes, str, Optional[dict[str, str]]]]:
+        """:returns: ``(id, origin, body, encoder, headers)`` of the broadcasts after *seen*
+        for every process or for *process*."""
         return [
             (id_, origin, body, enc, load_headers(hdr))
             for id_, origin, body, enc, hdr in self._db.read(
                 "SELECT id, origin, body, encoder, headers FROM broadcasts WHERE id > ?"
-                " ORDER BY id",
-                (seen,),
+                " AND (target IS NULL OR target = ?) ORDER BY id",
+                (seen, process),
             )
         ]
 
