@@ -7,8 +7,12 @@ written once: subscribers and their outcomes (:mod:`kiwipy._outcome`), the task 
 push and pull mode (reply before acknowledgement, requeue, ``TaskRejected``), reply
 correlation and waiting, deadlines, cancels and tracing.
 
-Modules: ``_broker`` (the broker protocol and the message objects), ``_communicator``,
-``_tasks`` (task queues, pull-mode tasks) and ``_replies`` (reply shapes).
+Modules: ``_broker`` (the broker protocol and the message objects), ``_communicator`` (the
+communicator, made of the parts below), ``_codec`` (encoding, decoding and tracing of
+bodies), ``_sending`` (what is sent, and the replies waited for), ``_rpc`` (RPC subscribers
+and the calls they handle), ``_receiving`` (broadcast subscribers), ``_jobs`` (the asyncio
+tasks subscribers run in) and ``_tasks`` (task queues, pull-mode tasks); reply shapes are in
+``kiwipy._replies``.
 """
 
 from __future__ import annotations

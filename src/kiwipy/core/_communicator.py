@@ -1,17 +1,22 @@
 """``AsyncBrokerCommunicator``: the asyncio communicator every embedded transport shares.
 
 It is written once against a :class:`~kiwipy.core.Broker` (the in-process and the SQLite
-transports each supply one); the task queues and pull-mode tasks are in
-:mod:`kiwipy.core._tasks`; reply shapes and waiting in :mod:`kiwipy._replies`, shared with
-the RabbitMQ transport.
+transports each supply one), from parts that each do one thing (those that call back into
+it name it by a small protocol of what they use): :mod:`kiwipy.core._codec` (encoding,
+decoding and tracing of bodies), :mod:`kiwipy.core._sending` (tasks, RPCs, broadcasts and
+replies sent; the replies waited for), :mod:`kiwipy.core._rpc` (RPC subscribers and the
+calls they handle), :mod:`kiwipy.core._receiving` (broadcast subscribers),
+:mod:`kiwipy.core._jobs` (the asyncio tasks subscribers run in) and
+:mod:`kiwipy.core._tasks` (task queues and pull-mode tasks).
+Reply shapes and waiting are in :mod:`kiwipy._replies`, shared with the RabbitMQ transport.
 
 Invariants:
 
 * The core's state is only touched on its own loop: the broker posts everything it delivers
   there with ``call_soon_threadsafe``, and subscribers run there as jobs.
-* Every message body goes through :meth:`AsyncBrokerCommunicator._encode` when sent and
-  :meth:`~AsyncBrokerCommunicator._decode` when received, so with an encoder nothing crosses
-  the broker that could not cross RabbitMQ.
+* Every message body goes through :meth:`Codec.encode <kiwipy.core._codec.Codec.encode>`
+  when sent and :meth:`~kiwipy.core._codec.Codec.decode` when received, so with an encoder
+  nothing crosses the broker that could not cross RabbitMQ.
 * Closing lets RPC calls being handled answer (for up to a second), then cancels the running
   jobs; the broker has already put their tasks back in the queues, so a closed communicator
   never replies to or acks a task afterwards.
@@ -20,35 +25,28 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Optional
 
-import shortuuid
-
-from .. import _broadcasts, _cancels, _deadlines, _limits, _replies, _tracing, encoders, exceptions
-from .._outcome import EXCEPTION, DeferredClose, Outcome, encode_reply, invoke
+from .. import _broadcasts, _deadlines, _limits, _tracing, encoders, exceptions
+from .._outcome import DeferredClose
 from ..communications import (
     AsyncCommunicator,
     BroadcastSubscriber,
     RpcSubscriber,
     TaskSubscriber,
 )
-from ._broker import Broker, Connection, Delivery, Message, Payload
+from ._broker import Broker, Connection
+from ._codec import Codec
+from ._jobs import Jobs
+from ._receiving import BroadcastReceiver
+from ._rpc import RpcServer
+from ._sending import Sender
 from ._tasks import BrokerIncomingTask, BrokerTaskQueue
 
 __all__ = ("DEFAULT_TASK_QUEUE", "AsyncBrokerCommunicator")
 
-#: The destination name of broadcasts in traces (RabbitMQ's is the message exchange).
-_BROADCASTS = "broadcast"
-
-_LOGGER = logging.getLogger(__name__)
-
 DEFAULT_TASK_QUEUE = "kiwipy.tasks"
-_CLOSE_TIMEOUT = 5.0  # seconds disconnect() waits for cancelled subscriber calls to unwind
-_DRAIN_GRACE = 1.0  # seconds RPC calls being handled get to answer on close (as on RabbitMQ)
 
 
 class AsyncBrokerCommunicator(AsyncCommunicator):
@@ -67,28 +65,26 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
 
     def __init__(self, broker: Broker, options: Mapping[str, Any]) -> None:
         encoder, decoder = options.get("encoder"), options.get("decoder")
-        self._encoder = (
+        resolved = (
             None if encoder is None and decoder is None else encoders.resolve(encoder, decoder)
         )
         self._broker = broker
         _limits.check_options(options)
         self._default_queue = options.get("task_queue", DEFAULT_TASK_QUEUE)
         self._prefetch_count = options.get("task_prefetch_count", 0)
-        self._max_size = options.get("max_message_size", _limits.DEFAULT_MAX_MESSAGE_SIZE)
+        max_size = options.get("max_message_size", _limits.DEFAULT_MAX_MESSAGE_SIZE)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._connection: Optional[Connection] = None
         self._closed = False
-        self._replies: _replies.Waiters[None] = _replies.Waiters(self._new_future)
+        self._codec = Codec(resolved, max_size, self.system)
+        self._sender = Sender(broker, self._codec, lambda: self.loop.create_future())
         _tracing.count_replies(self, self.system, _waiting_count)
-        self._rpc: dict[str, RpcSubscriber] = {}
-        self._broadcast: dict[Any, BroadcastSubscriber] = {}
+        self._jobs = Jobs(lambda: self.loop)
+        self._rpc = RpcServer(self, broker, self._codec, self._sender, self._jobs)
+        self._broadcasts = BroadcastReceiver(self, self._codec, self._jobs)
         self._queues: dict[str, BrokerTaskQueue] = {}
-        self._jobs: set[asyncio.Task[None]] = set()
-        self._rpc_jobs: set[asyncio.Task[None]] = set()  # RPC calls being handled
-        self._handlers = _cancels.RunningHandlers()  # the same, by correlation id
         self._deferred_close = DeferredClose()
         self._held: set[BrokerIncomingTask] = set()  # pull-mode tasks being processed
-        self._broadcast_tally = _broadcasts.Tally()
 
     @property
     def broker(self) -> Broker:
@@ -98,7 +94,7 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
     @property
     def encoder(self) -> Optional[encoders.Encoder]:
         """The encoder every message goes through, or ``None`` (passed by reference)."""
-        return self._encoder
+        return self._codec.encoder
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -115,7 +111,8 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
             raise exceptions.CommunicatorClosed
         if self._connection is None:
             self._loop = asyncio.get_running_loop()
-            self._connection = self._broker.connect(self._loop, self._on_reply, self._on_broadcast)
+            on_reply, on_broadcast = self._sender.on_reply, self._broadcasts.on_broadcast
+            self._connection = self._broker.connect(self._loop, on_reply, on_broadcast)
 
     def connected(self) -> bool:
         return not self._closed and self._connection is not None and not self._connection.closed
@@ -133,20 +130,14 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         self._closed = True
         if self._connection is not None:
             self._broker.close(self._connection)
-        self._replies.fail_all(exceptions.CommunicatorClosed())
+        self._sender.fail_all(exceptions.CommunicatorClosed())
         if not self._deferred_close.start(self._stop_jobs):
             await self._stop_jobs()
 
     async def _stop_jobs(self) -> None:
         current = asyncio.current_task()
-        answering = [job for job in self._rpc_jobs if job is not current]
-        if answering:
-            await asyncio.wait(answering, timeout=_DRAIN_GRACE)
-        jobs = [job for job in self._jobs if job is not current and not job.done()]
-        for job in jobs:
-            job.cancel()
-        if jobs:
-            await asyncio.wait(jobs, timeout=_CLOSE_TIMEOUT)
+        await self._rpc.drain(current)
+        await self._jobs.cancel(current)
         self._held.clear()
 
     # Subscribers
@@ -158,18 +149,10 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         :raises DuplicateSubscriberIdentifier: if any communicator holds the identifier.
         :raises InvalidName: if the identifier breaks the naming rules (``kiwipy._limits``).
         """
-        connection = self._open()
-        identifier = shortuuid.uuid() if identifier is None else identifier
-        key = _limits.rpc_identifier(identifier)
-        self._broker.bind_rpc(connection, key, self._on_rpc)
-        self._rpc[key] = subscriber
-        return identifier
+        return self._rpc.add(self._open(), subscriber, identifier)
 
     async def remove_rpc_subscriber(self, identifier: Any) -> None:
-        connection = self._open()
-        if self._rpc.pop(str(identifier), None) is None:
-            raise ValueError(f"Unknown subscriber '{identifier}'")
-        self._broker.unbind_rpc(connection, str(identifier))
+        self._rpc.remove(self._open(), identifier)
 
     async def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
         return await self._task_queue(self._default_queue).add_task_subscriber(
@@ -183,16 +166,11 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         self, subscriber: BroadcastSubscriber, identifier: Any = None
     ) -> Any:
         self._open()
-        identifier = shortuuid.uuid() if identifier is None else identifier
-        if identifier in self._broadcast:
-            raise exceptions.DuplicateSubscriberIdentifier(f"Broadcast identifier '{identifier}'")
-        self._broadcast[identifier] = subscriber
-        return identifier
+        return self._broadcasts.add(subscriber, identifier)
 
     async def remove_broadcast_subscriber(self, identifier: Any) -> None:
         self._open()
-        if self._broadcast.pop(identifier, None) is None:
-            raise ValueError(f"Broadcast subscriber '{identifier}' unknown")
+        self._broadcasts.remove(identifier)
 
     async def task_queue(
         self, queue_name: str, prefetch_size: int = 0, prefetch_count: int = 0
@@ -231,11 +209,9 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         """
         call_timeout = _deadlines.check_timeout(call_timeout)
         connection = self._open()
-        payloads = [self._encode((task, no_reply)) for task in tasks]
+        payloads = [self._codec.encode((task, no_reply)) for task in tasks]
         queue = self._default_queue
-        messages = [self._task_message(queue, p, connection, call_timeout) for p in payloads]
-        self._broker.publish_many(queue, messages)
-        return [self._expect_task(queue, m, no_reply, call_timeout) for m in messages]
+        return self._sender.publish_tasks(queue, payloads, no_reply, connection, call_timeout)
 
     async def rpc_send(
         self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
@@ -247,7 +223,7 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         timeout = _deadlines.check_timeout(timeout)
         connection = self._open()
         key = _limits.rpc_identifier(recipient_id)
-        return self._send_rpc(key, self._encode(msg), connection, timeout)
+        return self._sender.send_rpc(key, self._codec.encode(msg), connection, timeout)
 
     async def rpc_send_many(
         self,
@@ -264,25 +240,16 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         call_timeout = _deadlines.check_timeout(call_timeout)
         connection = self._open()
         requests = [
-            (_limits.rpc_identifier(recipient_id), self._encode(msg)) for recipient_id, msg in calls
+            (_limits.rpc_identifier(recipient_id), self._codec.encode(msg))
+            for recipient_id, msg in calls
         ]
-        futures: list[Optional[asyncio.Future[Any]]] = []
-        errors: dict[int, BaseException] = {}
-        for index, (key, payload) in enumerate(requests):
-            try:
-                futures.append(self._send_rpc(key, payload, connection, call_timeout))
-            except exceptions.UnroutableError as exc:
-                futures.append(None)
-                errors[index] = exc
-        if errors:
-            raise exceptions.BatchSendError(futures, errors) from errors[min(errors)]
-        return [future for future in futures if future is not None]  # all of them
+        return self._sender.send_rpcs(requests, connection, call_timeout)
 
     def broadcast_tally(self) -> _broadcasts.Tally:
         """:returns: the count of this communicator's broadcast handlers (one per subscriber
         and broadcast), started as the broadcasts arrive: the thread facade waits on it after
         a blocking ``broadcast_send`` (docs/guarantees.md)."""
-        return self._broadcast_tally
+        return self._broadcasts.tally
 
     async def broadcast_send(
         self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
@@ -291,7 +258,7 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         :raises EncodeError: if the broadcast cannot be encoded."""
         self._open()
         envelope = _broadcasts.envelope(body, sender, subject, correlation_id)
-        self._broker.broadcast(self._traced(self._encode(envelope), "broadcast", _BROADCASTS))
+        self._sender.broadcast(self._codec.encode(envelope))
         return True
 
     async def broadcast_send_many(
@@ -303,11 +270,11 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         them to the broker cannot fail."""
         self._open()
         arguments = [_broadcasts.batch_arguments(item) for item in broadcasts]
-        payloads = [self._encode(_broadcasts.envelope(*each)) for each in arguments]
+        payloads = [self._codec.encode(_broadcasts.envelope(*each)) for each in arguments]
         for payload in payloads:
-            self._broker.broadcast(self._traced(payload, "broadcast", _BROADCASTS))
+            self._sender.broadcast(payload)
 
-    # Helpers shared with the task queues (package-private)
+    # The task queues' host (kiwipy.core._tasks.TaskHost; package-private)
 
     def _open(self) -> Connection:
         if self._closed or (self._connection is not None and self._connection.closed):
@@ -329,263 +296,9 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
     ) -> Optional[asyncio.Future[Any]]:
         timeout = _deadlines.check_timeout(timeout)
         connection = self._open()
-        payload = self._encode((task, no_reply))
-        return self._publish_task(queue, payload, no_reply, connection, timeout)
-
-    def _publish_task(
-        self,
-        queue: str,
-        payload: Payload,
-        no_reply: bool,
-        connection: Connection,
-        timeout: Optional[float] = None,
-    ) -> Optional[asyncio.Future[Any]]:
-        message = self._task_message(queue, payload, connection, timeout)
-        self._broker.publish(queue, message)
-        return self._expect_task(queue, message, no_reply, timeout)
-
-    def _task_message(
-        self, queue: str, payload: Payload, connection: Connection, timeout: Optional[float]
-    ) -> Message:
-        correlation_id = str(uuid.uuid4())
-        payload = self._traced(payload, "task", queue, correlation_id)
-        message = Message(payload, correlation_id, connection)
-        message.deadline = _deadlines.absolute(timeout)
-        return message
-
-    def _expect_task(
-        self, queue: str, message: Message, no_reply: bool, timeout: Optional[float]
-    ) -> Optional[asyncio.Future[Any]]:
-        if no_reply:
-            return None
-        future = self._expect(message.correlation_id, _deadlines.remaining(message.deadline))
-        future.add_done_callback(functools.partial(self._on_task_done, queue, message))
-        return future
-
-    def _on_task_done(self, queue: str, message: Message, future: asyncio.Future[Any]) -> None:
-        """A task whose future its sender cancelled is not started any more: the broker
-        marks it so for the worker that takes it; no reply is awaited for it."""
-        if future.cancelled():
-            self._forget_reply(message.correlation_id)
-            try:
-                self._broker.cancel_task(queue, message)
-            except exceptions.KiwiError as exc:  # the worker will just run it
-                _LOGGER.warning("could not mark task %s cancelled: %s", message.correlation_id, exc)
-
-    def _send_rpc(
-        self, key: str, payload: Payload, connection: Connection, timeout: Optional[float] = None
-    ) -> asyncio.Future[Any]:
-        correlation_id = str(uuid.uuid4())
-        payload = self._traced(payload, "rpc", key, correlation_id)
-        message = Message(payload, correlation_id, connection)
-        message.deadline = _deadlines.absolute(timeout)
-        self._broker.send_rpc(key, message)
-        # Replies are posted to this loop, so none can arrive before the future is registered.
-        future = self._expect(correlation_id, _deadlines.remaining(message.deadline))
-        future.add_done_callback(functools.partial(self._on_rpc_done, key, correlation_id))
-        return future
-
-    def _on_rpc_done(self, key: str, correlation_id: str, future: asyncio.Future[Any]) -> None:
-        """A caller that cancelled its RPC cancels the handler too (:mod:`kiwipy._cancels`)."""
-        if not future.cancelled() or self._replies.pop(correlation_id) is None:
-            return  # answered (the future was popped with its reply), or failed here
-        cancel = Message(Payload(None, None), "", None, cancels=correlation_id)
-        try:
-            self._broker.send_rpc(key, cancel)
-        except exceptions.KiwiError:  # the responder is gone, and its handler with it
-            pass
-
-    def _encode(self, obj: Any) -> Payload:
-        if self._encoder is None:
-            return Payload(obj, None)
-        data = _limits.check_size(self._encoder.encode(obj), self._max_size)
-        return Payload(data, self._encoder)
-
-    def _traced(
-        self, payload: Payload, kind: str, destination: str, correlation_id: Optional[str] = None
-    ) -> Payload:
-        """:returns: *payload* with the trace context headers of its PRODUCER span (itself
-        without OpenTelemetry): the one place a memory send is traced."""
-        if not _tracing.ENABLED:
-            return payload
-        headers = _tracing.produce(self.system, kind, destination, correlation_id, payload.data)
-        return payload._replace(headers=headers)
-
-    def _handling(
-        self,
-        handling: Any,
-        kind: str,
-        destination: str,
-        payload: Payload,
-        correlation_id: Any,
-        redelivered: bool = False,
-    ) -> Any:
-        """:returns: the coroutine *handling* a received message, run in the CONSUMER span
-        that continues the sender's trace (*handling* itself without OpenTelemetry)."""
-        if not _tracing.ENABLED:
-            return handling
-        return _tracing.process(
-            handling,
-            self.system,
-            kind,
-            destination,
-            payload.headers,
-            correlation_id,
-            payload.data,
-            redelivered=redelivered,
-        )
-
-    def _handling_task(self, handling: Any, queue: str, message: Message) -> Any:
-        """:meth:`_handling` for a task *message* of *queue*."""
-        if not _tracing.ENABLED:
-            return handling
-        payload, correlation_id = message.payload, message.correlation_id
-        return self._handling(handling, "task", queue, payload, correlation_id, message.redelivered)
-
-    def _decode(self, payload: Payload) -> Any:
-        if payload.encoder is None:
-            return payload.data
-        return (self._encoder or payload.encoder).decode(payload.data)
-
-    def _decode_task(self, payload: Payload) -> tuple[Any, bool]:
-        body = self._decode(payload)
-        if not isinstance(body, (tuple, list)) or len(body) != 2:
-            encoder = self._encoder or payload.encoder
-            name = encoder.name if encoder is not None else "memory"
-            raise exceptions.DecodeError("a task message is a (task, no_reply) pair", encoder=name)
-        return body[0], bool(body[1])
-
-    def _expect(self, correlation_id: str, timeout: Optional[float] = None) -> asyncio.Future[Any]:
-        future = self._replies.expect(correlation_id, None)
-        _deadlines.arm(future, timeout, functools.partial(self._forget_reply, correlation_id))
-        return future
-
-    def _forget_reply(self, correlation_id: str) -> None:
-        self._replies.forget(correlation_id)
-
-    def _new_future(self) -> asyncio.Future[Any]:
-        return self.loop.create_future()
-
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        try:
-            job = self.loop.create_task(coro)
-        except RuntimeError:  # the loop is closing: the coroutine will never run
-            coro.close()
-            raise
-        self._jobs.add(job)
-        job.add_done_callback(self._job_done)
-        return job
-
-    def _job_done(self, job: asyncio.Task[None]) -> None:
-        self._jobs.discard(job)
-        if not job.cancelled() and job.exception() is not None:
-            _LOGGER.error("kiwipy communicator job failed", exc_info=job.exception())
-
-    async def _reply_pending(self, message: Message) -> None:
-        self._reply(message, _replies.pending_response())
-
-    def _reply(self, message: Message, response: dict[str, Any]) -> bool:
-        """Send *response* to the requester of *message*; an unencodable one is replaced by
-        the encoding error. :returns: whether *response* itself could be sent."""
-        if message.reply_to is None:
-            return True
-        name = "memory" if self._encoder is None else self._encoder.name
-        payload, sent = encode_reply(self._encode, response, _replies.exception_response, name)
-        final = _replies.PENDING_KEY not in response
-        self._broker.send_reply(message.reply_to, message.correlation_id, payload, final)
-        return sent
-
-    def _conclude_task(self, delivery: Delivery, no_reply: bool, result: Outcome) -> None:
-        """Reply with a task's final outcome, then ack it (the order RabbitMQ tasks use)."""
-        if self._closed:  # the task went back to its queue when the connection closed
-            return
-        if no_reply or self._reply(delivery.message, _replies.outcome_response(result)):
-            self._broker.ack(delivery)
-        else:
-            self._broker.dead_letter(delivery, "its reply cannot be encoded")
-
-    # Receiving (posted to this loop by the broker)
-
-    def _on_reply(self, correlation_id: str, payload: Payload) -> None:
-        if self._replies.get(correlation_id) is None:
-            _LOGGER.debug("dropping reply for unknown or finished request %s", correlation_id)
-            return
-        try:
-            reply = _replies.decode_reply(self._decode(payload))
-        except exceptions.DecodeError as exc:
-            self._replies.fail(correlation_id, exc)
-            return
-        self._replies.resolve(correlation_id, reply)
-
-    def _on_rpc(self, key: str, message: Message) -> None:
-        subscriber = self._rpc.get(key)
-        if message.cancels is not None:
-            self._handlers.cancel(message.cancels)
-        elif self._closed or subscriber is None:
-            self._reply(message, _replies.lost_response(f"the RPC subscriber '{key}' is gone"))
-        elif _deadlines.expired(message.deadline):
-            # its caller has DeadlineExceeded already: a request past it is never started
-            _LOGGER.debug("dropping RPC %s to %r: past its deadline", message.correlation_id, key)
-        else:
-            serving = self._serve_rpc(subscriber, message)
-            job = self._spawn(
-                self._handling(serving, "rpc", key, message.payload, message.correlation_id)
-            )
-            self._rpc_jobs.add(job)
-            job.add_done_callback(self._rpc_jobs.discard)
-
-    async def _serve_rpc(self, subscriber: RpcSubscriber, message: Message) -> None:
-        try:
-            try:
-                msg = self._decode(message.payload)
-            except exceptions.DecodeError as exc:
-                _tracing.failed(exc)
-                self._reply(message, _replies.exception_response(exc))
-                return
-            pending = functools.partial(self._reply_pending, message)
-            invoking = invoke(subscriber, (self, msg), pending)
-            with self._handlers.running(message.correlation_id):
-                result = await _deadlines.bounded(message.deadline, invoking)
-            if result.kind == EXCEPTION:
-                _tracing.failed(result.value)
-            if not _deadlines.cut_short(result):  # its caller has DeadlineExceeded already
-                self._reply(message, _replies.outcome_response(result))
-        except asyncio.CancelledError:
-            if self._handlers.was_cancelled(message.correlation_id):
-                return  # by its caller, who has its cancelled future: no reply
-            if self._closed:
-                closed = "the RPC subscriber was closed before it answered"
-                self._reply(message, _replies.lost_response(closed))
-            raise
-
-    def _on_broadcast(self, payload: Payload) -> None:
-        if self._closed or not self._broadcast:
-            return
-        try:
-            envelope = self._decode(payload)
-            args = tuple(envelope[key] for key in ("body", "sender", "subject", "correlation_id"))
-        except (exceptions.DecodeError, TypeError, KeyError):
-            _LOGGER.exception("dropping a broadcast that cannot be decoded")
-            return
-        for subscriber in list(self._broadcast.values()):
-            # Counted as the delivery arrives, before the handler runs (kiwipy._thread).
-            self._broadcast_tally.started()
-            calling = self._call_broadcast(subscriber, args)
-            handler = self._spawn(self._handling(calling, "broadcast", _BROADCASTS, payload, None))
-            handler.add_done_callback(self._broadcast_tally.finished)
-
-    async def _call_broadcast(self, subscriber: BroadcastSubscriber, args: tuple[Any, ...]) -> None:
-        result = await invoke(subscriber, (self, *args), futures=False)
-        if result.kind == EXCEPTION:
-            error = result.value
-            _tracing.failed(error)
-            _LOGGER.error(
-                "Exception in broadcast receiver %r: %r",
-                subscriber,
-                error,
-                exc_info=(type(error), error, error.__traceback__),
-            )
+        payload = self._codec.encode((task, no_reply))
+        return self._sender.publish_task(queue, payload, no_reply, connection, timeout)
 
 
 def _waiting_count(communicator: AsyncBrokerCommunicator) -> int:
-    return len(communicator._replies)
+    return communicator._sender.waiting

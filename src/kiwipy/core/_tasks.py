@@ -26,7 +26,7 @@ import shortuuid
 from .. import _deadlines, _tracing, exceptions
 from .._incoming import IncomingTask
 from .._outcome import EXCEPTION, REJECTED, Outcome, invoke
-from .._replies import exception_response
+from .._replies import exception_response, outcome_response
 from .._task_state import (
     TASK_FINISHED,
     TASK_PENDING,
@@ -34,7 +34,10 @@ from .._task_state import (
     TASK_REQUEUED,
 )
 from ..communications import AsyncTaskQueue, TaskSubscriber
-from ._broker import Broker, Connection, Consumer, Delivery, Message, Payload
+from ._broker import Broker, Connection, Consumer, Delivery
+from ._codec import Codec
+from ._jobs import Jobs
+from ._sending import Sender
 
 __all__ = (
     "TASK_FINISHED",
@@ -49,11 +52,15 @@ __all__ = (
 
 class TaskHost(Protocol):
     """What the task queues need of the communicator that owns them (implemented by
-    :class:`~kiwipy.core.AsyncBrokerCommunicator`). A protocol, so that this module does
-    not import the communicator's, which imports this one."""
+    :class:`~kiwipy.core.AsyncBrokerCommunicator`, which task subscribers are called with).
+    A protocol, so that this module does not import the communicator's, which imports this
+    one."""
 
     _closed: bool
     _held: set[BrokerIncomingTask]
+    _codec: Codec  # decodes and traces the tasks
+    _sender: Sender  # sends the replies
+    _jobs: Jobs  # runs the subscribers
 
     @property
     def broker(self) -> Broker: ...
@@ -67,17 +74,15 @@ class TaskHost(Protocol):
         self, queue: str, task: Any, no_reply: bool, timeout: Optional[float] = None
     ) -> Optional[asyncio.Future[Any]]: ...
 
-    def _decode_task(self, payload: Payload) -> tuple[Any, bool]: ...
 
-    def _reply(self, message: Message, response: dict[str, Any]) -> bool: ...
-
-    async def _reply_pending(self, message: Message) -> None: ...
-
-    def _handling_task(self, handling: Any, queue: str, message: Message) -> Any: ...
-
-    def _spawn(self, coro: Any) -> asyncio.Task[None]: ...
-
-    def _conclude_task(self, delivery: Delivery, no_reply: bool, result: Outcome) -> None: ...
+def _conclude(host: TaskHost, delivery: Delivery, no_reply: bool, result: Outcome) -> None:
+    """Reply with a task's final outcome, then ack it (the order RabbitMQ tasks use)."""
+    if host._closed:  # the task went back to its queue when the connection closed
+        return
+    if no_reply or host._sender.reply(delivery.message, outcome_response(result)):
+        host.broker.ack(delivery)
+    else:
+        host.broker.dead_letter(delivery, "its reply cannot be encoded")
 
 
 class BrokerTaskQueue(AsyncTaskQueue):
@@ -200,7 +205,7 @@ class BrokerTaskQueue(AsyncTaskQueue):
         if self._dead_on_arrival(delivery):
             return None
         try:
-            body, no_reply = self._comm._decode_task(delivery.message.payload)
+            body, no_reply = self._comm._codec.decode_task(delivery.message.payload)
         except exceptions.DecodeError as exc:
             self._reject_undecodable(delivery, exc)
             return None
@@ -221,7 +226,7 @@ class BrokerTaskQueue(AsyncTaskQueue):
         return True
 
     def _reject_undecodable(self, delivery: Delivery, exc: exceptions.DecodeError) -> None:
-        self._comm._reply(delivery.message, exception_response(exc))
+        self._comm._sender.reply(delivery.message, exception_response(exc))
         self._comm.broker.dead_letter(delivery, str(exc))
 
     def _on_delivery(self, delivery: Delivery) -> None:
@@ -230,26 +235,30 @@ class BrokerTaskQueue(AsyncTaskQueue):
         if self._comm._closed or delivery.consumer is not self._consumer:
             self._comm.broker.requeue(delivery)  # no subscriber here any more
             return
-        serving = self._comm._handling_task(self._serve(delivery), self._name, delivery.message)
-        self._comm._spawn(serving)  # traced: issue 17
+        serving = self._comm._codec.handling_task(
+            self._serve(delivery), self._name, delivery.message
+        )
+        self._comm._jobs.spawn(serving)  # traced: issue 17
 
     async def _serve(self, delivery: Delivery) -> None:
         comm = self._comm
         if self._dead_on_arrival(delivery):
             return
         try:
-            task, no_reply = comm._decode_task(delivery.message.payload)
+            task, no_reply = comm._codec.decode_task(delivery.message.payload)
         except exceptions.DecodeError as exc:
             self._reject_undecodable(delivery, exc)
             return
-        pending = None if no_reply else functools.partial(comm._reply_pending, delivery.message)
+        pending = (
+            None if no_reply else functools.partial(comm._sender.reply_pending, delivery.message)
+        )
         for subscriber in list(self._subscribers.values()):
             invoking = invoke(subscriber, (comm, task), pending)
             outcome = await _deadlines.bounded(delivery.message.deadline, invoking)
             if outcome.kind != REJECTED:
                 if outcome.kind == EXCEPTION:
                     _tracing.failed(outcome.value)  # issue 17
-                comm._conclude_task(delivery, no_reply, outcome)
+                _conclude(comm, delivery, no_reply, outcome)
                 return
         _tracing.rejected()  # issue 17
         comm.broker.requeue(delivery, reject=True)
@@ -275,7 +284,7 @@ class BrokerIncomingTask(IncomingTask):
             self._comm._held.discard(self)
 
     async def _finish(self, outcome: Outcome) -> None:
-        self._comm._conclude_task(self._delivery, self._no_reply, outcome)
+        _conclude(self._comm, self._delivery, self._no_reply, outcome)
 
     async def _give_back(self) -> None:
         self._comm.broker.requeue(self._delivery)

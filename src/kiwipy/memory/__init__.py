@@ -13,7 +13,8 @@ process, so the same code and the same contract tests run on both:
   sent and decoded when received, so an unencodable message fails as it would on RabbitMQ.
   Without one, objects are passed by reference, like :class:`~kiwipy.LocalCommunicator`.
 
-The broker is in ``kiwipy.memory._broker`` (its options in ``kiwipy.memory._options``);
+The broker is in ``kiwipy.memory._broker``, its task queues in ``kiwipy.memory._queues``
+(the communicator's options in ``kiwipy.memory._options``);
 the communicator, its task queues and pull-mode tasks are the shared core
 (:mod:`kiwipy.core`), which this transport only configures.
 """

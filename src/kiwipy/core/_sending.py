@@ -1,0 +1,208 @@
+"""What a communicator of the shared core (:mod:`kiwipy.core`) sends through its broker
+(tasks, RPCs, broadcasts, and the replies to the requests it handles), and the replies it
+waits for.
+
+Every request that expects a reply registers a future under its correlation id
+(:class:`kiwipy._replies.Waiters`), bounded by its deadline (:mod:`kiwipy._deadlines`). The
+broker posts each reply to the communicator's loop, where :meth:`Sender.on_reply` resolves
+that future; a sender cancelling the future of a task or an RPC tells the broker, so the task
+is not started any more or the RPC handler is cancelled (:mod:`kiwipy._cancels`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from typing import Any, Callable, Optional
+
+from .. import _deadlines, _replies, exceptions
+from .._outcome import encode_reply
+from ._broker import Broker, Connection, Message, Payload
+from ._codec import BROADCASTS, Codec
+
+__all__ = ("Sender",)
+
+# The logger of the communicator this sender belongs to.
+_LOGGER = logging.getLogger("kiwipy.core._communicator")
+
+
+class Sender:
+    """Sends one communicator's messages through its broker and matches the replies it
+    receives to the futures waiting for them.
+
+    :param broker: the communicator's broker.
+    :param codec: the communicator's encoding and tracing.
+    :param new_future: makes a future on the communicator's loop.
+    """
+
+    def __init__(
+        self, broker: Broker, codec: Codec, new_future: Callable[[], asyncio.Future[Any]]
+    ) -> None:
+        self._broker = broker
+        self._codec = codec
+        self._replies: _replies.Waiters[None] = _replies.Waiters(new_future)
+
+    @property
+    def waiting(self) -> int:
+        """The number of replies waited for."""
+        return len(self._replies)
+
+    # Tasks
+
+    def publish_task(
+        self,
+        queue: str,
+        payload: Payload,
+        no_reply: bool,
+        connection: Connection,
+        timeout: Optional[float] = None,
+    ) -> Optional[asyncio.Future[Any]]:
+        """Queue the task *payload* on *queue*.
+
+        :returns: the future of its outcome, unless *no_reply*."""
+        message = self._task_message(queue, payload, connection, timeout)
+        self._broker.publish(queue, message)
+        return self._expect_task(queue, message, no_reply, timeout)
+
+    def publish_tasks(
+        self,
+        queue: str,
+        payloads: list[Payload],
+        no_reply: bool,
+        connection: Connection,
+        timeout: Optional[float],
+    ) -> list[Optional[asyncio.Future[Any]]]:
+        """Queue the tasks *payloads* on *queue* in one call to the broker (all or none).
+
+        :returns: the futures of their outcomes (``None`` each with *no_reply*)."""
+        messages = [self._task_message(queue, p, connection, timeout) for p in payloads]
+        self._broker.publish_many(queue, messages)
+        return [self._expect_task(queue, m, no_reply, timeout) for m in messages]
+
+    def _task_message(
+        self, queue: str, payload: Payload, connection: Connection, timeout: Optional[float]
+    ) -> Message:
+        correlation_id = str(uuid.uuid4())
+        payload = self._codec.traced(payload, "task", queue, correlation_id)
+        message = Message(payload, correlation_id, connection)
+        message.deadline = _deadlines.absolute(timeout)
+        return message
+
+    def _expect_task(
+        self, queue: str, message: Message, no_reply: bool, timeout: Optional[float]
+    ) -> Optional[asyncio.Future[Any]]:
+        if no_reply:
+            return None
+        future = self._expect(message.correlation_id, _deadlines.remaining(message.deadline))
+        future.add_done_callback(functools.partial(self._on_task_done, queue, message))
+        return future
+
+    def _on_task_done(self, queue: str, message: Message, future: asyncio.Future[Any]) -> None:
+        """A task whose future its sender cancelled is not started any more: the broker
+        marks it so for the worker that takes it; no reply is awaited for it."""
+        if future.cancelled():
+            self._forget(message.correlation_id)
+            try:
+                self._broker.cancel_task(queue, message)
+            except exceptions.KiwiError as exc:  # the worker will just run it
+                _LOGGER.warning("could not mark task %s cancelled: %s", message.correlation_id, exc)
+
+    # RPCs
+
+    def send_rpc(
+        self, key: str, payload: Payload, connection: Connection, timeout: Optional[float] = None
+    ) -> asyncio.Future[Any]:
+        """Send the RPC *payload* to the holder of *key*.
+
+        :returns: the future of its reply.
+        :raises UnroutableError: if nobody holds *key*."""
+        correlation_id = str(uuid.uuid4())
+        payload = self._codec.traced(payload, "rpc", key, correlation_id)
+        message = Message(payload, correlation_id, connection)
+        message.deadline = _deadlines.absolute(timeout)
+        self._broker.send_rpc(key, message)
+        # Replies are posted to this loop, so none can arrive before the future is registered.
+        future = self._expect(correlation_id, _deadlines.remaining(message.deadline))
+        future.add_done_callback(functools.partial(self._on_rpc_done, key, correlation_id))
+        return future
+
+    def send_rpcs(
+        self, requests: list[tuple[str, Payload]], connection: Connection, timeout: Optional[float]
+    ) -> list[asyncio.Future[Any]]:
+        """Send the ``(key, payload)`` RPC *requests*, each even if another is unroutable.
+
+        :returns: the futures of their replies.
+        :raises BatchSendError: if some were unroutable (with the futures of the others)."""
+        futures: list[Optional[asyncio.Future[Any]]] = []
+        errors: dict[int, BaseException] = {}
+        for index, (key, payload) in enumerate(requests):
+            try:
+                futures.append(self.send_rpc(key, payload, connection, timeout))
+            except exceptions.UnroutableError as exc:
+                futures.append(None)
+                errors[index] = exc
+        if errors:
+            raise exceptions.BatchSendError(futures, errors) from errors[min(errors)]
+        return [future for future in futures if future is not None]  # all of them
+
+    def _on_rpc_done(self, key: str, correlation_id: str, future: asyncio.Future[Any]) -> None:
+        """A caller that cancelled its RPC cancels the handler too (:mod:`kiwipy._cancels`)."""
+        if not future.cancelled() or self._replies.pop(correlation_id) is None:
+            return  # answered (the future was popped with its reply), or failed here
+        cancel = Message(Payload(None, None), "", None, cancels=correlation_id)
+        try:
+            self._broker.send_rpc(key, cancel)
+        except exceptions.KiwiError:  # the responder is gone, and its handler with it
+            pass
+
+    # Broadcasts
+
+    def broadcast(self, payload: Payload) -> None:
+        """Send the broadcast *payload* to every connection of the broker."""
+        self._broker.broadcast(self._codec.traced(payload, "broadcast", BROADCASTS))
+
+    # Replies to the requests this communicator handles
+
+    def reply(self, message: Message, response: dict[str, Any]) -> bool:
+        """Send *response* to the requester of *message*; an unencodable one is replaced by
+        the encoding error. :returns: whether *response* itself could be sent."""
+        if message.reply_to is None:
+            return True
+        name = self._codec.name
+        encode = self._codec.encode
+        payload, sent = encode_reply(encode, response, _replies.exception_response, name)
+        final = _replies.PENDING_KEY not in response
+        self._broker.send_reply(message.reply_to, message.correlation_id, payload, final)
+        return sent
+
+    async def reply_pending(self, message: Message) -> None:
+        """Tell the requester of *message* that its outcome is a future still pending."""
+        self.reply(message, _replies.pending_response())
+
+    # Replies to the requests this communicator sent (posted to its loop by the broker)
+
+    def on_reply(self, correlation_id: str, payload: Payload) -> None:
+        """Resolve the future waiting for the reply *payload* (dropped if none is)."""
+        if self._replies.get(correlation_id) is None:
+            _LOGGER.debug("dropping reply for unknown or finished request %s", correlation_id)
+            return
+        try:
+            reply = _replies.decode_reply(self._codec.decode(payload))
+        except exceptions.DecodeError as exc:
+            self._replies.fail(correlation_id, exc)
+            return
+        self._replies.resolve(correlation_id, reply)
+
+    def fail_all(self, exc: BaseException) -> None:
+        """Fail every future still waiting for a reply with *exc*."""
+        self._replies.fail_all(exc)
+
+    def _expect(self, correlation_id: str, timeout: Optional[float] = None) -> asyncio.Future[Any]:
+        future = self._replies.expect(correlation_id, None)
+        _deadlines.arm(future, timeout, functools.partial(self._forget, correlation_id))
+        return future
+
+    def _forget(self, correlation_id: str) -> None:
+        self._replies.forget(correlation_id)
