@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 import kiwipy
+from kiwipy.sqlite import SqliteAdmin
 from kiwipy.sqlite._broker import BrokerSettings
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -128,3 +129,27 @@ def test_tasks_and_broadcasts_reach_another_process(url: str, children: list[Chi
         assert [f.result(timeout=5) for f in futures] == [n * 2 for n in range(20)]
         comm.broadcast_send("hello", subject="greeting")
         assert child.stdout.readline().strip() == "BROADCAST hello"
+
+
+def test_a_task_past_its_ttl_is_dead_lettered_not_started(url: str) -> None:
+    """``task_message_ttl``: a task that waited longer in its queue is parked ``expired``;
+    one sent after the worker came is processed."""
+    ttl_ms = 100
+    started: list[int] = []
+    with kiwipy.connect(url, encoder="msgpack", task_message_ttl=ttl_ms) as sender:
+        sender.task_send(1, no_reply=True)
+        sent = time.monotonic()
+        while time.monotonic() - sent < ttl_ms / 1000:  # the scenario: the task outlives it
+            time.sleep(ttl_ms / 1000 / 4)
+        with kiwipy.connect(url, encoder="msgpack") as worker:
+            worker.add_task_subscriber(lambda _c, task: started.append(task) or task)
+            assert sender.task_send(2).result(timeout=5) == 2
+        with SqliteAdmin(url) as admin:
+            letters = admin.dead_letters()
+    assert started == [2]
+    assert [letter.reason for letter in letters] == ["expired"]
+
+
+def test_a_bad_ttl_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="task_message_ttl"):
+        kiwipy.connect(url, task_message_ttl=0)

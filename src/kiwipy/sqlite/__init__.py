@@ -53,7 +53,7 @@ __all__ = (
 #: The uri scheme of this transport.
 SCHEME = "sqlite://"
 
-_BROKER_OPTIONS = ("synchronous", "busy_timeout", "task_delivery_limit")
+_BROKER_OPTIONS = ("synchronous", "busy_timeout", "task_delivery_limit", "task_message_ttl")
 
 
 class AsyncSqliteCommunicator(AsyncBrokerCommunicator):
@@ -127,11 +127,13 @@ def _settings(uri: str, options: dict[str, Any]) -> tuple[BrokerSettings, Sqlite
     resolved = resolve_options(options, query)
     _files.check_local_filesystem(path)
     _files.create_private(path)
+    ttl = resolved["task_message_ttl"]
     settings = BrokerSettings(
         str(path),
         synchronous=resolved["synchronous"],
         busy_timeout=resolved["busy_timeout"],
         delivery_limit=resolved["task_delivery_limit"],
+        message_ttl=None if ttl is None else ttl / 1000,
     )
     for name in _BROKER_OPTIONS:
         resolved.pop(name, None)  # type: ignore[misc]

@@ -55,6 +55,7 @@ class BrokerSettings:
     synchronous: str = "full"
     busy_timeout: float = 10.0
     delivery_limit: Optional[int] = None
+    message_ttl: Optional[float] = None  # seconds a task may wait in its queue
     liveness_interval: float = 0.25
     safety_poll: float = 2.0
 
@@ -75,7 +76,13 @@ class SqliteBroker:
         self._rpc = Rpc(self.store.rpc, self._connections, self._peers)
         self._peers.handler = self._rpc
         self._broadcasts = Broadcasts(self.store.broadcasts, self._connections, self._peers)
-        self._tasks = Tasks(self.store, self._connections, self._peers, settings.delivery_limit)
+        self._tasks = Tasks(
+            self.store,
+            self._connections,
+            self._peers,
+            settings.delivery_limit,
+            settings.message_ttl,
+        )
         self._lockfile: Optional[_files.LockFile] = None
         self._pump: Optional[Pump] = None
 

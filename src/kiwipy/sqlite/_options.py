@@ -29,7 +29,9 @@ class SqliteOptions(TypedDict, total=False):
     waits for the file's write lock before :class:`~kiwipy.StorageError` (default 10).
     ``task_delivery_limit``: a task delivered more than this plus one times (its workers
     died with it) goes to the dead letters with reason ``delivery_limit``; ``None`` (the
-    default): no limit.
+    default): no limit. ``task_message_ttl``: milliseconds a task sent by this communicator
+    may wait in its queue; one not started by then goes to the dead letters with reason
+    ``expired`` (``None``, the default: forever; as on RabbitMQ).
 
     ``message_exchange``, ``task_exchange``, ``queue_expires``, ``task_prefetch_size`` and
     ``testing_mode`` are accepted and ignored, so that options written for the RabbitMQ
@@ -44,6 +46,7 @@ class SqliteOptions(TypedDict, total=False):
     synchronous: str
     busy_timeout: float
     task_delivery_limit: Optional[int]
+    task_message_ttl: Optional[int]
     task_prefetch_size: int
     message_exchange: str
     task_exchange: str
@@ -55,10 +58,11 @@ DEFAULTS: SqliteOptions = {
     "synchronous": "full",
     "busy_timeout": 10.0,
     "task_delivery_limit": None,
+    "task_message_ttl": None,
 }
 
 _NAMES = frozenset(SqliteOptions.__optional_keys__)
-_QUERY = {"synchronous": str, "busy_timeout": float, "task_delivery_limit": int,
+_QUERY = {"synchronous": str, "busy_timeout": float, "task_delivery_limit": int, "task_message_ttl": int,
           "task_prefetch_count": int, "task_queue": str, "encoder": str,
           "max_message_size": int}  # fmt: skip
 
@@ -91,4 +95,7 @@ def resolve_options(options: Mapping[str, Any], query: Mapping[str, str]) -> Sql
     limit = resolved["task_delivery_limit"]
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError("task_delivery_limit must be a whole number, 0 or more, or None")
+    ttl = resolved["task_message_ttl"]
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+        raise ValueError("task_message_ttl must be a positive number of milliseconds, or None")
     return resolved

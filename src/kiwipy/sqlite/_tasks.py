@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional
 
 from .. import _tracing, exceptions
@@ -36,16 +37,24 @@ class Tasks:
     """The task side of one broker; its locks are those of *connections*.
 
     :param delivery_limit: deliveries after the first past which a task is dead-lettered.
+    :param message_ttl: seconds a task sent here may wait in its queue before it is
+        dead-lettered (reason ``expired``) instead of started; ``None``: forever.
     """
 
     def __init__(
-        self, store: Store, connections: Connections, peers: Peers, delivery_limit: Optional[int]
+        self,
+        store: Store,
+        connections: Connections,
+        peers: Peers,
+        delivery_limit: Optional[int],
+        message_ttl: Optional[float] = None,
     ) -> None:
         self._table, self._processes = store.tasks, store.processes
         self._connections = connections
         self._lock = connections.lock
         self._peers = peers
         self._delivery_limit = delivery_limit
+        self._message_ttl = message_ttl
         self._consumers: dict[str, list[Consumer]] = {}
         self._next_tag = 0
         self._failed_acks: set[int] = set()  # tasks run here whose ack could not be written
@@ -53,10 +62,11 @@ class Tasks:
     def publish_many(self, queue: str, messages: list[Message]) -> None:
         self._connections.check_open()
         process = self._peers.id
-        ids = self._table.publish(
-            queue,
-            [message_values(m, process, self._connections.id_of(m.reply_to)) for m in messages],
-        )
+        rows = [message_values(m, process, self._connections.id_of(m.reply_to)) for m in messages]
+        if self._message_ttl is not None:
+            expires = time.time() + self._message_ttl
+            rows = [row[:-1] + (expires,) for row in rows]
+        ids = self._table.publish(queue, rows)
         for message, id_ in zip(messages, ids):
             message.seq = id_
         self._ring_all()
@@ -149,6 +159,10 @@ class Tasks:
         if limit is not None and row.deliveries > limit + 1:
             self._table.dead_letter(row.id, self._peers.id, "delivery_limit")
             _tracing.dead_lettered(_tracing.SQLITE, row.queue, "delivery_limit")
+            return None
+        if row.expires is not None and time.time() >= row.expires:
+            self._table.dead_letter(row.id, self._peers.id, "expired")
+            _tracing.dead_lettered(_tracing.SQLITE, row.queue, "expired")
             return None
         message = Message(
             Payload(row.body, encoder(row.encoder), row.headers),
