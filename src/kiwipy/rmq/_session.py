@@ -3,9 +3,10 @@
 Invariants:
 
 * Channels are aiormq channels opened on the aio-pika connection's transport, one per
-  purpose (``topology`` for declares, ``publish`` for every send, one per consumer group). A
-  closed channel is reopened on next use; nothing is declared per message. Calls that may
-  close their channel (``probe``: passive declares, claims) get a fresh channel each.
+  purpose (``topology`` for declares, ``publish`` for every send, one per consumer group),
+  kept by :class:`kiwipy.rmq._channels.Channels`. A closed channel is reopened on next use;
+  nothing is declared per message. Calls that may close their channel (``probe``: passive
+  declares, claims) get a fresh channel each.
 * Every publish waits for the broker's confirm and returns only then; a send never reports
   success for a message the broker did not take. A send made during an outage waits for the
   connection to be back *and restored*; every send ends within ``recovery_timeout`` seconds,
@@ -31,10 +32,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import uuid
-from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
 import aiormq
@@ -43,19 +40,14 @@ from aiormq import exceptions as amqp_errors
 from pamqp import commands as spec
 
 from .. import encoders, exceptions
-from . import _access, _aiormq_boundary, _amqp, _connecting, _events, _fastpublish, _publishing
+from . import _aiormq_boundary, _amqp, _connecting, _events, _fastpublish
+from ._channels import PROBE, PUBLISH, TOPOLOGY, Channels
 from ._options import RmqOptions, resolve_encoder, resolve_options
 from ._publishing import PublishAttempt
 from ._recovery import Recovery, Restorer
 from ._watchdog import Watchdog
 
 __all__ = ("PROBE", "PUBLISH", "TOPOLOGY", "Session")
-
-_LOGGER = logging.getLogger("kiwipy.rmq.communicator")
-
-TOPOLOGY = "topology"
-PUBLISH = "publish"
-PROBE = "probe"
 
 Listener = _events.Listener
 
@@ -75,12 +67,6 @@ class Session:
         self.max_message_size = options["max_message_size"]
         self.events = _events.Events(lambda: f"connection to {self.connection}")
         self._owns_connection = owns_connection
-        self._channels: dict[str, aiormq.abc.AbstractChannel] = {}
-        self._opening: dict[str, asyncio.Lock] = {}
-        self._qos: dict[str, tuple[int, int]] = {}
-        self._consumers: dict[str, str] = {}  # consumer tag -> queue, for reports
-        self._cancelling: set[str] = set()
-        self._background: set[asyncio.Future[Any]] = set()
         self._closed = False
         self._closing = False
         self._decoding: Optional[asyncio.Lock] = None
@@ -88,6 +74,7 @@ class Session:
         self._recovery = Recovery(self)
         self._restoration = self._recovery.restoration
         self._ready = self._recovery.ready
+        self.channels = Channels(self, self._restoration, self._ready)
 
     @classmethod
     def of(cls, connection: Any, options: dict[str, Any]) -> Session:
@@ -169,95 +156,27 @@ class Session:
         """
         return await self._recovery.wait_connected()
 
-    # Channels
+    # Channels (:mod:`kiwipy.rmq._channels`)
 
     async def channel(self, purpose: str) -> aiormq.abc.AbstractChannel:
         """:returns: the open channel for *purpose*, opening it (again) if needed."""
-        channel = self._channels.get(purpose)
-        if channel is not None and not channel.is_closed:
-            return channel
-        lock = self._opening.setdefault(purpose, asyncio.Lock())
-        async with lock:
-            channel = self._channels.get(purpose)
-            if channel is None or channel.is_closed:
-                channel = await self._open(purpose)
-        return channel
-
-    async def _open(self, purpose: str) -> aiormq.abc.AbstractChannel:
-        connection = await self.wait_connected()
-        try:
-            channel = await connection.channel(
-                publisher_confirms=purpose == PUBLISH, on_return_raises=True
-            )
-            if purpose in self._qos:
-                size, count = self._qos[purpose]
-                await channel.basic_qos(prefetch_size=size, prefetch_count=count)
-        except _amqp.SEND_ERRORS + (RuntimeError,) as exc:
-            raise _amqp.translate(exc, f"opening the {purpose} channel") from exc
-        self._channels[purpose] = channel
-        channel.closing.add_done_callback(lambda done: self._on_channel_closed(purpose, done))
-        _amqp.watch_consumers(channel, lambda tag: self._on_consumer_gone(purpose, channel, tag))
-        return channel
+        return await self.channels.channel(purpose)
 
     def set_prefetch(self, purpose: str, prefetch_size: int, prefetch_count: int) -> None:
-        """Consumers on *purpose* get this per-consumer prefetch (no global QoS: RabbitMQ 4
-        removed it). Takes effect when the channel is opened, so call it first."""
-        self._qos[purpose] = (prefetch_size, prefetch_count)
-
-    def _on_channel_closed(self, purpose: str, closing: asyncio.Future[Any]) -> None:
-        exc = None if closing.cancelled() else closing.exception()
-        if self._closed or not _amqp.is_channel_error(exc):
-            return  # our own close, or the connection went (the reconnection restores)
-        if not self._restoration.has(purpose):
-            _LOGGER.debug("the broker closed the %s channel: %s", purpose, exc)
-            return  # reopened on next use
-        _LOGGER.warning("the broker closed the %s channel: %s; restoring it", purpose, exc)
-        self._restoration.restore_soon(purpose)
-
-    def _on_consumer_gone(self, purpose: str, channel: Any, tag: str) -> None:
-        queue = self._consumers.pop(tag, "?")
-        if tag in self._cancelling or self._closed or channel.is_closed:
-            return  # we cancelled it, or its channel went (handled above)
-        self.report(_events.CONSUMER_CANCELLED, f"the broker cancelled the consumer of {queue!r}")
-        if self._restoration.has(purpose):
-            self._restoration.restore_soon(purpose)
+        """See :meth:`kiwipy.rmq._channels.Channels.set_prefetch`."""
+        self.channels.set_prefetch(purpose, prefetch_size, prefetch_count)
 
     # Topology (on the topology channel, whose failures do not disturb consumers)
 
     async def call(self, what: str, method: str, *, purpose: str = TOPOLOGY, **kwargs: Any) -> Any:
         """Run the aiormq channel method *method* on the *purpose* channel; with
-        :data:`PROBE`, on a channel opened for this call alone (:meth:`_probe`).
+        :data:`PROBE`, on a channel opened for this call alone.
 
         :raises aiormq.exceptions.ChannelClosed: subclasses, for the caller to interpret
             (e.g. ``ChannelNotFoundEntity`` for a passive declare).
         :raises ConnectionLost: when the connection fails.
         """
-        try:
-            if purpose == PROBE:
-                return await self._probe(method, kwargs)
-            channel = await self.channel(purpose)
-            return await _amqp.guarded(channel, getattr(channel, method)(**kwargs))
-        except amqp_errors.ChannelClosed as exc:
-            refused = _access.refusal(exc, what, method)
-            if refused is not None:
-                raise refused from exc
-            raise
-        except _amqp.LINK_ERRORS + (RuntimeError,) as exc:
-            raise _amqp.translate(exc, what) from exc
-
-    async def _probe(self, method: str, kwargs: dict[str, Any]) -> Any:
-        """Probes (passive declares of queues that may be missing or held elsewhere, claims
-        that may be lost) are answered with a channel error that closes their channel. Each
-        gets a channel of its own: on a shared one, the error of one would fail another in
-        flight, and a call sent after the broker's close would kill the whole connection
-        (``504 CHANNEL_ERROR``)."""
-        connection = await self.wait_connected()
-        channel = await _amqp.guarded(connection, connection.channel(publisher_confirms=False))
-        try:
-            return await _amqp.guarded(channel, getattr(channel, method)(**kwargs))
-        finally:
-            if not channel.is_closed:
-                self._spawn(_amqp.bounded(channel.close()))
+        return await self.channels.call(what, method, purpose, kwargs)
 
     async def declare_exchange(self, name: str, params: dict[str, Any]) -> None:
         """Declare the exchange *name* (kiwipy 0.9: topic, not durable)."""
@@ -283,40 +202,15 @@ class Session:
         self, purpose: str, queue: str, callback: Callable[..., Any], no_ack: bool = False
     ) -> str:
         """Consume *queue* on the *purpose* channel. :returns: the consumer tag."""
-        channel = await self.channel(purpose)
-        # Our own tag: aiormq's default draws it from the global ``random``, which the user's
-        # code may seed (a repeated seed repeats the tag: DuplicateConsumerTag).
-        tag = f"ctag{channel.number}.{uuid.uuid4().hex}"
-        try:
-            consuming = channel.basic_consume(queue, callback, no_ack=no_ack, consumer_tag=tag)
-            ok = await _amqp.guarded(channel, consuming)
-        except _amqp.LINK_ERRORS as exc:
-            raise _amqp.translate(exc, f"consuming {queue!r}", "basic_consume") from exc
-        tag = str(ok.consumer_tag)
-        self._consumers[tag] = queue
-        return tag
+        return await self.channels.consume(purpose, queue, callback, no_ack)
 
     def is_consuming(self, purpose: str, consumer_tag: Optional[str]) -> bool:
-        """Whether *consumer_tag* still consumes on the current *purpose* channel (false
-        after a reconnection, a channel closure or a cancellation by the broker): what makes
-        restorers idempotent."""
-        channel = self._channels.get(purpose)
-        if not consumer_tag or channel is None or channel.is_closed:
-            return False
-        return consumer_tag in (_aiormq_boundary.consumer_table(channel) or ())
+        """See :meth:`kiwipy.rmq._channels.Channels.is_consuming`."""
+        return self.channels.is_consuming(purpose, consumer_tag)
 
     async def cancel(self, purpose: str, consumer_tag: str) -> None:
         """Stop the consumer *consumer_tag* (nothing to do if its channel is gone)."""
-        channel = self._channels.get(purpose)
-        self._consumers.pop(consumer_tag, None)
-        if channel is None or channel.is_closed:
-            return
-        self._cancelling.add(consumer_tag)
-        try:
-            with contextlib.suppress(*_amqp.SEND_ERRORS):
-                await channel.basic_cancel(consumer_tag)
-        finally:
-            self._cancelling.discard(consumer_tag)
+        await self.channels.cancel(purpose, consumer_tag)
 
     # Publishing
 
@@ -360,14 +254,8 @@ class Session:
                 await attempt.after(exc, channel)
 
     def ready_channel(self) -> Optional[aiormq.abc.AbstractChannel]:
-        """:returns: the publish channel if it is open on a running connection and nothing
-        is being restored, else ``None`` (for publishing without waiting:
-        :mod:`kiwipy.rmq._lane`, issue 6)."""
-        channel = self._channels.get(PUBLISH)
-        if channel is None or channel.is_closed or not self._ready.is_set():
-            return None
-        running = getattr(getattr(channel, "connection", None), "is_opened", True)
-        return channel if running else None
+        """See :meth:`kiwipy.rmq._channels.Channels.ready_channel`."""
+        return self.channels.ready_channel()
 
     async def _publish_channel(self, deadline: float) -> aiormq.abc.AbstractChannel:
         channel = self.ready_channel()
@@ -377,11 +265,8 @@ class Session:
         return channel
 
     def renew_publish_channel(self, channel: aiormq.abc.AbstractChannel) -> None:
-        """Publish on a fresh channel from now on; *channel* is closed once the confirms of
-        what was already sent on it arrived."""
-        if self._channels.get(PUBLISH) is channel:
-            del self._channels[PUBLISH]
-            self._spawn(_publishing.close_when_drained(channel))
+        """See :meth:`kiwipy.rmq._channels.Channels.renew_publish_channel`."""
+        self.channels.renew_publish_channel(channel)
 
     # Restoration
 
@@ -396,12 +281,7 @@ class Session:
 
     def forget_channels(self) -> None:
         """The connection is gone: every channel is to be opened again."""
-        self._channels.clear()
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.channels.forget()
 
     # Closing
 
@@ -417,10 +297,7 @@ class Session:
         self._closed = True
         await self._watchdog.stop()
         self._recovery.close()
-        for task in list(self._background):
-            task.cancel()
-        channels, self._channels = list(self._channels.values()), {}
-        await _amqp.bounded(*(ch.close() for ch in channels if not ch.is_closed))
+        await self.channels.close()
         if self._owns_connection and not self.connection.is_closed:
             await _amqp.bounded(self.connection.close())
         self.report(_events.CLOSED)

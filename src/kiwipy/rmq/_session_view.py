@@ -1,10 +1,11 @@
-"""What the parts of a session see of it: :class:`SessionView`, implemented by
-:class:`kiwipy.rmq._session.Session`.
+"""What the parts of a session see of it: :class:`SessionView` and :class:`ChannelHost`,
+both implemented by :class:`kiwipy.rmq._session.Session`.
 
-The publisher (:mod:`kiwipy.rmq._publishing`), the recovery (:mod:`kiwipy.rmq._recovery`)
-and the watchdog (:mod:`kiwipy.rmq._watchdog`) are parts the session owns and they call back
-into it; they name it by this protocol, so that none of them imports the session's module,
-which imports each of them.
+The publisher (:mod:`kiwipy.rmq._publishing`), the recovery (:mod:`kiwipy.rmq._recovery`),
+the watchdog (:mod:`kiwipy.rmq._watchdog`) and the channel table
+(:mod:`kiwipy.rmq._channels`) are parts the session owns and they call back into it; they
+name it by these protocols, so that none of them imports the session's module, which imports
+each of them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import aiormq.abc
 from ._events import Events
 from ._options import RmqOptions
 
-__all__ = ("SessionView",)
+__all__ = ("ChannelHost", "SessionView")
 
 
 class SessionView(Protocol):
@@ -49,3 +50,14 @@ class SessionView(Protocol):
     def renew_publish_channel(self, channel: aiormq.abc.AbstractChannel) -> None: ...
 
     def forget_channels(self) -> None: ...
+
+
+class ChannelHost(Protocol):
+    """What :class:`~kiwipy.rmq._channels.Channels` needs of the session that owns it."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def report(self, name: str, detail: str = "") -> None: ...
+
+    async def wait_connected(self) -> aiormq.abc.AbstractConnection: ...
