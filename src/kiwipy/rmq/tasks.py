@@ -11,7 +11,7 @@
   :mod:`kiwipy.rmq._task_consumer`.
 * Subscribers are tried in the order they were added; :class:`~kiwipy.TaskRejected` passes the
   task to the next one, any other outcome is final (kiwipy 0.9 went on trying the others
-  after an exception: bug B3).
+  after an exception: bug B3). Running the tasks pushed is :mod:`kiwipy.rmq._task_runs`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import shortuuid
 
 from .. import _deadlines, exceptions
 from ..communications import AsyncTaskQueue
-from . import _amqp, _batch, _cancel, _offload, _outcome, _outgoing, _traced, defaults, protocol
+from . import _amqp, _batch, _cancel, _offload, _outgoing, defaults, protocol
 from ._incoming import (
     TASK_FINISHED,
     TASK_PENDING,
@@ -38,10 +38,10 @@ from ._incoming import (
     TaskInfo,
     TaskResponder,
 )
-from ._leases import read_lease
 from ._replies import ReplyQueue
 from ._session import Session
 from ._task_consumer import TaskConsumer
+from ._task_runs import TaskRuns
 from ._topology import declare_task_queue
 from .messages import BaseConnectionWithExchange, BasePublisherWithReplyQueue
 
@@ -218,8 +218,6 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
         self._session.set_prefetch(self._purpose, prefetch_size, prefetch_count)
         self._owner = self if owner is None else owner
         self._subscribers: dict[Any, Any] = {}
-        self._handlers: set[asyncio.Task[Any]] = set()
-        self._runs: set[asyncio.Future[None]] = set()
         self.responder = TaskResponder(self._session, exchange_name, queue_name)
         self.responder.cancels = _cancel.TaskCancels(
             self._session, f"{self._purpose}:cancels", exchange_name, queue_name
@@ -230,6 +228,9 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
             queue_name,
             self._on_task,
             (prefetch_size, prefetch_count),
+        )
+        self._runs = TaskRuns(
+            self.responder, self._consumer, self._subscribers, self._owner, queue_name
         )
 
     async def connect(self) -> None:
@@ -277,57 +278,7 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
             await self._consumer.stop()
 
     async def _on_task(self, message: aiormq.abc.DeliveredMessage) -> None:
-        handling = _traced.delivery(self._handle(message), "task", self._queue_name, message)
-        if not self.responder.leases.settings.enabled:
-            with _outcome.tracked(self._handlers):
-                await handling
-            return
-        # aiormq runs this callback in a task of the channel, cancelled when the channel
-        # closes: a run that may outlive its delivery (a lease, a channel closed for a
-        # delivery timeout) runs in a task of its own, cancelled only by disconnect().
-        run = asyncio.ensure_future(handling)
-        self._runs.add(run)
-        run.add_done_callback(self._runs.discard)
-
-    async def _handle(self, message: aiormq.abc.DeliveredMessage) -> None:
-        body = await self.responder.decode(message)
-        if body is None:
-            return  # parked
-        if not await self.responder.leases.screen(message):
-            return  # a lease that was checked, or a task that already runs here
-        incoming = RmqIncomingTask(self.responder, message, body)
-        running = incoming.begin()
-        slot = self._consumer.task_started(message)
-        if running is not None and slot:
-            running.on_leased = functools.partial(self._consumer.task_leased, slot)
-        try:
-            outcome = await self._run_subscribers(incoming, message)
-            _traced.outcome(outcome)
-            if outcome is None:
-                await incoming.give_back()
-            else:
-                await incoming.finish(outcome)
-        finally:
-            incoming.abandon()  # only if cancelled before its end: others may take it
-            self._consumer.task_ended(slot, running is not None and running.leased)
-
-    async def _run_subscribers(
-        self, incoming: RmqIncomingTask, message: aiormq.abc.DeliveredMessage
-    ) -> Optional[_outcome.Outcome]:
-        pending = None
-        headers = message.header.properties.headers
-        taken_over = read_lease(headers) is not None
-        # A take-over does not say 'pending' again: the sender may already have had it.
-        if not incoming.no_reply and not taken_over:
-            pending = functools.partial(self.responder.reply, message, protocol.pending_response())
-        # a taken-over task started in time: its deadline no longer counts
-        at = None if taken_over else _deadlines.from_headers(headers)
-        for subscriber in list(self._subscribers.values()):
-            invoking = _outcome.invoke(subscriber, (self._owner, incoming.body), pending)
-            outcome = await _deadlines.bounded(at, invoking)
-            if outcome.kind != _outcome.REJECTED:
-                return outcome
-        return None  # nobody here took it
+        await self._runs.on_task(message)
 
     # Pull mode
 
@@ -389,8 +340,7 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
         connection gives them back to the broker."""
         self._session.remove_restorer(self._purpose, self)
         await self._consumer.stop()
-        for run in list(self._runs):
-            run.cancel()  # leased ones are taken over by others after lease_strikes checks
+        self._runs.cancel()
         if self._owns_session:
             await self._session.close()
 
