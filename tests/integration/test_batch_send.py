@@ -14,7 +14,7 @@ import pytest
 
 import kiwipy
 from kiwipy import encoders, rmq
-from kiwipy.rmq import _batch
+from kiwipy.rmq.send import _batch
 
 WAIT = 10.0
 

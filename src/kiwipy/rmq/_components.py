@@ -7,7 +7,7 @@ Invariants:
 * Each lazy component is made once, even with concurrent callers; a failed attempt is made
   again by the next call.
 * Once :attr:`Components.closed` is set nothing new is made (:class:`~kiwipy.CommunicatorClosed`)
-  and the quick lanes (:mod:`kiwipy.rmq._lane`) get no target.
+  and the quick lanes (:mod:`kiwipy.rmq.send._lane`) get no target.
 * :meth:`Components.stop` disconnects every component made, then closes the shared reply
   queue; a component's failure to disconnect is logged, not raised.
 """
@@ -20,11 +20,11 @@ from collections.abc import Awaitable
 from typing import Any, Callable, Optional, TypeVar, cast
 
 from .. import _broadcasts, exceptions
-from ._batch import MessageTarget, TaskTarget
 from ._options import RmqOptions
-from ._replies import ReplyQueue
-from ._session import Session
+from .connection._session import Session
 from .messages import RmqPublisher, RmqSubscriber
+from .receive._replies import ReplyQueue
+from .send._batch import MessageTarget, TaskTarget
 from .tasks import RmqTaskQueue
 
 __all__ = ("Components",)

@@ -1,11 +1,11 @@
 """The asyncio RabbitMQ communicator, :class:`RmqCommunicator`, and :func:`async_connect`.
 
 One communicator = one aio-pika connection (which it owns and closes), one
-:class:`~kiwipy.rmq._session.Session` over it, one reply queue shared by every sender, and
+:class:`~kiwipy.rmq.connection._session.Session` over it, one reply queue shared by every sender, and
 components created on first use (:mod:`kiwipy.rmq._components`): the message publisher and
 subscriber (:mod:`kiwipy.rmq.messages`), the default task queue and any named task queues
 (:mod:`kiwipy.rmq.tasks`). :func:`async_connect` opens the connection with
-:mod:`kiwipy.rmq._opening`. Each component re-declares and re-consumes what it owns after
+:mod:`kiwipy.rmq.connection._opening`. Each component re-declares and re-consumes what it owns after
 aio-pika reconnects, so subscribers keep receiving without the user doing anything; connection
 state changes are observable with :meth:`RmqCommunicator.add_connection_callback`.
 """
@@ -28,19 +28,19 @@ from ..communications import (
     RpcSubscriber,
     TaskSubscriber,
 )
-from . import _aiormq_boundary
 from ._components import Components
-from ._lane import MessageLane, TaskLane
-from ._opening import open_connection
 from ._options import (
     ConnectionFactory,
     ConnectionParams,
     RmqOptions,
     resolve_options,
 )
-from ._replies import ReplyQueue
-from ._session import Session
+from .connection import _aiormq_boundary
+from .connection._opening import open_connection
+from .connection._session import Session
 from .messages import RmqPublisher, RmqSubscriber
+from .receive._replies import ReplyQueue
+from .send._lane import MessageLane, TaskLane
 from .tasks import RmqTaskQueue
 
 __all__ = (
@@ -52,7 +52,7 @@ __all__ = (
 )
 
 #: kiwipy 0.9's declare arguments of both exchanges (kept for code that reads them; the
-#: declarations themselves are made in :mod:`kiwipy.rmq._amqp`, which adds ``durable=False``).
+#: declarations themselves are made in :mod:`kiwipy.rmq.connection._amqp`, which adds ``durable=False``).
 EXCHANGE_PROPERTIES: dict[str, Any] = {"type": aio_pika.ExchangeType.TOPIC}
 
 #: Seconds ``disconnect`` gives the components to stop cleanly before closing anyway (with
@@ -279,7 +279,7 @@ class RmqCommunicator(AsyncCommunicator):
 
     def task_lane(self) -> TaskLane:
         """:returns: the thread facade's quick way to send tasks to the default queue
-        (:mod:`kiwipy.rmq._lane`)."""
+        (:mod:`kiwipy.rmq.send._lane`)."""
         return TaskLane(self._components.default_task_target)
 
     def broadcast_tally(self) -> _broadcasts.Tally:
@@ -319,8 +319,8 @@ async def async_connect(
     :param connection_factory: makes the aio-pika connection; the default,
         :func:`aio_pika.connect_robust`, reconnects by itself after the connection is lost
         (with a quick first ``reconnect_interval`` unless the URL sets one, each attempt
-        bounded by :data:`~kiwipy.rmq._amqp.CONNECT_TIMEOUT`, and no socket leaked by a
-        failed attempt: :class:`~kiwipy.rmq._amqp.RobustConnection`).
+        bounded by :data:`~kiwipy.rmq.connection._amqp.CONNECT_TIMEOUT`, and no socket leaked by a
+        failed attempt: :class:`~kiwipy.rmq.connection._amqp.RobustConnection`).
     :param options: see :class:`RmqCommunicator`.
     :raises ValueError: for a bad option, a bad endpoint, or (with the default factory) a URL
         query parameter that is unknown or malformed (``?heartbeat=abc``).

@@ -8,23 +8,23 @@ Topology (kiwipy 0.9 names and routing keys, so 0.9 peers interoperate):
   from any other connection (``RESOURCE_LOCKED``), which makes identifiers unique across the
   broker: the second registration raises :class:`~kiwipy.DuplicateSubscriberIdentifier`
   instead of two subscribers answering one call. Removing the subscriber deletes its queue
-  (bug B13). The RPC side of :class:`RmqSubscriber` is :mod:`kiwipy.rmq._rpc_queues`.
+  (bug B13). The RPC side of :class:`RmqSubscriber` is :mod:`kiwipy.rmq.receive._rpc_queues`.
 * Broadcasts go to ``[broadcast]``; each subscriber side has one exclusive
   ``broadcast-<shortuuid>`` queue with kiwipy 0.9's 66 s message TTL, plus ``x-expires`` so a
   queue nobody consumes any more cannot collect messages forever (B13). It stays bound while
   no broadcast subscriber is registered, so broadcasts sent meanwhile arrive on
   re-subscription (within the TTL), as in kiwipy 0.9. The broadcast side of
-  :class:`RmqSubscriber` is :mod:`kiwipy.rmq._broadcast_queue`.
+  :class:`RmqSubscriber` is :mod:`kiwipy.rmq.receive._broadcast_queue`.
 * RPC requests are consumed without acknowledgement (kiwipy 0.9 acknowledged them before
   running the subscriber: the same guarantee, one frame less); broadcasts likewise. They are
-  handled by :mod:`kiwipy.rmq._handlers`.
+  handled by :mod:`kiwipy.rmq.receive._handlers`.
 * RPC requests and broadcasts are sent once (``retry=False``): a send whose connection broke
   under it raises :class:`~kiwipy.ConnectionLost` rather than risking running an RPC twice.
-  Replies are awaited with a watch on the subscriber's queue (:mod:`kiwipy.rmq._liveness`).
+  Replies are awaited with a watch on the subscriber's queue (:mod:`kiwipy.rmq.receive._liveness`).
 * Restoring (after a reconnection, or when the broker cancelled a consumer) is idempotent: only
   what is not consuming is started again. An RPC identifier another connection holds when we
   come back is tried again for a while, then its subscriber is removed
-  (:mod:`kiwipy.rmq._identities`): never two subscribers for one identifier. The broadcast
+  (:mod:`kiwipy.rmq.receive._identities`): never two subscribers for one identifier. The broadcast
   queue gets a new name on each restore, so a dead connection's queue cannot block it.
 """
 
@@ -37,14 +37,17 @@ from collections.abc import Iterable
 from typing import Any, Optional
 
 from .. import _broadcasts, _deadlines, _limits, exceptions
-from . import _amqp, _batch, _cancel, _offload, _outgoing, defaults, protocol
-from ._broadcast_queue import BroadcastQueue
-from ._handlers import MessageHandling
-from ._recovery import RestoreLater
-from ._replies import ReplyQueue
-from ._rpc_queues import RpcQueues
-from ._session import Session
+from . import defaults, protocol
+from .connection import _amqp
+from .connection._recovery import RestoreLater
+from .connection._session import Session
 from .protocol import rpc_queue_name
+from .receive import _cancel
+from .receive._broadcast_queue import BroadcastQueue
+from .receive._handlers import MessageHandling
+from .receive._replies import ReplyQueue
+from .receive._rpc_queues import RpcQueues
+from .send import _batch, _offload, _outgoing
 
 __all__ = (
     "BaseConnectionWithExchange",
@@ -191,7 +194,7 @@ class RmqPublisher(BasePublisherWithReplyQueue):
     def _on_rpc_done(
         self, recipient_id: Any, correlation_id: str, future: asyncio.Future[Any]
     ) -> None:
-        """A caller that cancelled its RPC cancels the handler too (:mod:`._cancel`)."""
+        """A caller that cancelled its RPC cancels the handler too (:mod:`kiwipy.rmq.receive._cancel`)."""
         if not future.cancelled():
             return
         self._replies.forget(correlation_id)  # no reply comes for a cancelled handler
@@ -214,7 +217,7 @@ class RmqPublisher(BasePublisherWithReplyQueue):
         call_timeout: Optional[float] = None,
     ) -> list[asyncio.Future[Any]]:
         """Send the ``(recipient_id, msg)`` *calls* with many publishes in flight, each as
-        :meth:`rpc_send` sends it; see :mod:`kiwipy.rmq._batch`.
+        :meth:`rpc_send` sends it; see :mod:`kiwipy.rmq.send._batch`.
 
         :returns: once every request is confirmed, the reply future of each call.
         :raises BatchSendError: if any call failed (nobody holds its recipient, or the batch
@@ -240,7 +243,7 @@ class RmqPublisher(BasePublisherWithReplyQueue):
     ) -> None:
         """Send *broadcasts* (tuples of :meth:`broadcast_send`'s positional arguments) with
         many publishes in flight, each as :meth:`broadcast_send` sends it; see
-        :mod:`kiwipy.rmq._batch`. Returns once every broadcast is confirmed.
+        :mod:`kiwipy.rmq.send._batch`. Returns once every broadcast is confirmed.
 
         :raises BatchSendError: if any broadcast was not confirmed (the batch stopped).
         """

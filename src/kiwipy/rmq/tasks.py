@@ -1,17 +1,17 @@
 """Task queues: :class:`RmqTaskPublisher`, :class:`RmqTaskSubscriber`, :class:`RmqTaskQueue`.
 
 * Queues are declared passively first and a missing one with safe defaults: no message TTL,
-  dead-lettering to ``<queue>.dead``, classic or quorum (:mod:`kiwipy.rmq._topology`; kiwipy
+  dead-lettering to ``<queue>.dead``, classic or quorum (:mod:`kiwipy.rmq.receive._topology`; kiwipy
   0.9 declared a 7-day TTL, and RabbitMQ keeps a requeued message's original expiry, so old
   tasks silently vanished). An existing queue is never changed.
 * Every task received, pushed or pulled, is *screened* before it runs: a lease copy is checked
   against its owner, and a task already running in this worker is never run twice
-  (:mod:`kiwipy.rmq._lease_tasks`). A task running longer than ``task_lease_after`` becomes a
+  (:mod:`kiwipy.rmq.leases._lease_tasks`). A task running longer than ``task_lease_after`` becomes a
   lease; consuming, prefetch and what the broker does to consumers are in
-  :mod:`kiwipy.rmq._task_consumer`.
+  :mod:`kiwipy.rmq.receive._task_consumer`.
 * Subscribers are tried in the order they were added; :class:`~kiwipy.TaskRejected` passes the
   task to the next one, any other outcome is final (kiwipy 0.9 went on trying the others
-  after an exception: bug B3). Running the tasks pushed is :mod:`kiwipy.rmq._task_runs`.
+  after an exception: bug B3). Running the tasks pushed is :mod:`kiwipy.rmq.receive._task_runs`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ import shortuuid
 
 from .. import _deadlines, exceptions
 from ..communications import AsyncTaskQueue
-from . import _amqp, _batch, _cancel, _offload, _outgoing, defaults, protocol
-from ._incoming import (
+from . import defaults, protocol
+from .connection import _amqp
+from .connection._session import Session
+from .messages import BaseConnectionWithExchange, BasePublisherWithReplyQueue
+from .receive import _cancel
+from .receive._incoming import (
     TASK_FINISHED,
     TASK_PENDING,
     TASK_PROCESSING,
@@ -38,12 +42,11 @@ from ._incoming import (
     TaskInfo,
     TaskResponder,
 )
-from ._replies import ReplyQueue
-from ._session import Session
-from ._task_consumer import TaskConsumer
-from ._task_runs import TaskRuns
-from ._topology import declare_task_queue
-from .messages import BaseConnectionWithExchange, BasePublisherWithReplyQueue
+from .receive._replies import ReplyQueue
+from .receive._task_consumer import TaskConsumer
+from .receive._task_runs import TaskRuns
+from .receive._topology import declare_task_queue
+from .send import _batch, _offload, _outgoing
 
 __all__ = (
     "TASK_FINISHED",
@@ -147,7 +150,7 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
 
     def _on_task_done(self, correlation_id: str, future: asyncio.Future[Any]) -> None:
         """A task whose future its sender cancelled is announced to the queue's workers, who
-        do not start it any more (:mod:`kiwipy.rmq._cancel`, with its limits)."""
+        do not start it any more (:mod:`kiwipy.rmq.receive._cancel`, with its limits)."""
         if not future.cancelled():
             return
         self._replies.forget(correlation_id)
@@ -170,7 +173,7 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
         timeout: Optional[float] = None,
         call_timeout: Optional[float] = None,
     ) -> list[Optional[asyncio.Future[Any]]]:
-        """Queue *tasks* with many publishes in flight; see :mod:`kiwipy.rmq._batch`.
+        """Queue *tasks* with many publishes in flight; see :mod:`kiwipy.rmq.send._batch`.
 
         :returns: once every task is confirmed, a reply future per task (``None`` entries
             with *no_reply*).
@@ -246,7 +249,7 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
             await self._consumer.start()
 
     async def _listen(self) -> None:
-        """Hear the cancels of tasks (:mod:`kiwipy.rmq._cancel`), once this consumes."""
+        """Hear the cancels of tasks (:mod:`kiwipy.rmq.receive._cancel`), once this consumes."""
         if self.responder.cancels is not None:
             await self.responder.cancels.listen()
 
