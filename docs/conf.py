@@ -74,7 +74,7 @@ nitpick_ignore_regex = [
 # Names of kiwipy's private modules that public signatures mention; they are not documented
 # on purpose, so a reference to them is shown as plain text.
 _PRIVATE = re.compile(
-    r"(kiwipy(\.rmq|\.memory|\.cli)?\._\w+(\..*)?|_\w+|RmqOptions|MemoryOptions|ConnectionParams|ConnectionFactory"
+    r"(kiwipy(\.rmq(\.connection|\.send|\.receive|\.leases)?|\.memory|\.cli)?\._\w+(\..*)?|_\w+|RmqOptions|MemoryOptions|ConnectionParams|ConnectionFactory"
     r"|ReplyQueue|TaskResponder|TaskHost|Delivery|Outcome|protocol\.\w+|kiwipy\.rmq\.protocol\.\w+)"
 )
 

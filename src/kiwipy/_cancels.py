@@ -2,7 +2,7 @@
 
 Cancelling the future ``rpc_send`` returned sends a *cancel* of that request (its correlation
 id) to the responder; each transport carries it its own way (memory: a flag on the request;
-RabbitMQ: :mod:`kiwipy.rmq._cancel`). The responder keeps its handlers under way in a
+RabbitMQ: :mod:`kiwipy.rmq.receive._cancel`). The responder keeps its handlers under way in a
 :class:`RunningHandlers`, by correlation id: a cancel cancels the handler's task, so a
 coroutine handler is interrupted where it awaits; a function running on a worker thread (the
 thread facade) runs on, and its result is discarded. A cancelled request gets no reply: its

@@ -14,7 +14,7 @@ other ``BaseException`` from user code (``asyncio.CancelledError``, ``SystemExit
 ``KeyboardInterrupt``, ``StopIteration``, ``GeneratorExit``) becomes an ``exception`` outcome:
 it never kills a consumer or the loop, and the sender always gets an answer.
 
-Each transport turns an :class:`Outcome` into its reply (``kiwipy.rmq._outcome.to_response``,
+Each transport turns an :class:`Outcome` into its reply (``kiwipy.rmq.receive._outcome.to_response``,
 ``kiwipy.memory._outcome.outcome_reply``); the decisions are taken here, once, including
 the error reply that replaces a reply that cannot be encoded (:func:`encode_reply`).
 """

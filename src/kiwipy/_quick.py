@@ -1,7 +1,7 @@
 """Quick sends of the thread facade: no task and no coroutine chain on the loop per send.
 
 A core may offer a *lane* (``task_lane()``, see :class:`Lane`; the RabbitMQ core does:
-:mod:`kiwipy.rmq._lane`). :func:`send` then encodes on the caller's thread, hands the
+:mod:`kiwipy.rmq.send._lane`). :func:`send` then encodes on the caller's thread, hands the
 loop one callback that publishes, and wakes the caller from the confirm's own callback.
 Whenever the lane cannot publish, or asks for it (:data:`RETRY`), the core's coroutine
 (``task_send``) runs instead, so the caller always gets the outcome the core defines; only

@@ -222,7 +222,7 @@ def dead_lettered(system: str, queue: str, reason: str) -> None:
 
 
 def connection_event(name: str, down_since: Optional[float]) -> Optional[float]:
-    """A connection event of :mod:`kiwipy.rmq._events` happened.
+    """A connection event of :mod:`kiwipy.rmq.connection._events` happened.
 
     :param down_since: what this returned for the previous event of the connection.
     :returns: when the connection went down (``time.monotonic()``), while it is down.

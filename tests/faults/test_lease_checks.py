@@ -16,7 +16,7 @@ import pytest
 from pamqp import commands as spec
 
 import kiwipy
-from kiwipy.rmq._leases import LEASE_HEADER, OWNER_HEADER, STRIKES_HEADER, worker_queue
+from kiwipy.rmq.leases._leases import LEASE_HEADER, OWNER_HEADER, STRIKES_HEADER, worker_queue
 
 from ._lease_support import Names, connect, outcome, wait_for
 from .broker import PrivateBroker

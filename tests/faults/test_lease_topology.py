@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pamqp import commands as spec
 
-from kiwipy.rmq._leases import LEASE_HEADER, OWNER_HEADER, STRIKES_HEADER
+from kiwipy.rmq.leases._leases import LEASE_HEADER, OWNER_HEADER, STRIKES_HEADER
 
 from ._lease_support import Names, connect, outcome, wait_for
 from .broker import PrivateBroker

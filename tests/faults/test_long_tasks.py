@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from kiwipy import rmq
-from kiwipy.rmq._leases import LeaseSettings
 from kiwipy.rmq._options import resolve_options
+from kiwipy.rmq.leases._leases import LeaseSettings
 
 from ._lease_support import LEASES, Names, WorkerProcess, connect, drained, outcome, wait_for
 from .broker import PrivateBroker

@@ -14,7 +14,7 @@ import pytest
 
 import kiwipy
 from kiwipy import encoders, rmq
-from kiwipy.rmq import _batch
+from kiwipy.rmq.send import _batch
 
 WAIT = 10.0
 
@@ -163,7 +163,8 @@ async def test_replies_are_awaited_as_rpc_send_awaits_them(
     await communicator.add_rpc_subscriber(slow, "slow")
     single = await communicator.rpc_send("slow", "done")
     (batch,) = await communicator.rpc_send_many([("slow", "done")])
-    waiting = communicator._replies._waiting.values()  # what each reply is registered with
+    # what each reply is registered with
+    waiting = [each for _, (_, each) in communicator._replies._waiting.items()]
     one, two = ((each.recipient, each.watch) for each in waiting)
     assert one == two == ("[rpc].slow", rmq.messages.rpc_queue_name(names.message_exchange, "slow"))
     release.set()

@@ -12,7 +12,7 @@ import pytest
 from kiwipy import cli
 from kiwipy.rmq import defaults
 from kiwipy.rmq._options import resolve_options
-from kiwipy.rmq._topology import task_queue_arguments
+from kiwipy.rmq.receive._topology import task_queue_arguments
 
 KIWIPY09 = {"x-message-ttl": defaults.TASK_MESSAGE_TTL}
 

@@ -20,7 +20,7 @@ import pytest
 
 import kiwipy
 from kiwipy import rmq
-from kiwipy.rmq import _access
+from kiwipy.rmq.connection import _access
 
 pytestmark = pytest.mark.integration
 

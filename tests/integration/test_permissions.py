@@ -23,7 +23,7 @@ from pamqp import commands as spec
 
 import kiwipy
 from kiwipy import rmq
-from kiwipy.rmq._leases import LEASE_HEADER, OWNER_HEADER, STRIKES_HEADER
+from kiwipy.rmq.leases._leases import LEASE_HEADER, OWNER_HEADER, STRIKES_HEADER
 
 from .._ci import require
 from .._names import BrokerNames

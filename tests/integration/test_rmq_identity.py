@@ -52,7 +52,7 @@ async def test_broadcast_queue_has_ttl_and_expiry(communicator, rmq_uri) -> None
     try:
         channel = await connection.channel()
         with pytest.raises(aiormq.exceptions.ChannelLockedResource):
-            await channel.queue_declare(subscriber._broadcast_queue, passive=True)
+            await channel.queue_declare(subscriber._broadcasts.queue, passive=True)
     finally:
         await connection.close()
 

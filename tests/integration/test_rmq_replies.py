@@ -10,8 +10,8 @@ import pytest
 
 import kiwipy
 from kiwipy import rmq
-from kiwipy.rmq import _handlers
-from kiwipy.rmq._replies import send_reply
+from kiwipy.rmq.receive import _handlers
+from kiwipy.rmq.receive._replies import send_reply
 
 WAIT = 5.0
 

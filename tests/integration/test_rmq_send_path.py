@@ -14,7 +14,7 @@ import pytest
 
 import kiwipy
 from kiwipy import rmq
-from kiwipy.rmq import _fastpublish
+from kiwipy.rmq.send import _fastpublish
 
 CONTROL = 3.0
 WAIT = 10.0

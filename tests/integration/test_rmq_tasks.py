@@ -160,8 +160,7 @@ async def test_bad_task_is_parked_and_answered(communicator, raw_channel, names,
     decoded = yaml.load(reply.body, Loader=yaml.FullLoader)
     assert reply.header.properties.correlation_id == "bad-1"
     assert (
-        decoded["exception_type"] == "kiwipy.rmq.protocol.MalformedMessage"
-        or reason == "undecodable"
+        decoded["exception_type"] == "kiwipy._replies.MalformedMessage" or reason == "undecodable"
     )
     assert "host" in decoded and decoded["exception"]
     [parked] = await _dead_letters(raw_channel, names.task_queue)

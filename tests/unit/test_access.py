@@ -9,7 +9,7 @@ from aiormq import exceptions as amqp_errors
 from yarl import URL
 
 import kiwipy
-from kiwipy.rmq import _access, _connecting
+from kiwipy.rmq.connection import _access, _connecting
 
 
 def refused(kind: str, name: str) -> amqp_errors.ChannelAccessRefused:

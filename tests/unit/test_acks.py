@@ -1,4 +1,4 @@
-"""The batched ``basic.ack`` writes (:mod:`kiwipy.rmq._acks`) keep no channel alive."""
+"""The batched ``basic.ack`` writes (:mod:`kiwipy.rmq.receive._acks`) keep no channel alive."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import gc
 import weakref
 from typing import Any
 
-from kiwipy.rmq import _acks
+from kiwipy.rmq.receive import _acks
 
 
 class FakeChannel:

@@ -1,6 +1,6 @@
 """A batch that runs out of time keeps what it wrote (issue 11, item 3).
 
-The RabbitMQ batch sender (``kiwipy.rmq._batch``) runs here over a fake session and fake
+The RabbitMQ batch sender (``kiwipy.rmq.send._batch``) runs here over a fake session and fake
 confirms, so the test controls which windows are written and confirmed and when; the thread
 facade gives batches a single send's bound (not the short call timeout) and passes it on.
 """
@@ -17,8 +17,8 @@ import pytest
 import kiwipy
 from kiwipy import memory
 from kiwipy._thread import ThreadCommunicator
-from kiwipy.rmq import _batch, _fastpublish
-from kiwipy.rmq._batch import WINDOW, Pending
+from kiwipy.rmq.send import _batch, _fastpublish
+from kiwipy.rmq.send._batch import WINDOW, Pending
 
 #: The batch's own time limit in these tests.
 BATCH_TIMEOUT = 0.3

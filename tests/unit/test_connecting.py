@@ -1,4 +1,4 @@
-"""How a failed connection attempt is described (kiwipy.rmq._connecting), case by case, for
+"""How a failed connection attempt is described (kiwipy.rmq.connection._connecting), case by case, for
 the failures the integration tests cannot make on loopback (issue 19, item 4)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pamqp import exceptions as pamqp_errors
 from yarl import URL
 
 import kiwipy
-from kiwipy.rmq import _access, _connecting
+from kiwipy.rmq.connection import _access, _connecting
 
 
 def caused(exc: BaseException, cause: BaseException) -> BaseException:

@@ -13,7 +13,7 @@ import pytest
 
 import kiwipy
 from kiwipy import _deadlines
-from kiwipy.rmq import _outgoing
+from kiwipy.rmq.send import _outgoing
 
 
 def test_deadline_exceeded_is_a_kiwi_error_and_a_timeout_error() -> None:
@@ -98,7 +98,7 @@ async def test_a_pending_reply_keeps_the_deadline() -> None:
 
 async def test_an_expired_task_found_on_arrival_is_parked_not_run() -> None:
     """The arrival check itself (the broker's expiry usually gets there first)."""
-    from kiwipy.rmq._incoming import TaskResponder
+    from kiwipy.rmq.receive._incoming import TaskResponder
 
     responder = mock.Mock(spec=TaskResponder)
     responder.park = mock.AsyncMock()

@@ -9,9 +9,9 @@ import pytest
 from yarl import URL
 
 import kiwipy
-from kiwipy.rmq import _connecting
-from kiwipy.rmq._endpoints import Endpoints, EndpointsUnreachable
 from kiwipy.rmq._options import endpoint_urls
+from kiwipy.rmq.connection import _connecting
+from kiwipy.rmq.connection._endpoints import Endpoints, EndpointsUnreachable
 
 PW = "s3cret"
 

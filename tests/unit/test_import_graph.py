@@ -7,8 +7,8 @@ side needs of the other, or by moving the shared piece into a module both import
 
 An edge goes to the module an import names: ``from . import x`` to the submodule ``x`` when
 there is one, else to the package (``x`` is a name its ``__init__`` defines). The parent
-packages Python also runs on the way are not edges: importing ``kiwipy.rmq._amqp`` from
-``kiwipy.rmq._session`` does not make the session depend on everything ``kiwipy.rmq``
+packages Python also runs on the way are not edges: importing ``kiwipy.rmq.connection._amqp`` from
+``kiwipy.rmq.connection._session`` does not make the session depend on everything ``kiwipy.rmq``
 re-exports. ``importlib.import_module`` by name is not an edge either: that is how the URL
 scheme registry (``kiwipy._connect``) loads a transport without depending on it.
 """
@@ -120,7 +120,7 @@ def test_the_graph_sees_every_kind_of_import() -> None:
     graph = import_graph(SOURCE)
     assert "kiwipy.communications" in graph["kiwipy.core._tasks"]  # module level
     assert "kiwipy._connect" in graph["kiwipy.communications"]  # module level, relative
-    assert "kiwipy.exceptions" in graph["kiwipy.rmq._session"]  # ``from .. import x``
+    assert "kiwipy.exceptions" in graph["kiwipy.rmq.connection._session"]  # ``from .. import x``
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:

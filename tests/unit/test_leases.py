@@ -9,9 +9,13 @@ import pytest
 from pamqp import commands as spec
 
 from kiwipy.cli._dead import dead_reason, dead_since, requeued_headers
-from kiwipy.rmq import _leases as leases
 from kiwipy.rmq._options import resolve_options
-from kiwipy.rmq._topology import dead_queue_arguments, lease_queue_arguments, task_queue_arguments
+from kiwipy.rmq.leases import _leases as leases
+from kiwipy.rmq.receive._topology import (
+    dead_queue_arguments,
+    lease_queue_arguments,
+    task_queue_arguments,
+)
 
 # The decision table of docs/long-tasks.md, row by row: (answer, strikes) -> verdict.
 JUDGE_CASES = [

@@ -12,7 +12,9 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from kiwipy.rmq import _acks, _amqp, _frames
+from kiwipy.rmq.connection import _amqp
+from kiwipy.rmq.receive import _acks
+from kiwipy.rmq.send import _frames
 
 MAX_CONTENT = 131072 - 8
 

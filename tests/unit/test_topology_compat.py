@@ -9,7 +9,7 @@ import pytest
 
 from kiwipy.rmq import defaults
 from kiwipy.rmq._options import resolve_options
-from kiwipy.rmq._topology import task_queue_arguments, task_queue_durable
+from kiwipy.rmq.receive._topology import task_queue_arguments, task_queue_durable
 
 #: kiwipy 0.9 in testing mode: ``durable=False`` with these arguments.
 KIWIPY09_TESTING = {"x-message-ttl": defaults.TASK_MESSAGE_TTL, "x-expires": 10000}

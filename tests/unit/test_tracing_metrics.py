@@ -1,5 +1,5 @@
 """kiwipy's own connection metrics (issue 17): reconnections and the time to recover, counted
-where connection events are emitted (``kiwipy.rmq._events``)."""
+where connection events are emitted (``kiwipy.rmq.connection._events``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("aiormq")
 
-from kiwipy.rmq import _events
+from kiwipy.rmq.connection import _events
 from tests.contract_tracing import otel_sdk
 
 

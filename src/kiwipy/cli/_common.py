@@ -217,7 +217,9 @@ async def open_broker(url: str, opening: Awaitable[T]) -> T:
 
     :raises CliError: saying why the connection failed (the URL's password masked).
     """
-    from ..rmq import _connecting  # only broker commands get here: the rmq extra is there
+    from ..rmq.connection import (
+        _connecting,  # only broker commands get here: the rmq extra is there
+    )
 
     try:
         return await asyncio.wait_for(_connecting.opening(url, opening), CONNECT_TIMEOUT)

@@ -334,7 +334,7 @@ async def _republish(
 ) -> None:
     from aiormq import exceptions as amqp_errors
 
-    from ..rmq._leases import copy_properties
+    from ..rmq.leases._leases import copy_properties
 
     props = message.header.properties
     copy = copy_properties(props, headers(props.headers))

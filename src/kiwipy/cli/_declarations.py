@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Optional
 
 from ..rmq import defaults
 from ..rmq._options import resolve_options
-from ..rmq._topology import KIWIPY09_TASK_QUEUE, task_queue_arguments, task_queue_durable
+from ..rmq.receive._topology import KIWIPY09_TASK_QUEUE, task_queue_arguments, task_queue_durable
 
 __all__ = ("Declaration", "identify", "known_declarations")
 

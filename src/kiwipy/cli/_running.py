@@ -187,7 +187,7 @@ class LibraryLog(logging.Handler):
             message = record.getMessage()
         except Exception:  # a record that cannot be formatted is still worth a line
             message = str(record.msg)
-        # The record of kiwipy.rmq._incoming's park(): (queue, queue, reason, error).
+        # The record of kiwipy.rmq.receive._incoming's park(): (queue, queue, reason, error).
         if message.startswith("parking a task") and isinstance(record.args, tuple):
             self.tally.park(str(record.args[2]))
         elif message.startswith("task raised "):

@@ -309,7 +309,7 @@ def _check_query(url: str) -> None:
 # yarl (and so aio-pika and aiormq) reads ``h1:5672,h2:5673`` as one host with the port
 # ``5672,h2:5673`` and fails ("port can't be converted to integer"), and takes no list. The
 # endpoints are split here into one URL per host; the connection is made to one of them at a
-# time (:class:`kiwipy.rmq._amqp.RobustConnection`).
+# time (:class:`kiwipy.rmq.connection._amqp.RobustConnection`).
 
 
 def endpoint_urls(params: ConnectionParams) -> list[str]:

@@ -1,5 +1,5 @@
 """Where RabbitMQ messages meet :mod:`kiwipy._tracing`: the trace context headers of an
-outgoing message (:func:`headers`, called by each builder of :mod:`kiwipy.rmq._outgoing`),
+outgoing message (:func:`headers`, called by each builder of :mod:`kiwipy.rmq.send._outgoing`),
 and the consumer span around the handling of a delivery (:func:`delivery`, called where the
 task, RPC and broadcast consumers hand a delivery to their subscribers).
 
@@ -14,7 +14,7 @@ from typing import Any, Optional, TypeVar
 import aiormq.abc
 
 from .. import _tracing
-from . import _outcome
+from .receive import _outcome
 
 __all__ = ("delivery", "headers", "outcome")
 

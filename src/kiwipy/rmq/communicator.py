@@ -1,10 +1,11 @@
 """The asyncio RabbitMQ communicator, :class:`RmqCommunicator`, and :func:`async_connect`.
 
 One communicator = one aio-pika connection (which it owns and closes), one
-:class:`~kiwipy.rmq._session.Session` over it, one reply queue shared by every sender, and
-components created on first use: the message publisher and subscriber
-(:mod:`kiwipy.rmq.messages`), the default task queue and any named task queues
-(:mod:`kiwipy.rmq.tasks`). Each component re-declares and re-consumes what it owns after
+:class:`~kiwipy.rmq.connection._session.Session` over it, one reply queue shared by every sender, and
+components created on first use (:mod:`kiwipy.rmq._components`): the message publisher and
+subscriber (:mod:`kiwipy.rmq.messages`), the default task queue and any named task queues
+(:mod:`kiwipy.rmq.tasks`). :func:`async_connect` opens the connection with
+:mod:`kiwipy.rmq.connection._opening`. Each component re-declares and re-consumes what it owns after
 aio-pika reconnects, so subscribers keep receiving without the user doing anything; connection
 state changes are observable with :meth:`RmqCommunicator.add_connection_callback`.
 """
@@ -13,14 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import logging
-from collections.abc import Awaitable, Iterable, Mapping
-from typing import Any, Callable, Optional, TypeVar, cast
+from collections.abc import Iterable
+from typing import Any, Callable, Optional, cast
 
 import aio_pika
 from typing_extensions import Unpack
-from yarl import URL
 
 from .. import _broadcasts, _limits, exceptions
 from .._outcome import DeferredClose
@@ -30,22 +28,19 @@ from ..communications import (
     RpcSubscriber,
     TaskSubscriber,
 )
-from . import _aiormq_boundary, _amqp, _connecting
-from ._batch import MessageTarget, TaskTarget
-from ._endpoints import Endpoints
-from ._lane import MessageLane, TaskLane
+from ._components import Components
 from ._options import (
     ConnectionFactory,
     ConnectionParams,
     RmqOptions,
-    check_url_query,
-    endpoint_urls,
     resolve_options,
 )
-from ._recovery import ReconnectPacing
-from ._replies import ReplyQueue
-from ._session import Session
+from .connection import _aiormq_boundary
+from .connection._opening import open_connection
+from .connection._session import Session
 from .messages import RmqPublisher, RmqSubscriber
+from .receive._replies import ReplyQueue
+from .send._lane import MessageLane, TaskLane
 from .tasks import RmqTaskQueue
 
 __all__ = (
@@ -57,15 +52,9 @@ __all__ = (
 )
 
 #: kiwipy 0.9's declare arguments of both exchanges (kept for code that reads them; the
-#: declarations themselves are made in :mod:`kiwipy.rmq._amqp`, which adds ``durable=False``).
+#: declarations themselves are made in :mod:`kiwipy.rmq.connection._amqp`, which adds ``durable=False``).
 EXCHANGE_PROPERTIES: dict[str, Any] = {"type": aio_pika.ExchangeType.TOPIC}
 
-_LOGGER = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-#: aio-pika's default ``reconnect_interval``.
-_AIO_PIKA_INTERVAL = 5.0
 #: Seconds ``disconnect`` gives the components to stop cleanly before closing anyway (with
 #: the session's own bounded close, it stays under the thread facade's 5 s call timeout).
 _CLOSE_BUDGET = 2.0
@@ -91,11 +80,12 @@ class RmqCommunicator(AsyncCommunicator):
         self._connection = connection
         self._session = Session(connection, self._options, owns_connection=True)
         self._replies = ReplyQueue(self._session, self._options["message_exchange"])
-        self._lazy: dict[str, asyncio.Future[Any]] = {}
-        self._task_queues: list[RmqTaskQueue] = []
+        self._broadcast_tally = _broadcasts.Tally()
+        self._components = Components(
+            self._session, self._options, self._replies, self, self._broadcast_tally
+        )
         self._closed = False
         self._deferred_close = DeferredClose()
-        self._broadcast_tally = _broadcasts.Tally()
 
     def __str__(self) -> str:
         return f"RmqCommunicator({self._connection})"
@@ -158,7 +148,7 @@ class RmqCommunicator(AsyncCommunicator):
         if self._closed:
             await self._deferred_close.wait()
             return
-        self._closed = True
+        self._closed = self._components.closed = True
         self._replies.fail_all(exceptions.CommunicatorClosed())
         if not self._deferred_close.start(self._close):
             await self._close()
@@ -167,88 +157,23 @@ class RmqCommunicator(AsyncCommunicator):
         await asyncio.sleep(0)  # let the failed futures' callbacks run
         self._session.begin_close()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stop_components(), _CLOSE_BUDGET)
+            await asyncio.wait_for(self._components.stop(), _CLOSE_BUDGET)
         await self._session.close()
 
-    async def _stop_components(self) -> None:
-        components = [f.result() for f in self._lazy.values() if f.done() and not f.exception()]
-        for component in components + list(self._task_queues):
-            if isinstance(component, RmqPublisher):
-                continue  # its only state is the shared reply queue, closed below
-            try:
-                await component.disconnect()
-            except exceptions.KiwiError as exc:
-                _LOGGER.debug("while disconnecting %r: %s", component, exc)
-        await self._replies.close()
-
     def _ensure_open(self) -> None:
-        if self._closed:
-            raise exceptions.CommunicatorClosed
-
-    async def _get(self, name: str, make: Callable[[], Awaitable[T]]) -> T:
-        """:returns: the component *name*, made (once, even with concurrent callers) by
-        *make*; a failed attempt is retried by the next call."""
-        self._ensure_open()
-        future = self._lazy.get(name)
-        if future is None or (future.done() and future.exception() is not None):
-            future = self._lazy[name] = asyncio.ensure_future(make())
-        if not future.done():
-            await asyncio.shield(future)
-        return cast(T, future.result())
+        self._components.ensure_open()
 
     async def get_message_publisher(self) -> RmqPublisher:
         """:returns: the RPC/broadcast publisher, created on first use."""
-
-        async def make() -> RmqPublisher:
-            publisher = RmqPublisher(
-                self._session, self._options["message_exchange"], replies=self._replies
-            )
-            await publisher.connect()
-            return publisher
-
-        return await self._get("publisher", make)
+        return await self._components.message_publisher()
 
     async def get_message_subscriber(self) -> RmqSubscriber:
         """:returns: the RPC/broadcast subscriber, created on first use."""
-
-        async def make() -> RmqSubscriber:
-            subscriber = RmqSubscriber(
-                self._session,
-                self._options["message_exchange"],
-                self._options["queue_expires"],
-                owner=self,
-                tally=self._broadcast_tally,
-            )
-            await subscriber.connect()
-            return subscriber
-
-        return await self._get("subscriber", make)
+        return await self._components.message_subscriber()
 
     async def get_default_task_queue(self) -> RmqTaskQueue:
         """:returns: the task queue named by the ``task_queue`` option, declared on first use."""
-        options = self._options
-
-        async def make() -> RmqTaskQueue:
-            return await self._make_task_queue(
-                options["task_queue"], options["task_prefetch_size"], options["task_prefetch_count"]
-            )
-
-        return await self._get("tasks", make)
-
-    async def _make_task_queue(
-        self, queue_name: str, prefetch_size: int, prefetch_count: int
-    ) -> RmqTaskQueue:
-        queue = RmqTaskQueue(
-            self._session,
-            self._options["task_exchange"],
-            queue_name,
-            prefetch_size=prefetch_size,
-            prefetch_count=prefetch_count,
-            owner=self,
-            replies=self._replies,
-        )
-        await queue.connect()
-        return queue
+        return await self._components.default_task_queue()
 
     # Subscribers
 
@@ -354,8 +279,8 @@ class RmqCommunicator(AsyncCommunicator):
 
     def task_lane(self) -> TaskLane:
         """:returns: the thread facade's quick way to send tasks to the default queue
-        (:mod:`kiwipy.rmq._lane`)."""
-        return TaskLane(self._default_task_target)
+        (:mod:`kiwipy.rmq.send._lane`)."""
+        return TaskLane(self._components.default_task_target)
 
     def broadcast_tally(self) -> _broadcasts.Tally:
         """:returns: the count of this communicator's broadcast handlers, started as the
@@ -365,22 +290,7 @@ class RmqCommunicator(AsyncCommunicator):
 
     def message_lane(self) -> MessageLane:
         """:returns: the thread facade's quick way to send RPCs and broadcasts."""
-        return MessageLane(self._message_target)
-
-    def _message_target(self) -> Optional[MessageTarget]:
-        future = self._lazy.get("publisher")
-        if self._closed or future is None or not future.done() or future.exception():
-            return None
-        publisher: RmqPublisher = future.result()
-        target: MessageTarget = publisher.target()
-        return target
-
-    def _default_task_target(self) -> Optional[TaskTarget]:
-        future = self._lazy.get("tasks")
-        if self._closed or future is None or not future.done() or future.exception():
-            return None
-        queue: RmqTaskQueue = future.result()
-        return queue.target()
+        return MessageLane(self._components.message_target)
 
     async def task_queue(
         self, queue_name: str, prefetch_size: int = 0, prefetch_count: int = 0
@@ -391,50 +301,7 @@ class RmqCommunicator(AsyncCommunicator):
         """
         self._ensure_open()
         _limits.task_queue_name(queue_name)
-        queue = await self._make_task_queue(queue_name, prefetch_size, prefetch_count)
-        self._task_queues.append(queue)
-        return queue
-
-
-async def _open_connection(params: ConnectionParams, factory: ConnectionFactory) -> Any:
-    """:returns: ``factory(**params)`` for a dict, ``factory(params)`` for a URL string."""
-    params = params or {}
-    if isinstance(params, Mapping):
-        return await factory(**params)
-    return await factory(params)
-
-
-def _one_url(params: ConnectionParams, urls: list[str]) -> ConnectionParams:
-    """:returns: *params* with one URL for aio-pika: the first endpoint's (the endpoint of
-    each attempt is chosen later: :mod:`kiwipy.rmq._endpoints`)."""
-    if not urls:
-        return params
-    if isinstance(params, Mapping):
-        return {**params, "url": urls[0]}
-    return urls[0]
-
-
-def _paced(params: ConnectionParams, options: dict[str, Any]) -> ConnectionParams:
-    """:returns: *params* for :func:`aio_pika.connect_robust` with a first
-    ``reconnect_interval`` of 0.1 s, unless the user chose one.
-
-    aio-pika sleeps ``reconnect_interval`` after *every* successful connection before it
-    watches for the next loss, so without this a connection lost in its first 5 s would be
-    retried only 5 s after it was made. The session then paces the attempts of an outage up
-    to ``reconnect_max_interval`` (:class:`~kiwipy.rmq._recovery.ReconnectPacing`).
-    """
-    first = ReconnectPacing.FIRST
-    if isinstance(params, Mapping):
-        url = params.get("url")
-        if "reconnect_interval" in params or "reconnect_interval" in URL(url or "").query:
-            return params
-        options.setdefault("reconnect_max_interval", _AIO_PIKA_INTERVAL)
-        return {**params, "reconnect_interval": first}
-    url = URL(str(params or "amqp://guest:guest@localhost/"))  # one URL: see _one_url
-    if "reconnect_interval" in url.query:
-        return params
-    options.setdefault("reconnect_max_interval", _AIO_PIKA_INTERVAL)
-    return str(url.update_query(reconnect_interval=str(first)))
+        return await self._components.task_queue(queue_name, prefetch_size, prefetch_count)
 
 
 async def async_connect(
@@ -452,8 +319,8 @@ async def async_connect(
     :param connection_factory: makes the aio-pika connection; the default,
         :func:`aio_pika.connect_robust`, reconnects by itself after the connection is lost
         (with a quick first ``reconnect_interval`` unless the URL sets one, each attempt
-        bounded by :data:`~kiwipy.rmq._amqp.CONNECT_TIMEOUT`, and no socket leaked by a
-        failed attempt: :class:`~kiwipy.rmq._amqp.RobustConnection`).
+        bounded by :data:`~kiwipy.rmq.connection._amqp.CONNECT_TIMEOUT`, and no socket leaked by a
+        failed attempt: :class:`~kiwipy.rmq.connection._amqp.RobustConnection`).
     :param options: see :class:`RmqCommunicator`.
     :raises ValueError: for a bad option, a bad endpoint, or (with the default factory) a URL
         query parameter that is unknown or malformed (``?heartbeat=abc``).
@@ -464,32 +331,8 @@ async def async_connect(
     """
     resolved = resolve_options(options)
     _limits.check_options(resolved)  # fail on a bad option before connecting
-    asked = connection_params  # for error messages: before the pacing below adds to it
-    urls = endpoint_urls(connection_params)
-    if connection_factory is aio_pika.connect_robust:
-        check_url_query(connection_params)  # aiormq would ignore a bad one silently
-        connection_params = _one_url(connection_params, urls)
-        connection_params = _paced(connection_params, cast(dict[str, Any], options))
-        endpoints = None
-        if len(urls) > 1:
-            shuffle = resolved["shuffle_endpoints"]
-            endpoints = Endpoints(urls, shuffle, _amqp.CONNECT_TIMEOUT)
-        connection_factory = functools.partial(
-            aio_pika.connect_robust,
-            connection_class=cast(
-                type[_amqp.RobustConnection],
-                functools.partial(_amqp.RobustConnection, endpoints=endpoints),
-            ),
-            timeout=_amqp.CONNECT_TIMEOUT,
-        )
-    elif len(urls) > 1:
-        raise ValueError(
-            "several endpoints need the default connection factory (aio_pika.connect_robust)"
-        )
-    else:
-        connection_params = _one_url(connection_params, urls)
-    connection = await _connecting.opening(
-        asked, _open_connection(connection_params, connection_factory)
+    connection = await open_connection(
+        connection_params, connection_factory, cast(dict[str, Any], options), resolved
     )
     communicator = RmqCommunicator(connection, **options)
     await communicator.connect()

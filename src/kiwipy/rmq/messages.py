@@ -8,22 +8,23 @@ Topology (kiwipy 0.9 names and routing keys, so 0.9 peers interoperate):
   from any other connection (``RESOURCE_LOCKED``), which makes identifiers unique across the
   broker: the second registration raises :class:`~kiwipy.DuplicateSubscriberIdentifier`
   instead of two subscribers answering one call. Removing the subscriber deletes its queue
-  (bug B13).
+  (bug B13). The RPC side of :class:`RmqSubscriber` is :mod:`kiwipy.rmq.receive._rpc_queues`.
 * Broadcasts go to ``[broadcast]``; each subscriber side has one exclusive
   ``broadcast-<shortuuid>`` queue with kiwipy 0.9's 66 s message TTL, plus ``x-expires`` so a
   queue nobody consumes any more cannot collect messages forever (B13). It stays bound while
   no broadcast subscriber is registered, so broadcasts sent meanwhile arrive on
-  re-subscription (within the TTL), as in kiwipy 0.9.
+  re-subscription (within the TTL), as in kiwipy 0.9. The broadcast side of
+  :class:`RmqSubscriber` is :mod:`kiwipy.rmq.receive._broadcast_queue`.
 * RPC requests are consumed without acknowledgement (kiwipy 0.9 acknowledged them before
   running the subscriber: the same guarantee, one frame less); broadcasts likewise. They are
-  handled by :mod:`kiwipy.rmq._handlers`.
+  handled by :mod:`kiwipy.rmq.receive._handlers`.
 * RPC requests and broadcasts are sent once (``retry=False``): a send whose connection broke
   under it raises :class:`~kiwipy.ConnectionLost` rather than risking running an RPC twice.
-  Replies are awaited with a watch on the subscriber's queue (:mod:`kiwipy.rmq._liveness`).
+  Replies are awaited with a watch on the subscriber's queue (:mod:`kiwipy.rmq.receive._liveness`).
 * Restoring (after a reconnection, or when the broker cancelled a consumer) is idempotent: only
   what is not consuming is started again. An RPC identifier another connection holds when we
   come back is tried again for a while, then its subscriber is removed
-  (:mod:`kiwipy.rmq._identities`): never two subscribers for one identifier. The broadcast
+  (:mod:`kiwipy.rmq.receive._identities`): never two subscribers for one identifier. The broadcast
   queue gets a new name on each restore, so a dead connection's queue cannot block it.
 """
 
@@ -33,20 +34,20 @@ import asyncio
 import functools
 import logging
 from collections.abc import Iterable
-from typing import Any, NamedTuple, Optional
-
-import aiormq.abc
-import shortuuid
-from aiormq import exceptions as amqp_errors
+from typing import Any, Optional
 
 from .. import _broadcasts, _deadlines, _limits, exceptions
-from . import _amqp, _batch, _cancel, _offload, _outgoing, _traced, defaults, protocol
-from ._handlers import MessageHandling
-from ._identities import TakenIdentities
-from ._recovery import RestoreLater
-from ._replies import ReplyQueue
-from ._session import Session
+from . import defaults, protocol
+from .connection import _amqp
+from .connection._recovery import RestoreLater
+from .connection._session import Session
 from .protocol import rpc_queue_name
+from .receive import _cancel
+from .receive._broadcast_queue import BroadcastQueue
+from .receive._handlers import MessageHandling
+from .receive._replies import ReplyQueue
+from .receive._rpc_queues import RpcQueues
+from .send import _batch, _offload, _outgoing
 
 __all__ = (
     "BaseConnectionWithExchange",
@@ -193,7 +194,7 @@ class RmqPublisher(BasePublisherWithReplyQueue):
     def _on_rpc_done(
         self, recipient_id: Any, correlation_id: str, future: asyncio.Future[Any]
     ) -> None:
-        """A caller that cancelled its RPC cancels the handler too (:mod:`._cancel`)."""
+        """A caller that cancelled its RPC cancels the handler too (:mod:`kiwipy.rmq.receive._cancel`)."""
         if not future.cancelled():
             return
         self._replies.forget(correlation_id)  # no reply comes for a cancelled handler
@@ -216,7 +217,7 @@ class RmqPublisher(BasePublisherWithReplyQueue):
         call_timeout: Optional[float] = None,
     ) -> list[asyncio.Future[Any]]:
         """Send the ``(recipient_id, msg)`` *calls* with many publishes in flight, each as
-        :meth:`rpc_send` sends it; see :mod:`kiwipy.rmq._batch`.
+        :meth:`rpc_send` sends it; see :mod:`kiwipy.rmq.send._batch`.
 
         :returns: once every request is confirmed, the reply future of each call.
         :raises BatchSendError: if any call failed (nobody holds its recipient, or the batch
@@ -242,17 +243,11 @@ class RmqPublisher(BasePublisherWithReplyQueue):
     ) -> None:
         """Send *broadcasts* (tuples of :meth:`broadcast_send`'s positional arguments) with
         many publishes in flight, each as :meth:`broadcast_send` sends it; see
-        :mod:`kiwipy.rmq._batch`. Returns once every broadcast is confirmed.
+        :mod:`kiwipy.rmq.send._batch`. Returns once every broadcast is confirmed.
 
         :raises BatchSendError: if any broadcast was not confirmed (the batch stopped).
         """
         await _batch.send_broadcasts(self.target(), broadcasts, timeout)
-
-
-class _Rpc(NamedTuple):
-    subscriber: Any
-    queue: str
-    consumer_tag: str  # "" while it is being registered
 
 
 class RmqSubscriber:
@@ -288,13 +283,23 @@ class RmqSubscriber:
         self._queue_arguments: dict[str, Any] = {"x-message-ttl": defaults.MESSAGE_TTL}
         if queue_expires:
             self._queue_arguments["x-expires"] = max(int(queue_expires), _MIN_EXPIRES)
-        self._rpc: dict[Any, _Rpc] = {}
-        self._broadcast: dict[Any, Any] = {}
-        self._broadcast_queue = f"broadcast-{shortuuid.uuid()}"
-        self._broadcast_tag: Optional[str] = None
         self._handling = MessageHandling(self._session, message_exchange, self._owner)
-        self._tally = _broadcasts.Tally() if tally is None else tally
-        self._taken = TakenIdentities(self._session)
+        self._rpc = RpcQueues(
+            self._session,
+            MESSAGES,
+            message_exchange,
+            self._queue_arguments,
+            self._bind,
+            self._handling,
+        )
+        self._broadcasts = BroadcastQueue(
+            self._session,
+            MESSAGES,
+            self._queue_arguments,
+            self._bind,
+            self._handling,
+            _broadcasts.Tally() if tally is None else tally,
+        )
 
     async def connect(self) -> None:
         """Get ready; the exchange and queues are declared as subscribers are added (an
@@ -310,50 +315,7 @@ class RmqSubscriber:
         :raises DuplicateSubscriberIdentifier: if it is taken, here or anywhere on the broker.
         :raises InvalidName: if it breaks the naming rules (:mod:`kiwipy._limits`).
         """
-        identifier = shortuuid.uuid() if identifier is None else identifier
-        _limits.rpc_identifier(identifier)
-        if identifier in self._rpc:
-            raise exceptions.DuplicateSubscriberIdentifier(f"RPC identifier '{identifier}'")
-        queue = rpc_queue_name(self._exchange_name, identifier)
-        self._rpc[identifier] = _Rpc(subscriber, queue, "")  # reserved while we declare
-        try:
-            tag = await self._start_rpc(identifier, queue)
-        except BaseException:
-            del self._rpc[identifier]
-            raise
-        self._rpc[identifier] = _Rpc(subscriber, queue, tag)
-        return identifier
-
-    async def _start_rpc(self, identifier: Any, queue: str) -> str:
-        try:
-            await self._session.call(
-                "declaring an RPC queue",
-                "queue_declare",
-                queue=queue,
-                exclusive=True,
-                arguments=self._queue_arguments,
-            )
-        except amqp_errors.ChannelLockedResource as exc:
-            raise exceptions.DuplicateSubscriberIdentifier(
-                f"RPC identifier '{identifier}' is held by another communicator"
-            ) from exc
-        routing_key = protocol.rpc_routing_key(identifier)
-        await self._bind(queue, routing_key)
-        cancels = _cancel.routing_key(identifier)
-        if cancels is not None:  # cancels of its requests (kiwipy 0.9 never binds this key)
-            await self._bind(queue, cancels)
-        callback = functools.partial(self._on_rpc, identifier)
-        return await self._session.consume(MESSAGES, queue, callback, no_ack=True)
-
-    def _on_rpc(self, identifier: Any, message: aiormq.abc.DeliveredMessage) -> None:
-        cancelled = _cancel.cancel_of(message)
-        if cancelled is not None:
-            self._handling.cancel(cancelled)
-            return
-        rpc = self._rpc.get(identifier)  # None: removed while the request was on its way
-        subscriber = None if rpc is None else rpc.subscriber
-        handling = self._handling.rpc(identifier, subscriber, message)
-        self._handling.spawn(_traced.delivery(handling, "rpc", message.routing_key or "", message))
+        return await self._rpc.add(subscriber, identifier)
 
     async def _bind(self, queue: str, routing_key: str) -> None:
         # Declared again first: in testing mode the exchange auto-deletes when its last
@@ -372,18 +334,7 @@ class RmqSubscriber:
 
         :raises ValueError: for an unknown identifier.
         """
-        try:
-            rpc = self._rpc.pop(identifier)
-        except KeyError:
-            raise ValueError(f"Unknown subscriber '{identifier}'") from None
-        await self._session.cancel(MESSAGES, rpc.consumer_tag)
-        await self._delete(rpc.queue)
-
-    async def _delete(self, queue: str) -> None:
-        try:
-            await self._session.call(f"deleting {queue!r}", "queue_delete", queue=queue)
-        except (exceptions.KiwiError, amqp_errors.ChannelClosed) as exc:
-            _LOGGER.debug("queue %s not deleted: %s", queue, exc)
+        await self._rpc.remove(identifier)
 
     # Broadcasts
 
@@ -392,120 +343,33 @@ class RmqSubscriber:
 
         :raises DuplicateSubscriberIdentifier: if this subscriber side already has it.
         """
-        identifier = identifier or shortuuid.uuid()
-        if identifier in self._broadcast:
-            raise exceptions.DuplicateSubscriberIdentifier(f"Broadcast identifier '{identifier}'")
-        self._broadcast[identifier] = subscriber
-        if self._broadcast_tag is None:
-            try:
-                await self._start_broadcasts()
-            except BaseException:
-                del self._broadcast[identifier]
-                raise
-        return identifier
-
-    async def _start_broadcasts(self) -> None:
-        # Declared each time consumption starts: it may have expired while unused.
-        await self._session.call(
-            "declaring the broadcast queue",
-            "queue_declare",
-            queue=self._broadcast_queue,
-            exclusive=True,
-            arguments=self._queue_arguments,
-        )
-        await self._bind(self._broadcast_queue, defaults.BROADCAST_TOPIC)
-        self._broadcast_tag = await self._session.consume(
-            MESSAGES, self._broadcast_queue, self._on_broadcast, no_ack=True
-        )
-        self._tally.fence = self._broadcast_fence
+        return await self._broadcasts.add(subscriber, identifier)
 
     async def remove_broadcast_subscriber(self, identifier: Any) -> None:
         """:raises ValueError: for an unknown identifier."""
-        try:
-            del self._broadcast[identifier]
-        except KeyError:
-            raise ValueError(f"Broadcast subscriber '{identifier}' unknown") from None
-        if not self._broadcast and self._broadcast_tag is not None:
-            tag, self._broadcast_tag = self._broadcast_tag, None
-            self._tally.fence = None
-            await self._session.cancel(MESSAGES, tag)
+        await self._broadcasts.remove(identifier)
 
     def broadcast_tally(self) -> _broadcasts.Tally:
         """:returns: the count of broadcast handlers started and finished."""
-        return self._tally
-
-    async def _broadcast_fence(self) -> None:
-        """The tally's fence: return once every broadcast the broker had delivered to this
-        side has arrived and been counted. A send's confirm comes on the publish channel and
-        may overtake the delivery of the broadcast to our queue; a passive declare on the
-        channel consuming that queue is answered after the deliveries made before it."""
-        if not self._session.is_consuming(MESSAGES, self._broadcast_tag):
-            return
-        channel = await self._session.channel(MESSAGES)
-        await _amqp.guarded(channel, channel.queue_declare(self._broadcast_queue, passive=True))
-
-    def _on_broadcast(self, message: aiormq.abc.DeliveredMessage) -> None:
-        # Counted here, as the delivery arrives: aiormq schedules this call while it handles
-        # the delivery frame, so it runs before whatever a later frame (the fence's answer)
-        # wakes up, and a handler spawned but not yet running counts (kiwipy._thread).
-        subscribers = list(self._broadcast.values())
-        self._tally.started()
-        handling = self._handling.broadcast(subscribers, message)
-        handler = self._handling.spawn(
-            _traced.delivery(handling, "broadcast", message.exchange or "", message)
-        )
-        handler.add_done_callback(self._tally.finished)
+        return self._broadcasts.tally
 
     # Life cycle
 
     async def _restore(self) -> None:
         """Start again what is not consuming (module doc); idempotent."""
-        taken = [
-            identifier for identifier in list(self._rpc) if not await self._restore_rpc(identifier)
-        ]
-        if self._broadcast and not self._session.is_consuming(MESSAGES, self._broadcast_tag):
-            self._broadcast_queue = f"broadcast-{shortuuid.uuid()}"
-            await self._start_broadcasts()
+        taken = await self._rpc.restore()
+        await self._broadcasts.restore()
         if taken:
             raise RestoreLater(f"RPC identifiers {taken!r} are held by another connection")
-
-    async def _restore_rpc(self, identifier: Any) -> bool:
-        """:returns: ``False`` if the identifier is held elsewhere, for now."""
-        rpc = self._rpc.get(identifier)
-        if (
-            rpc is None
-            or not rpc.consumer_tag
-            or self._session.is_consuming(MESSAGES, rpc.consumer_tag)
-        ):
-            return True  # gone, being registered, or consuming
-        try:
-            tag = await self._start_rpc(identifier, rpc.queue)
-        except exceptions.DuplicateSubscriberIdentifier as exc:
-            if self._taken.keep_trying(identifier, exc):
-                return False
-            del self._rpc[identifier]
-            return True
-        self._taken.regained(identifier)
-        if self._rpc.get(identifier) is rpc:
-            self._rpc[identifier] = rpc._replace(consumer_tag=tag)
-        elif identifier not in self._rpc:  # removed while we restored it
-            await self._session.cancel(MESSAGES, tag)
-        return True
 
     async def disconnect(self) -> None:
         """Stop consuming, let what was already received be handled (briefly), and delete
         this side's queues."""
         self._session.remove_restorer(MESSAGES, self)
-        for rpc in self._rpc.values():
-            await self._session.cancel(MESSAGES, rpc.consumer_tag)
-        if self._broadcast_tag is not None:
-            await self._session.cancel(MESSAGES, self._broadcast_tag)
+        await self._rpc.stop()
+        await self._broadcasts.stop()
         await self._handling.drain(_DRAIN_GRACE)
-        for rpc in self._rpc.values():
-            await self._delete(rpc.queue)
-        self._rpc.clear()
-        self._broadcast.clear()
-        self._broadcast_tag = None
-        self._tally.fence = None
+        await self._rpc.close()
+        self._broadcasts.close()
         if self._owns_session:
             await self._session.close()

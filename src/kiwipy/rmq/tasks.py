@@ -1,17 +1,17 @@
 """Task queues: :class:`RmqTaskPublisher`, :class:`RmqTaskSubscriber`, :class:`RmqTaskQueue`.
 
 * Queues are declared passively first and a missing one with safe defaults: no message TTL,
-  dead-lettering to ``<queue>.dead``, classic or quorum (:mod:`kiwipy.rmq._topology`; kiwipy
+  dead-lettering to ``<queue>.dead``, classic or quorum (:mod:`kiwipy.rmq.receive._topology`; kiwipy
   0.9 declared a 7-day TTL, and RabbitMQ keeps a requeued message's original expiry, so old
   tasks silently vanished). An existing queue is never changed.
 * Every task received, pushed or pulled, is *screened* before it runs: a lease copy is checked
   against its owner, and a task already running in this worker is never run twice
-  (:mod:`kiwipy.rmq._lease_tasks`). A task running longer than ``task_lease_after`` becomes a
+  (:mod:`kiwipy.rmq.leases._lease_tasks`). A task running longer than ``task_lease_after`` becomes a
   lease; consuming, prefetch and what the broker does to consumers are in
-  :mod:`kiwipy.rmq._task_consumer`.
+  :mod:`kiwipy.rmq.receive._task_consumer`.
 * Subscribers are tried in the order they were added; :class:`~kiwipy.TaskRejected` passes the
   task to the next one, any other outcome is final (kiwipy 0.9 went on trying the others
-  after an exception: bug B3).
+  after an exception: bug B3). Running the tasks pushed is :mod:`kiwipy.rmq.receive._task_runs`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ import shortuuid
 
 from .. import _deadlines, exceptions
 from ..communications import AsyncTaskQueue
-from . import _amqp, _batch, _cancel, _offload, _outcome, _outgoing, _traced, defaults, protocol
-from ._incoming import (
+from . import defaults, protocol
+from .connection import _amqp
+from .connection._session import Session
+from .messages import BaseConnectionWithExchange, BasePublisherWithReplyQueue
+from .receive import _cancel
+from .receive._incoming import (
     TASK_FINISHED,
     TASK_PENDING,
     TASK_PROCESSING,
@@ -38,12 +42,11 @@ from ._incoming import (
     TaskInfo,
     TaskResponder,
 )
-from ._leases import read_lease
-from ._replies import ReplyQueue
-from ._session import Session
-from ._task_consumer import TaskConsumer
-from ._topology import declare_task_queue
-from .messages import BaseConnectionWithExchange, BasePublisherWithReplyQueue
+from .receive._replies import ReplyQueue
+from .receive._task_consumer import TaskConsumer
+from .receive._task_runs import TaskRuns
+from .receive._topology import declare_task_queue
+from .send import _batch, _offload, _outgoing
 
 __all__ = (
     "TASK_FINISHED",
@@ -147,7 +150,7 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
 
     def _on_task_done(self, correlation_id: str, future: asyncio.Future[Any]) -> None:
         """A task whose future its sender cancelled is announced to the queue's workers, who
-        do not start it any more (:mod:`kiwipy.rmq._cancel`, with its limits)."""
+        do not start it any more (:mod:`kiwipy.rmq.receive._cancel`, with its limits)."""
         if not future.cancelled():
             return
         self._replies.forget(correlation_id)
@@ -170,7 +173,7 @@ class RmqTaskPublisher(BasePublisherWithReplyQueue):
         timeout: Optional[float] = None,
         call_timeout: Optional[float] = None,
     ) -> list[Optional[asyncio.Future[Any]]]:
-        """Queue *tasks* with many publishes in flight; see :mod:`kiwipy.rmq._batch`.
+        """Queue *tasks* with many publishes in flight; see :mod:`kiwipy.rmq.send._batch`.
 
         :returns: once every task is confirmed, a reply future per task (``None`` entries
             with *no_reply*).
@@ -218,8 +221,6 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
         self._session.set_prefetch(self._purpose, prefetch_size, prefetch_count)
         self._owner = self if owner is None else owner
         self._subscribers: dict[Any, Any] = {}
-        self._handlers: set[asyncio.Task[Any]] = set()
-        self._runs: set[asyncio.Future[None]] = set()
         self.responder = TaskResponder(self._session, exchange_name, queue_name)
         self.responder.cancels = _cancel.TaskCancels(
             self._session, f"{self._purpose}:cancels", exchange_name, queue_name
@@ -230,6 +231,9 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
             queue_name,
             self._on_task,
             (prefetch_size, prefetch_count),
+        )
+        self._runs = TaskRuns(
+            self.responder, self._consumer, self._subscribers, self._owner, queue_name
         )
 
     async def connect(self) -> None:
@@ -245,7 +249,7 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
             await self._consumer.start()
 
     async def _listen(self) -> None:
-        """Hear the cancels of tasks (:mod:`kiwipy.rmq._cancel`), once this consumes."""
+        """Hear the cancels of tasks (:mod:`kiwipy.rmq.receive._cancel`), once this consumes."""
         if self.responder.cancels is not None:
             await self.responder.cancels.listen()
 
@@ -277,57 +281,7 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
             await self._consumer.stop()
 
     async def _on_task(self, message: aiormq.abc.DeliveredMessage) -> None:
-        handling = _traced.delivery(self._handle(message), "task", self._queue_name, message)
-        if not self.responder.leases.settings.enabled:
-            with _outcome.tracked(self._handlers):
-                await handling
-            return
-        # aiormq runs this callback in a task of the channel, cancelled when the channel
-        # closes: a run that may outlive its delivery (a lease, a channel closed for a
-        # delivery timeout) runs in a task of its own, cancelled only by disconnect().
-        run = asyncio.ensure_future(handling)
-        self._runs.add(run)
-        run.add_done_callback(self._runs.discard)
-
-    async def _handle(self, message: aiormq.abc.DeliveredMessage) -> None:
-        body = await self.responder.decode(message)
-        if body is None:
-            return  # parked
-        if not await self.responder.leases.screen(message):
-            return  # a lease that was checked, or a task that already runs here
-        incoming = RmqIncomingTask(self.responder, message, body)
-        running = incoming.begin()
-        slot = self._consumer.task_started(message)
-        if running is not None and slot:
-            running.on_leased = functools.partial(self._consumer.task_leased, slot)
-        try:
-            outcome = await self._run_subscribers(incoming, message)
-            _traced.outcome(outcome)
-            if outcome is None:
-                await incoming.give_back()
-            else:
-                await incoming.finish(outcome)
-        finally:
-            incoming.abandon()  # only if cancelled before its end: others may take it
-            self._consumer.task_ended(slot, running is not None and running.leased)
-
-    async def _run_subscribers(
-        self, incoming: RmqIncomingTask, message: aiormq.abc.DeliveredMessage
-    ) -> Optional[_outcome.Outcome]:
-        pending = None
-        headers = message.header.properties.headers
-        taken_over = read_lease(headers) is not None
-        # A take-over does not say 'pending' again: the sender may already have had it.
-        if not incoming.no_reply and not taken_over:
-            pending = functools.partial(self.responder.reply, message, protocol.pending_response())
-        # a taken-over task started in time: its deadline no longer counts
-        at = None if taken_over else _deadlines.from_headers(headers)
-        for subscriber in list(self._subscribers.values()):
-            invoking = _outcome.invoke(subscriber, (self._owner, incoming.body), pending)
-            outcome = await _deadlines.bounded(at, invoking)
-            if outcome.kind != _outcome.REJECTED:
-                return outcome
-        return None  # nobody here took it
+        await self._runs.on_task(message)
 
     # Pull mode
 
@@ -389,8 +343,7 @@ class RmqTaskSubscriber(BaseConnectionWithExchange):
         connection gives them back to the broker."""
         self._session.remove_restorer(self._purpose, self)
         await self._consumer.stop()
-        for run in list(self._runs):
-            run.cancel()  # leased ones are taken over by others after lease_strikes checks
+        self._runs.cancel()
         if self._owns_session:
             await self._session.close()
 
