@@ -34,18 +34,15 @@ import collections
 import contextlib
 import logging
 import time
-import weakref
-from collections.abc import AsyncIterator
 from typing import Any, Optional
 
 import aiormq.abc
 from pamqp import commands as spec
 
 from ... import _deadlines, _tracing, exceptions
+from ..._incoming import IncomingTask
 from ..._outcome import encode_reply
-from ..._raised import set_exception
-from ..._task_state import TASK_FINISHED, TASK_PENDING, TASK_PROCESSING, TASK_REQUEUED, expect_state
-from ...communications import AsyncIncomingTask
+from ..._task_state import TASK_FINISHED, TASK_PENDING, TASK_PROCESSING, TASK_REQUEUED
 from .. import protocol
 from ..connection import _amqp
 from ..connection._session import Session
@@ -268,8 +265,10 @@ def _exception_with_host(exc: BaseException) -> dict[str, Any]:
     return response
 
 
-class RmqIncomingTask(AsyncIncomingTask):
-    """A task received from a queue; see :class:`kiwipy.communications.AsyncIncomingTask`.
+class RmqIncomingTask(IncomingTask):
+    """A task received from a queue (the pull-mode life cycle: :mod:`kiwipy._incoming`); the
+    push-mode consumer drives it with :meth:`begin`, :meth:`finish`, :meth:`give_back` and
+    :meth:`abandon`.
 
     :param responder: the queue's :class:`TaskResponder` (kiwipy 0.9 took the subscriber).
     :param message: the aiormq delivery.
@@ -284,41 +283,25 @@ class RmqIncomingTask(AsyncIncomingTask):
         task: Optional[protocol.TaskBody] = None,
         no_ack: bool = False,
     ) -> None:
-        self._responder = responder
-        self._message = message
         if task is None:
             task = protocol.decode_task(responder.session.encoder.decode(message.body))
-        self._task = task
+        super().__init__(responder.session.loop, task.task, task.no_reply)
+        self._responder = responder
+        self._message = message
         self._no_ack = no_ack
-        self._state = TASK_PENDING
-        self._outcome_ref: Optional[weakref.ReferenceType[asyncio.Future[Any]]] = None
-        self._loop = responder.session.loop
-        self._finishing: set[asyncio.Task[Any]] = set()
         self._running: Optional[RunningTask] = None
 
-    @property
-    def body(self) -> Any:
-        return self._task.task
-
-    @property
-    def no_reply(self) -> bool:
-        return self._task.no_reply
-
-    @property
-    def state(self) -> str:
-        return self._state
-
-    def _start(self) -> None:
+    def _check_open(self) -> None:
         if self._responder.session.closed:
             raise exceptions.CommunicatorClosed
-        expect_state(self._state, "process", TASK_PENDING)
-        self._state = TASK_PROCESSING
+
+    def _begin(self) -> None:
         self.begin()
 
     def begin(self) -> Optional[RunningTask]:
         """The task starts running: from now on it is in the table of running tasks, and it
-        becomes a lease if it runs long (:mod:`kiwipy.rmq.leases._lease_tasks`). :returns: its
-        entry, ``None`` without leases or acknowledgement."""
+        becomes a lease if it runs long (:mod:`kiwipy.rmq.leases._lease_tasks`). :returns:
+        its entry, ``None`` without leases or acknowledgement."""
         if self._running is None and not self._no_ack:
             self._running = self._responder.leases.begin(self._message)
         return self._running
@@ -335,30 +318,7 @@ class RmqIncomingTask(AsyncIncomingTask):
         running, self._running = self._running, None
         return running is not None and await running.end(answered)
 
-    def process(self) -> asyncio.Future[Any]:
-        self._start()
-        outcome: asyncio.Future[Any] = self._loop.create_future()
-        outcome.add_done_callback(self._on_outcome)
-        # Only the caller holds the outcome: if they drop it unresolved, requeue the task.
-        self._outcome_ref = weakref.ref(outcome, self._outcome_destroyed)
-        return outcome
-
-    def _on_outcome(self, outcome: asyncio.Future[Any]) -> None:
-        self._outcome_ref = None
-        task = self._loop.create_task(self.finish(_outcome.outcome_of(outcome)))
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
-
-    def _outcome_destroyed(self, ref: weakref.ReferenceType[asyncio.Future[Any]]) -> None:
-        # May run on any thread (garbage collection), so hop onto the loop.
-        if self._outcome_ref is ref and not self._loop.is_closed():
-            self._outcome_ref = None
-            asyncio.run_coroutine_threadsafe(self.requeue(), self._loop)
-
-    async def requeue(self) -> None:
-        expect_state(self._state, "requeue", TASK_PENDING, TASK_PROCESSING)
-        self._state = TASK_REQUEUED
-        self._outcome_ref = None
+    async def _give_back(self) -> None:
         if await self._end_run(answered=False):
             return  # released: the next check of its lease runs it again
         if not self._no_ack:
@@ -372,27 +332,14 @@ class RmqIncomingTask(AsyncIncomingTask):
         if not await self._end_run(answered=False):
             await self._responder.give_back(self._message)
 
-    @contextlib.asynccontextmanager
-    async def processing(self) -> AsyncIterator[asyncio.Future[Any]]:
-        self._start()
-        outcome: asyncio.Future[Any] = self._loop.create_future()
-        try:
-            yield outcome
-        except Exception as exc:
-            if not outcome.done():
-                set_exception(outcome, exc)
-            raise
-        finally:
-            if outcome.done():
-                await self.finish(_outcome.outcome_of(outcome))
-            else:
-                await self.requeue()
-
     async def finish(self, outcome: _outcome.Outcome) -> None:
         """Reply with *outcome* (unless ``no_reply``), then acknowledge (module rule 1)."""
         if self._state in (TASK_FINISHED, TASK_REQUEUED):
             return
         self._state = TASK_FINISHED
+        await self._finish(outcome)
+
+    async def _finish(self, outcome: _outcome.Outcome) -> None:
         if outcome.kind == _outcome.EXCEPTION:
             error = outcome.value  # with its traceback: the repr alone rarely says where
             _LOGGER.warning(
