@@ -24,7 +24,7 @@ import pytest
 
 import kiwipy
 from kiwipy import cli
-from kiwipy.cli import _common, _running
+from kiwipy.cli import _common, _running, _send
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -345,7 +345,7 @@ def test_unexpected_error_is_one_line(
     def boom(args: object, required: bool = True) -> object:
         raise RuntimeError("something odd")
 
-    monkeypatch.setattr(cli, "read_body", boom)
+    monkeypatch.setattr(_send, "read_body", boom)
     assert cli.main(["send", "1", "--url", url]) == 1
     assert "RuntimeError: something odd" in one_error_line(output.read().err, "send")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kiwipy.cli import _dead
+from kiwipy.cli import _dead_list
 from kiwipy.encoders import YAML
 
 
@@ -17,11 +17,11 @@ def test_a_large_body_is_shown_as_bytes_not_decoded() -> None:
         return YAML.decode(body)
 
     body = b"[[" + b"[]," * (256 * 1024 // 3) + b"[]], false]"
-    text = _dead._preview(body, decode)
+    text = _dead_list._preview(body, decode)
     assert decoded == []
     assert text.startswith("b'[[[],[],")
     assert len(text) <= 60
 
 
 def test_a_small_body_is_decoded() -> None:
-    assert _dead._preview(YAML.encode(("hello", False)), YAML.decode) == '"hello"'
+    assert _dead_list._preview(YAML.encode(("hello", False)), YAML.decode) == '"hello"'

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import pytest
 from pamqp import commands as spec
 
-from kiwipy.cli._dead import dead_reason, dead_since, requeued_headers
+from kiwipy.cli._dead_headers import dead_reason, dead_since, requeued_headers
 from kiwipy.rmq._options import resolve_options
 from kiwipy.rmq.leases import _leases as leases
 from kiwipy.rmq.receive._topology import (

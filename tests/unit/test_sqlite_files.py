@@ -16,32 +16,32 @@ from typing import Callable
 import pytest
 
 import kiwipy
-from kiwipy.sqlite import _files
-from kiwipy.sqlite._files import LockFile, is_held
+from kiwipy.sqlite import _files, _filesystem, _url
+from kiwipy.sqlite._lockfile import LockFile, is_held
 
 # URLs
 
 
 def test_relative_url_is_made_absolute(tmp_path: pathlib.Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    path, params = _files.parse_url("sqlite:///sub/kiwi.db")
+    path, params = _url.parse_url("sqlite:///sub/kiwi.db")
     assert path == tmp_path / "sub" / "kiwi.db"
     assert path.is_absolute()
     assert params == {}
 
 
 def test_absolute_url() -> None:
-    assert _files.parse_url("sqlite:////var/lib/kiwi.db") == (pathlib.Path("/var/lib/kiwi.db"), {})
+    assert _url.parse_url("sqlite:////var/lib/kiwi.db") == (pathlib.Path("/var/lib/kiwi.db"), {})
 
 
 def test_query_parameters() -> None:
-    path, params = _files.parse_url("sqlite:////tmp/k.db?synchronous=normal&x=y&empty=")
+    path, params = _url.parse_url("sqlite:////tmp/k.db?synchronous=normal&x=y&empty=")
     assert path == pathlib.Path("/tmp/k.db")
     assert params == {"synchronous": "normal", "x": "y", "empty": ""}
 
 
 def test_percent_decoding() -> None:
-    path, params = _files.parse_url("sqlite:////tmp/my%20dir/a%3Fb.db?x=a%20b")
+    path, params = _url.parse_url("sqlite:////tmp/my%20dir/a%3Fb.db?x=a%20b")
     assert path == pathlib.Path("/tmp/my dir/a?b.db")
     assert params == {"x": "a b"}
 
@@ -64,7 +64,7 @@ def test_percent_decoding() -> None:
 )
 def test_bad_urls(url: str, reason: str) -> None:
     with pytest.raises(ValueError) as info:
-        _files.parse_url(url)
+        _url.parse_url(url)
     message = str(info.value)
     assert reason in message
     assert repr(url) in message
@@ -74,7 +74,7 @@ def test_bad_urls(url: str, reason: str) -> None:
 
 def test_host_error_shows_the_local_forms() -> None:
     with pytest.raises(ValueError, match=r"sqlite:///path or sqlite:////abs/path"):
-        _files.parse_url("sqlite://server/data/k.db")
+        _url.parse_url("sqlite://server/data/k.db")
 
 
 # Filesystem types
@@ -112,17 +112,17 @@ MOUNTINFO = "\n".join(
     ],
 )
 def test_filesystem_type(path: str, fstype: str) -> None:
-    assert _files.filesystem_type(pathlib.Path(path), MOUNTINFO) == fstype
+    assert _filesystem.filesystem_type(pathlib.Path(path), MOUNTINFO) == fstype
 
 
 def test_a_later_mount_on_the_same_point_hides_the_earlier() -> None:
     text = MOUNTINFO + "\n40 1 0:50 / /nethome rw - tmpfs tmpfs rw\n"
-    assert _files.filesystem_type(pathlib.Path("/nethome/u/x.db"), text) == "tmpfs"
+    assert _filesystem.filesystem_type(pathlib.Path("/nethome/u/x.db"), text) == "tmpfs"
 
 
 def test_unknown_type_is_empty() -> None:
-    assert _files.filesystem_type(pathlib.Path("/x.db"), "") == ""
-    _files.check_local_filesystem(pathlib.Path("/x.db"), mountinfo_text="")
+    assert _filesystem.filesystem_type(pathlib.Path("/x.db"), "") == ""
+    _filesystem.check_local_filesystem(pathlib.Path("/x.db"), mountinfo_text="")
 
 
 def test_symbolic_links_are_resolved(tmp_path: pathlib.Path) -> None:
@@ -130,24 +130,24 @@ def test_symbolic_links_are_resolved(tmp_path: pathlib.Path) -> None:
     (tmp_path / "link").symlink_to(tmp_path / "real")
     real = os.path.realpath(tmp_path / "real")
     text = f"1 0 8:1 / / rw - ext4 /dev/sda1 rw\n2 1 0:40 / {real} rw - nfs4 srv:/x rw\n"
-    assert _files.filesystem_type(tmp_path / "link" / "x.db", text) == "nfs4"
+    assert _filesystem.filesystem_type(tmp_path / "link" / "x.db", text) == "nfs4"
 
 
 def test_this_machines_mount_table() -> None:
     # whatever the machine, the check reads the real table without failing
-    _files.filesystem_type(pathlib.Path("/tmp/x.db"))
+    _filesystem.filesystem_type(pathlib.Path("/tmp/x.db"))
 
 
 @pytest.mark.parametrize("path", ["/nethome/u/x.db", "/mnt/cluster/x.db", "/mnt/remote/x.db"])
 def test_network_filesystems_are_refused(path: str, monkeypatch) -> None:
-    monkeypatch.delenv(_files.ALLOW_NETWORK_FS_ENV, raising=False)
+    monkeypatch.delenv(_filesystem.ALLOW_NETWORK_FS_ENV, raising=False)
     with pytest.raises(kiwipy.NetworkFilesystemError) as info:
-        _files.check_local_filesystem(pathlib.Path(path), mountinfo_text=MOUNTINFO)
+        _filesystem.check_local_filesystem(pathlib.Path(path), mountinfo_text=MOUNTINFO)
     error = info.value
     assert isinstance(error, OSError)
     assert isinstance(error, kiwipy.KiwiError)
     assert error.path == path
-    assert error.fstype == _files.filesystem_type(pathlib.Path(path), MOUNTINFO)
+    assert error.fstype == _filesystem.filesystem_type(pathlib.Path(path), MOUNTINFO)
     message = str(error)
     assert path in message and error.fstype in message
     assert "SQLite's WAL needs shared memory and POSIX locks" in message
@@ -158,16 +158,18 @@ def test_network_filesystems_are_refused(path: str, monkeypatch) -> None:
 
 @pytest.mark.parametrize("path", ["/nethome/u/scratch/x.db", "/x.db", "/mnt/my disk/x.db"])
 def test_local_filesystems_are_accepted(path: str, monkeypatch) -> None:
-    monkeypatch.delenv(_files.ALLOW_NETWORK_FS_ENV, raising=False)
-    _files.check_local_filesystem(pathlib.Path(path), mountinfo_text=MOUNTINFO)
+    monkeypatch.delenv(_filesystem.ALLOW_NETWORK_FS_ENV, raising=False)
+    _filesystem.check_local_filesystem(pathlib.Path(path), mountinfo_text=MOUNTINFO)
 
 
 def test_the_environment_overrides_the_check(monkeypatch) -> None:
-    monkeypatch.setenv(_files.ALLOW_NETWORK_FS_ENV, "1")
-    _files.check_local_filesystem(pathlib.Path("/nethome/u/x.db"), mountinfo_text=MOUNTINFO)
-    monkeypatch.setenv(_files.ALLOW_NETWORK_FS_ENV, "0")
+    monkeypatch.setenv(_filesystem.ALLOW_NETWORK_FS_ENV, "1")
+    _filesystem.check_local_filesystem(pathlib.Path("/nethome/u/x.db"), mountinfo_text=MOUNTINFO)
+    monkeypatch.setenv(_filesystem.ALLOW_NETWORK_FS_ENV, "0")
     with pytest.raises(kiwipy.NetworkFilesystemError):
-        _files.check_local_filesystem(pathlib.Path("/nethome/u/x.db"), mountinfo_text=MOUNTINFO)
+        _filesystem.check_local_filesystem(
+            pathlib.Path("/nethome/u/x.db"), mountinfo_text=MOUNTINFO
+        )
 
 
 # Private files and the sidecar directory
@@ -272,7 +274,7 @@ def test_a_killed_owner_does_not_hold(tmp_path: pathlib.Path) -> None:
     src = pathlib.Path(_files.__file__).parents[2]
     code = (
         "import pathlib, sys, time\n"
-        "from kiwipy.sqlite._files import LockFile\n"
+        "from kiwipy.sqlite._lockfile import LockFile\n"
         "lock = LockFile.create(pathlib.Path(sys.argv[1]), 'child')\n"
         "print('READY', flush=True)\n"
         "time.sleep(60)\n"

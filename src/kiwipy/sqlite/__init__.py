@@ -9,7 +9,7 @@ sharing one SQLite file, with no broker process.
   broker (:mod:`._broker`), which keeps tasks, RPC requests, replies and broadcasts in the
   file (:mod:`._store`), wakes other processes with doorbells (:mod:`._doorbell`) from a
   pump thread (:mod:`._pump`), and notices a dead process by its released lock file
-  (:mod:`._files`).
+  (:mod:`._lockfile`).
 * Guarantees and limits: ``docs/sqlite.md``.
 """
 
@@ -28,7 +28,7 @@ from .._thread import DEFAULT_TIMEOUT, ThreadCommunicator
 from ..core import DEFAULT_TASK_QUEUE, AsyncBrokerCommunicator
 from ..core import BrokerIncomingTask as SqliteIncomingTask
 from ..core import BrokerTaskQueue as SqliteTaskQueue
-from . import _files
+from . import _files, _filesystem, _url
 from ._admin import SqliteAdmin, check_sqlite_url
 from ._broker import BrokerSettings, SqliteBroker
 from ._options import SqliteOptions, resolve_options
@@ -123,9 +123,9 @@ os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _settings(uri: str, options: dict[str, Any]) -> tuple[BrokerSettings, SqliteOptions]:
-    path, query = _files.parse_url(uri)
+    path, query = _url.parse_url(uri)
     resolved = resolve_options(options, query)
-    _files.check_local_filesystem(path)
+    _filesystem.check_local_filesystem(path)
     _files.create_private(path)
     ttl = resolved["task_message_ttl"]
     settings = BrokerSettings(

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional, Union
 
 from .. import encoders, exceptions
-from . import _doorbell, _files
+from . import _doorbell, _lockfile, _url
 from ._options import resolve_options
 from ._store import SCHEMA_VERSION, DeadLetter, Row, Store
 
@@ -60,7 +60,7 @@ def check_sqlite_url(url: str) -> pathlib.Path:
 
     :raises ValueError: saying what is wrong and the expected forms.
     """
-    path, query = _files.parse_url(url)
+    path, query = _url.parse_url(url)
     try:
         resolve_options({}, query)
     except (TypeError, ValueError) as exc:
@@ -127,7 +127,7 @@ class SqliteAdmin:
                 pid,
                 host,
                 started,
-                _files.is_held(pathlib.Path(lock)),
+                _lockfile.is_held(pathlib.Path(lock)),
                 lock,
                 consumers.get(id_, {}),
                 rpc.get(id_, []),

@@ -1,7 +1,7 @@
 """``SqliteBroker``: the :class:`kiwipy.core.Broker` of one process on one SQLite file.
 
 Every process (every broker, strictly) that opens the file is a row of ``processes`` with a
-lock file it holds (:mod:`kiwipy.sqlite._files`) and a doorbell (:mod:`._doorbell`). Writes
+lock file it holds (:mod:`._lockfile`) and a doorbell (:mod:`._doorbell`). Writes
 happen on the caller's thread, in the file (:mod:`._store`), then ring the processes that
 must look; each broker's pump thread (:mod:`._pump`) reads what concerns it and posts it to
 the receiving loops, as the in-process broker does.
@@ -36,6 +36,7 @@ from . import _doorbell, _files
 from ._broadcasts import Broadcasts
 from ._doorbell import Doorbell
 from ._local import Address, Connections, Post
+from ._lockfile import LockFile
 from ._peers import Peers
 from ._pump import Pump
 from ._rpc import Rpc
@@ -83,7 +84,7 @@ class SqliteBroker:
             settings.delivery_limit,
             settings.message_ttl,
         )
-        self._lockfile: Optional[_files.LockFile] = None
+        self._lockfile: Optional[LockFile] = None
         self._pump: Optional[Pump] = None
 
     def __repr__(self) -> str:
@@ -102,7 +103,7 @@ class SqliteBroker:
         """Create or open the file, register this process, and start the pump."""
         self.store.initialise()
         token = secrets.token_hex(8)
-        self._lockfile = _files.LockFile.create(_files.sidecar_dir(pathlib.Path(self.path)), token)
+        self._lockfile = LockFile.create(_files.sidecar_dir(pathlib.Path(self.path)), token)
         try:
             doorbell = self._peers.doorbell = Doorbell(token)
             self._peers.id = self.store.processes.join(

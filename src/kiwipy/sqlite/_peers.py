@@ -3,7 +3,7 @@
 
 Rules:
 
-* A process that dies, however it dies, releases its lock (:mod:`._files`); the first
+* A process that dies, however it dies, releases its lock (:mod:`._lockfile`); the first
   broker that notices (its pump checks every ``liveness_interval``, and any broker about to
   send to a process checks it with :meth:`Peers.alive`) releases it: :meth:`ProcessTable.leave
   <._tables.ProcessTable.leave>` gives its tasks back, then the :class:`GoneHandler` answers
@@ -20,7 +20,7 @@ import pathlib
 import threading
 from typing import Any, Optional, Protocol
 
-from . import _doorbell, _files
+from . import _doorbell, _lockfile
 from ._doorbell import Doorbell
 from ._tables import ProcessTable
 
@@ -68,7 +68,7 @@ class Peers:
     def check(self) -> None:
         """Release every peer whose lock is free: its process is gone."""
         for process, (_, lock) in list(self._peers.items()):
-            if not _files.is_held(pathlib.Path(lock)):
+            if not _lockfile.is_held(pathlib.Path(lock)):
                 self.release(process, lock)
 
     def alive(self, process: int) -> bool:
@@ -79,7 +79,7 @@ class Peers:
             peer = self._peers.get(process)
             if peer is None:
                 return False
-        if _files.is_held(pathlib.Path(peer[1])):
+        if _lockfile.is_held(pathlib.Path(peer[1])):
             return True
         self.release(process, peer[1])
         return False

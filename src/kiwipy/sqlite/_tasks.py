@@ -1,5 +1,5 @@
-"""Task queues on a SQLite file: publishing, this broker's consumers and pulls, claiming
-ready tasks for them, and settling what they were given.
+"""Task queues on a SQLite file: publishing, this broker's consumers and pulls, and settling
+what they were given; claiming ready tasks for them is :mod:`._claims`'.
 
 Rules:
 
@@ -7,8 +7,9 @@ Rules:
    ``synchronous`` level asked for), and leaves it only on ack or dead-lettering, after its
    reply was stored.
 2. Tasks are claimed (``owner`` set) on the pump thread for consumers with room
-   (:meth:`Tasks.dispatch`): a queue's only consumer takes a batch at once, several take one
-   each in turn. A claimed task whose connection closed meanwhile goes back at once.
+   (:meth:`Tasks.dispatch`, :meth:`._claims.Claims.dispatch`): a queue's only consumer takes
+   a batch at once, several take one each in turn. A claimed task whose connection closed
+   meanwhile goes back at once.
 3. An ack that cannot be written (e.g. a full disk) is tried again
    (:meth:`Tasks.retry_acks`): until then its task stays taken by this process, neither lost
    nor run again.
@@ -20,17 +21,14 @@ import time
 from typing import Callable, Optional
 
 from .. import _tracing, exceptions
-from ..core._broker import Connection, Consumer, Delivery, Message, Payload
+from ..core._broker import Connection, Consumer, Delivery, Message
 from . import _doorbell
-from ._database import Row
-from ._local import Connections, Post, encoder, message_values
+from ._claims import Claims
+from ._local import Connections, message_values
 from ._peers import Peers
 from ._store import Store
 
 __all__ = ("Tasks",)
-
-#: Tasks claimed at once for a consumer without a prefetch limit.
-_UNLIMITED_BATCH = 64
 
 
 class Tasks:
@@ -53,9 +51,9 @@ class Tasks:
         self._connections = connections
         self._lock = connections.lock
         self._peers = peers
-        self._delivery_limit = delivery_limit
         self._message_ttl = message_ttl
         self._consumers: dict[str, list[Consumer]] = {}
+        self._claims = Claims(self._table, connections, peers, delivery_limit, self._consumers)
         self._next_tag = 0
         self._failed_acks: set[int] = set()  # tasks run here whose ack could not be written
 
@@ -117,11 +115,9 @@ class Tasks:
         self, connection: Connection, queue: str, notify: Optional[Callable[[], None]] = None
     ) -> Optional[Delivery]:
         Connections.check(connection)
-        conn_id = self._connections.id_of(connection) or 0
-        for row in self._table.claim(queue, self._peers.id, conn_id, "", 1):
-            delivery = self._delivery(row, connection, None)
-            if delivery is not None:
-                return delivery
+        delivery = self._claims.pull(connection, queue)
+        if delivery is not None:
+            return delivery
         if notify is not None:
             with self._lock:
                 Connections.check(connection)
@@ -148,40 +144,7 @@ class Tasks:
         if self._table.requeue_connection(self._peers.id, conn_id):
             self._ring_all()
 
-    # Deliveries
-
-    def _delivery(
-        self, row: Row, connection: Connection, consumer: Optional[Consumer]
-    ) -> Optional[Delivery]:
-        """:returns: the delivery of a claimed *row*, or ``None`` if it went to the dead
-        letters (past the delivery limit) or back (its connection closed meanwhile)."""
-        limit = self._delivery_limit
-        if limit is not None and row.deliveries > limit + 1:
-            self._table.dead_letter(row.id, self._peers.id, "delivery_limit")
-            _tracing.dead_lettered(_tracing.SQLITE, row.queue, "delivery_limit")
-            return None
-        if row.expires is not None and time.time() >= row.expires:
-            self._table.dead_letter(row.id, self._peers.id, "expired")
-            _tracing.dead_lettered(_tracing.SQLITE, row.queue, "expired")
-            return None
-        message = Message(
-            Payload(row.body, encoder(row.encoder), row.headers),
-            row.correlation_id,
-            self._connections.reply_to(self._peers.id, row.reply_process, row.reply_conn),
-            seq=row.id,
-            redelivered=row.deliveries > 1,
-            deadline=row.deadline,
-            cancelled=row.cancelled,
-        )
-        delivery = Delivery(message, row.queue, connection, consumer)
-        with self._lock:
-            if not connection.closed and (consumer is None or not consumer.cancelled):
-                connection.unsettled.add(delivery)
-                if consumer is not None:
-                    consumer.inflight += 1
-                return delivery
-        self._table.requeue(row.id, self._peers.id)
-        return None
+    # Settling
 
     def _settle(self, delivery: Delivery) -> Optional[bool]:
         """:returns: ``None`` if *delivery* was settled already, else whether its consumer
@@ -243,52 +206,10 @@ class Tasks:
         if full:
             self._peers.ring_self(_doorbell.TASK)
 
-    # Claiming (on the pump thread)
-
     def dispatch(self) -> None:
         """Claim ready tasks for the local consumers with room (rule 2), and wake the pulls
-        waiting for a task."""
-        posts: list[Post] = []
-        with self._lock:
-            queues = {}
-            for queue, consumers in self._consumers.items():
-                if len(consumers) > 1:  # round robin: the next one starts the next time
-                    consumers.append(consumers.pop(0))
-                queues[queue] = [consumer for consumer in consumers if consumer.has_room()]
-            for connection in self._connections.all():
-                posts.extend((connection, notify, ()) for _, notify in connection.waiters)
-                connection.waiters.clear()
-        more = False
-        for consumers in queues.values():
-            taken = 0
-            while consumers and taken < _UNLIMITED_BATCH:
-                for consumer in list(consumers):
-                    room = consumer.prefetch - consumer.inflight
-                    limit = 1 if len(consumers) > 1 else room
-                    if consumer.prefetch <= 0:
-                        limit = 1 if len(consumers) > 1 else _UNLIMITED_BATCH
-                    claimed = self._claim(consumer, limit, posts)
-                    taken += claimed
-                    if claimed < limit or not consumer.has_room():
-                        consumers.remove(consumer)
-            more = more or taken >= _UNLIMITED_BATCH
-        self._connections.flush(posts)
-        if more:
-            self._peers.ring_self(_doorbell.TASK)  # more may be waiting: after the others' work
-
-    def _claim(self, consumer: Consumer, limit: int, posts: list[Post]) -> int:
-        """Claim up to *limit* tasks for *consumer*. :returns: how many rows it took."""
-        connection = consumer.connection
-        conn_id = self._connections.id_of(connection)
-        if conn_id is None or consumer.cancelled or limit <= 0:
-            return 0
-        key = f"{self._peers.id}.{consumer.tag}"
-        rows = self._table.claim(consumer.queue, self._peers.id, conn_id, key, limit)
-        for row in rows:
-            delivery = self._delivery(row, connection, consumer)
-            if delivery is not None:
-                posts.append((connection, consumer.callback, (delivery,)))
-        return len(rows)
+        waiting for a task (on the pump thread)."""
+        self._claims.dispatch()
 
     def _ring_all(self) -> None:
         self._peers.ring_peers(_doorbell.TASK)
