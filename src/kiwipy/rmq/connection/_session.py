@@ -48,9 +48,15 @@ from ._channels import PROBE, PUBLISH, TOPOLOGY, Channels
 from ._recovery import Recovery, Restorer
 from ._watchdog import Watchdog
 
-__all__ = ("PROBE", "PUBLISH", "TOPOLOGY", "Session")
+__all__ = ("PROBE", "PUBLISH", "TOPOLOGY", "Session", "codec_options")
 
 Listener = _events.Listener
+
+
+def codec_options(encoder: Any, decoder: Any, testing_mode: bool) -> dict[str, Any]:
+    """:returns: the options a task publisher, subscriber or queue made over a bare aio-pika
+    connection gives its own session (:meth:`Session.of`)."""
+    return {"encoder": encoder, "decoder": decoder, "testing_mode": testing_mode}
 
 
 class Session:
