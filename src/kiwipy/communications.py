@@ -86,3 +86,11 @@ def connect(uri: Union[str, Sequence[str]] = DEFAULT_COMM_URI, **kwargs: Any) ->
     # The registry imports the transport on first use: these interfaces never import one.
     communicator: Communicator = _connect.open_uri(uri, **kwargs)
     return communicator
+
+
+# The public classes keep the module kiwipy 0.9 defines them in (their reprs, pickles by
+# reference and the API docs say kiwipy.communications), wherever their code lives.
+for _public in (Communicator, CommunicatorHelper, AsyncCommunicator, AsyncTaskQueue,
+                AsyncIncomingTask):  # fmt: skip
+    _public.__module__ = __name__
+del _public

@@ -144,3 +144,9 @@ class RmqTaskQueue(AsyncTaskQueue):
             await self._publisher.disconnect()
         if self._owns_session:
             await self._session.close()
+
+
+# The public classes keep the module kiwipy 0.9 defines them in (see kiwipy.communications).
+for _public in (RmqTaskPublisher, RmqTaskSubscriber):
+    _public.__module__ = __name__
+del _public

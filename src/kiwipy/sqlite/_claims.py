@@ -1,7 +1,9 @@
 """Claiming ready tasks on a SQLite file for this broker's consumers and pulls, and making
 each claimed row a delivery (rule 2 of :mod:`._tasks`).
 
-A queue's only consumer takes a batch at once, several take one each in turn. A row past the
+A queue's only consumer takes a batch at once, several take one each in turn. A consumer
+without a prefetch limit takes one task per wake-up while other processes consume its queue
+too (they are rung at the same time: the tasks are shared among them), a batch otherwise. A row past the
 delivery limit or its time to live goes to the dead letters instead; one whose connection
 closed meanwhile goes back at once.
 """
@@ -17,12 +19,15 @@ from . import _doorbell
 from ._database import Row
 from ._local import Connections, Post, encoder
 from ._peers import Peers
+from ._tables import ProcessTable
 from ._task_tables import TaskTable
 
 __all__ = ("Claims",)
 
 #: Tasks claimed at once for a consumer without a prefetch limit.
 _UNLIMITED_BATCH = 64
+#: Seconds the number of processes consuming a queue is remembered.
+_SHARING_FOR = 1.0
 
 
 class Claims:
@@ -40,6 +45,7 @@ class Claims:
         peers: Peers,
         delivery_limit: Optional[int],
         consumers: dict[str, list[Consumer]],
+        processes: ProcessTable,
     ) -> None:
         self._table = table
         self._connections = connections
@@ -47,6 +53,8 @@ class Claims:
         self._peers = peers
         self._delivery_limit = delivery_limit
         self._consumers = consumers
+        self._processes = processes
+        self._sharing: dict[str, tuple[float, int]] = {}  # queue -> (when read, processes)
 
     def pull(self, connection: Connection, queue: str) -> Optional[Delivery]:
         """Claim one task of *queue* for a pull on *connection*. :returns: its delivery, or
@@ -74,22 +82,32 @@ class Claims:
                 posts.extend((connection, notify, ()) for _, notify in connection.waiters)
                 connection.waiters.clear()
         more = False
-        for consumers in queues.values():
+        for queue, consumers in queues.items():
             taken = 0
-            while consumers and taken < _UNLIMITED_BATCH:
+            batch = _UNLIMITED_BATCH if consumers and self._alone(queue) else 1
+            while consumers and taken < batch:
                 for consumer in list(consumers):
                     room = consumer.prefetch - consumer.inflight
                     limit = 1 if len(consumers) > 1 else room
                     if consumer.prefetch <= 0:
-                        limit = 1 if len(consumers) > 1 else _UNLIMITED_BATCH
+                        limit = 1 if len(consumers) > 1 else batch
                     claimed = self._claim(consumer, limit, posts)
                     taken += claimed
                     if claimed < limit or not consumer.has_room():
                         consumers.remove(consumer)
-            more = more or taken >= _UNLIMITED_BATCH
+            more = more or taken >= batch
         self._connections.flush(posts)
         if more:
             self._peers.ring_self(_doorbell.TASK)  # more may be waiting: after the others' work
+
+    def _alone(self, queue: str) -> bool:
+        """:returns: whether this is the only process consuming *queue* (read again from the
+        file at most once a second)."""
+        now = time.monotonic()
+        read = self._sharing.get(queue)
+        if read is None or now - read[0] > _SHARING_FOR:
+            read = self._sharing[queue] = (now, self._processes.consuming(queue))
+        return read[1] <= 1
 
     def _claim(self, consumer: Consumer, limit: int, posts: list[Post]) -> int:
         """Claim up to *limit* tasks for *consumer*. :returns: how many rows it took."""

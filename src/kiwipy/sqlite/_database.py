@@ -132,9 +132,9 @@ class Database:
                 isolation_level=None,
                 check_same_thread=False,
             )
-            conn.execute(f"PRAGMA synchronous={synchronous}")
         except sqlite3.Error as exc:
             raise self.error(exc, "open") from exc
+        self._retrying(conn, f"PRAGMA synchronous={synchronous}", "open")
         with self._all_lock:
             self._all.append(conn)
         return conn

@@ -46,6 +46,10 @@ class ProcessTable:
         """:returns: ``(process, queue, count)`` of every registered task consumer."""
         return self._db.read("SELECT process, queue, count FROM consumers ORDER BY process, queue")
 
+    def consuming(self, queue: str) -> int:
+        """:returns: how many processes consume *queue*."""
+        return int(self._db.read("SELECT COUNT(*) FROM consumers WHERE queue=?", (queue,))[0][0])
+
     def set_consumers(self, process: int, queue: str, count: int) -> None:
         with self._db.write("register a consumer") as conn:
             if count:

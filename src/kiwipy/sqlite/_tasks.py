@@ -53,7 +53,9 @@ class Tasks:
         self._peers = peers
         self._message_ttl = message_ttl
         self._consumers: dict[str, list[Consumer]] = {}
-        self._claims = Claims(self._table, connections, peers, delivery_limit, self._consumers)
+        self._claims = Claims(
+            self._table, connections, peers, delivery_limit, self._consumers, self._processes
+        )
         self._next_tag = 0
         self._failed_acks: set[int] = set()  # tasks run here whose ack could not be written
 
