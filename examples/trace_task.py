@@ -49,7 +49,8 @@ options = {
 with kiwipy.connect(URL, **options) as worker, kiwipy.connect(URL, **options) as client:
     worker.add_task_subscriber(simulate)
     with tracer.start_as_current_span("notebook cell"):
-        print("result:", client.task_send({"steps": 10}).result(timeout=10))
+        result = client.task_send({"steps": 10}).result(timeout=10)
+        print(f"result: {result}")  # one write: the span exporter prints from other threads
 
     # The worker's span ends once its reply is sent, maybe just after the result arrived.
     deadline = time.monotonic() + 10

@@ -28,7 +28,7 @@ from a working pair again.
 
 Run it alone with ``pytest -k battery``. The examples are derandomized, so a run is
 reproducible. Environment knobs, for a deeper search: ``KIWIPY_BATTERY_EXAMPLES`` (examples
-per test, default 30) and ``KIWIPY_BATTERY_PHASES`` (hypothesis phases, default
+per test, default 20, so that the whole suite keeps within its time) and ``KIWIPY_BATTERY_PHASES`` (hypothesis phases, default
 ``generate``; add ``shrink`` for a minimal failing example, which can take minutes when each
 failure is a hang).
 
@@ -69,7 +69,7 @@ __all__ = ("CALL_BOUND", "CONTROL_BOUND", "FUTURE_BOUND", "KNOWN", "BatteryContr
 def _battery_settings() -> settings:
     phases = os.environ.get("KIWIPY_BATTERY_PHASES", "generate")
     return settings(
-        max_examples=int(os.environ.get("KIWIPY_BATTERY_EXAMPLES", "30")),
+        max_examples=int(os.environ.get("KIWIPY_BATTERY_EXAMPLES", "20")),
         deadline=None,
         derandomize=True,
         database=None,

@@ -26,6 +26,7 @@ pytest.importorskip("opentelemetry.sdk", reason="the dev extra installs opentele
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
@@ -115,7 +116,11 @@ def _install() -> Otel:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     reader = InMemoryMetricReader()
-    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    # One provider for the whole run: every test's queue names are new attribute sets, more
+    # than the SDK's default of 2,000 streams per instrument (then measurements go to an
+    # overflow stream and a later test would not find its own).
+    unlimited = View(instrument_name="*", aggregation_cardinality_limit=10_000_000)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader], views=[unlimited]))
     return Otel(exporter, reader)
 
 

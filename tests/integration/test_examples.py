@@ -175,7 +175,8 @@ def test_emit_and_receive_logs_with_topic_filters(env: dict[str, str]) -> None:
 
 def test_trace_task_over_rabbitmq(env: dict[str, str], unique_name: str) -> None:
     lines = run(env, "trace_task.py")
-    assert "result: 45" in lines
+    # the SDK's console exporter prints spans from the worker's threads meanwhile
+    assert any("result: 45" in line for line in lines)
     assert lines[-5:] == [
         "trace:",
         "  notebook cell [-]",

@@ -72,7 +72,10 @@ class TestAsyncSqlite(_SqliteContract):
 
 
 class TestThreadSqlite(_SqliteContract):
+    """The thread flavour, with the other encoder and durability than the asyncio one."""
+
     flavour = "thread"
+    options = {"encoder": "msgpack", "synchronous": "normal"}
 
 
 class TestAsyncSqliteApart(_SqliteContract):
@@ -105,11 +108,6 @@ class TestAsyncSqliteApart(_SqliteContract):
 
         async with AsyncTransport(create, namespace=unique_name, dead_letters=dead_letters) as t:
             yield t
-
-
-class TestThreadSqliteMsgpackNormal(_SqliteContract):
-    flavour = "thread"
-    options = {"encoder": "msgpack", "synchronous": "normal"}
 
 
 class _SqliteTracing(TracingContract):
