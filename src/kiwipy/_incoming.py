@@ -1,4 +1,11 @@
-"""The life cycle of a task taken in pull mode, written once for every transport.
+"""The life cycle of a task, written once for every transport: in push mode the subscribers
+a task is offered to (:func:`run_subscribers`), in pull mode :class:`IncomingTask`.
+
+In push mode the subscribers of a queue are tried in the order they were added: the first
+outcome that is not ``TaskRejected`` is the task's (replied, then acknowledged); if every one
+rejects it, the transport gives it back for another consumer.
+
+In pull mode:
 
 ``state`` goes ``'pending'`` → ``'processing'`` (:meth:`IncomingTask.process`) →
 ``'finished'`` once the outcome future is resolved, or to ``'requeued'`` when the task is
@@ -18,10 +25,11 @@ import abc
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any, Optional
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import Any, Callable, Optional
 
-from ._outcome import Outcome, outcome_of
+from . import _deadlines
+from ._outcome import REJECTED, Outcome, invoke, outcome_of
 from ._raised import set_exception
 from ._task_state import (
     TASK_FINISHED,
@@ -32,7 +40,27 @@ from ._task_state import (
 )
 from .communications import AsyncIncomingTask
 
-__all__ = ("IncomingTask",)
+__all__ = ("IncomingTask", "run_subscribers")
+
+
+async def run_subscribers(
+    subscribers: Iterable[Any],
+    args: tuple[Any, ...],
+    on_pending: Optional[Callable[[], Awaitable[Any]]],
+    deadline: Optional[float],
+) -> Optional[Outcome]:
+    """Offer a task to *subscribers* in turn, each call bounded by *deadline*
+    (:func:`kiwipy._deadlines.bounded`; *on_pending* sends the ``pending`` reply when one
+    returns a future).
+
+    :returns: the first outcome that is not ``TaskRejected``; ``None`` if every subscriber
+        rejected the task.
+    """
+    for subscriber in list(subscribers):
+        outcome = await _deadlines.bounded(deadline, invoke(subscriber, args, on_pending))
+        if outcome.kind != REJECTED:
+            return outcome
+    return None
 
 
 class IncomingTask(AsyncIncomingTask, abc.ABC):

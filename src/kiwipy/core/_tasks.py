@@ -24,8 +24,8 @@ from typing import Any, Optional, Protocol
 import shortuuid
 
 from .. import _deadlines, _tracing, exceptions
-from .._incoming import IncomingTask
-from .._outcome import EXCEPTION, REJECTED, Outcome, invoke
+from .._incoming import IncomingTask, run_subscribers
+from .._outcome import EXCEPTION, Outcome
 from .._replies import exception_response, outcome_response
 from .._task_state import (
     TASK_FINISHED,
@@ -252,16 +252,17 @@ class BrokerTaskQueue(AsyncTaskQueue):
         pending = (
             None if no_reply else functools.partial(comm._sender.reply_pending, delivery.message)
         )
-        for subscriber in list(self._subscribers.values()):
-            invoking = invoke(subscriber, (comm, task), pending)
-            outcome = await _deadlines.bounded(delivery.message.deadline, invoking)
-            if outcome.kind != REJECTED:
-                if outcome.kind == EXCEPTION:
-                    _tracing.failed(outcome.value)  # issue 17
-                _conclude(comm, delivery, no_reply, outcome)
-                return
-        _tracing.rejected()  # issue 17
-        comm.broker.requeue(delivery, reject=True)
+        subscribers = self._subscribers.values()
+        outcome = await run_subscribers(
+            subscribers, (comm, task), pending, delivery.message.deadline
+        )
+        if outcome is None:
+            _tracing.rejected()  # issue 17
+            comm.broker.requeue(delivery, reject=True)
+            return
+        if outcome.kind == EXCEPTION:
+            _tracing.failed(outcome.value)  # issue 17
+        _conclude(comm, delivery, no_reply, outcome)
 
 
 class BrokerIncomingTask(IncomingTask):

@@ -21,6 +21,7 @@ from typing import Any, Optional
 import aiormq.abc
 
 from ... import _deadlines
+from ..._incoming import run_subscribers
 from .. import _traced, protocol
 from ..leases._leases import read_lease
 from . import _outcome
@@ -105,12 +106,8 @@ class TaskRuns:
             pending = functools.partial(self.responder.reply, message, protocol.pending_response())
         # a taken-over task started in time: its deadline no longer counts
         at = None if taken_over else _deadlines.from_headers(headers)
-        for subscriber in list(self._subscribers.values()):
-            invoking = _outcome.invoke(subscriber, (self._owner, incoming.body), pending)
-            outcome = await _deadlines.bounded(at, invoking)
-            if outcome.kind != _outcome.REJECTED:
-                return outcome
-        return None  # nobody here took it
+        args = (self._owner, incoming.body)
+        return await run_subscribers(self._subscribers.values(), args, pending, at)
 
     def cancel(self) -> None:
         """Cancel the runs in tasks of their own (leased ones are taken over by others after
