@@ -290,10 +290,19 @@ _METRIC_KEYS = (
 )
 
 
+#: The destination metrics give every RPC: identifiers are often one per process or job
+#: (AiiDA's are), and each would be a time series of its own (spans keep the identifier).
+RPC_DESTINATION = "[rpc]"
+
+
 def _metric_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
     """:returns: the attributes of *attributes* that metrics carry (ids and sizes would give
-    every message a time series of its own); a shared dict: copy it to change it."""
-    return _metric_set(*(attributes.get(key) for key in _METRIC_KEYS))
+    every message a time series of its own, and so would RPC identifiers: an RPC's
+    destination is :data:`RPC_DESTINATION`); a shared dict: copy it to change it."""
+    values = [attributes.get(key) for key in _METRIC_KEYS]
+    if attributes.get("kiwipy.message.kind") == "rpc":
+        values[_METRIC_KEYS.index("messaging.destination.name")] = RPC_DESTINATION
+    return _metric_set(*values)
 
 
 @functools.lru_cache(maxsize=1024)

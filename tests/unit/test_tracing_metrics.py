@@ -28,3 +28,26 @@ def test_a_reconnection_is_counted_with_its_recovery_time() -> None:
     assert _total("kiwipy.recovery.duration") == recoveries + 1
     events.emit(_events.RECONNECTED)  # nothing was down: counted, no recovery time
     assert _total("kiwipy.recovery.duration") == recoveries + 1
+
+
+def test_rpc_metrics_do_not_carry_the_identifier() -> None:
+    """One time series for every RPC, not one per identifier (AiiDA has one per process)."""
+    from kiwipy import _tracing
+
+    made = [
+        _tracing._metric_attributes(
+            {
+                "messaging.system": "rabbitmq",
+                "messaging.destination.name": f"[rpc].{pk}",
+                "kiwipy.message.kind": "rpc",
+                "messaging.message.id": str(pk),
+            }
+        )
+        for pk in range(3)
+    ]
+    assert all(attributes == made[0] for attributes in made)
+    assert made[0]["messaging.destination.name"] == _tracing.RPC_DESTINATION
+    task = _tracing._metric_attributes(
+        {"messaging.destination.name": "kiwipy.tasks", "kiwipy.message.kind": "task"}
+    )
+    assert task["messaging.destination.name"] == "kiwipy.tasks"
