@@ -60,7 +60,7 @@ def test_a_skip_stand_in_requests_no_fixture() -> None:
     ) == ["self"]
 
 
-@pytest.mark.parametrize("cls", [CommunicatorContract, memory_contract.TestAsyncMemoryYaml])
+@pytest.mark.parametrize("cls", [CommunicatorContract, memory_contract.TestThreadMemoryJson])
 def test_transports_with_every_capability_run_every_test_unmarked(
     cls: type[CommunicatorContract],
 ) -> None:

@@ -61,18 +61,13 @@ class _MemoryContract(CommunicatorContract):
         memory.drop_broker(unique_name)
 
 
+# The flavours and encodings of the shared core (kiwipy.core) are covered across its two
+# transports: asyncio by reference and thread with JSON here, asyncio with YAML and thread
+# with msgpack on SQLite (tests/unit/test_contract_sqlite.py).
+
+
 class TestAsyncMemory(_MemoryContract):
     capabilities = ALL - {ENCODES}
-
-
-class TestAsyncMemoryYaml(_MemoryContract):
-    capabilities = ALL
-    encoder = "yaml"
-
-
-class TestThreadMemory(_MemoryContract):
-    capabilities = ALL - {ENCODES}
-    flavour = "thread"
 
 
 class TestThreadMemoryJson(_MemoryContract):
