@@ -256,7 +256,7 @@ class Session:
                 # coroutines and pamqp marshalling (issue 6)
                 outgoing = _fastpublish.Outgoing(exchange, routing_key, body, properties, mandatory)
                 publishing = _fastpublish.publish(channel, outgoing)
-                return await _amqp.guarded(channel, publishing, attempt.remaining())
+                return await _amqp.guarded(channel, publishing, attempt.confirm_window())
             except _amqp.LINK_ERRORS as exc:
                 await attempt.after(exc, channel)
 

@@ -42,6 +42,10 @@ _LOGGER = logging.getLogger("kiwipy.rmq.communicator")
 _PAUSE = 0.05
 #: Longest pause between two attempts of a nacked publish.
 _NACK_PAUSE_MAX = 1.0
+#: Seconds the confirm of a send again after a nack gets at least, even past the deadline:
+#: a broker answers in milliseconds, and without it the last attempt, made just before the
+#: deadline, would end "unknown" instead of with the broker's nack.
+_RETRY_CONFIRM_MIN = 0.25
 #: Seconds a replaced publish channel may take to receive its last confirms.
 _DRAIN_TIMEOUT = 10.0
 
@@ -61,6 +65,11 @@ class PublishAttempt:
 
     def remaining(self) -> float:
         return max(self.deadline - self._session.loop.time(), 0.001)
+
+    def confirm_window(self) -> float:
+        """:returns: seconds to wait for this attempt's confirm."""
+        remaining = self.remaining()
+        return max(remaining, _RETRY_CONFIRM_MIN) if self._nacks else remaining
 
     def _may_retry(self) -> bool:
         session = self._session
