@@ -26,9 +26,15 @@ import kiwipy
 from kiwipy.sqlite._broker import BrokerSettings
 
 from .._ci import require
+from .._waits import wait_until
 from ._scenario import report
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; Linux only")
+
+@pytest.fixture(autouse=True)
+def _linux() -> None:
+    """These scenarios read /proc (a skip elsewhere; a failure under ``CI=true``)."""
+    require(sys.platform == "linux", "reads /proc; Linux only")
+
 
 ROOT = Path(__file__).parents[2]
 SRC = Path(kiwipy.__file__).parents[1]
@@ -39,12 +45,8 @@ WAIT = 20.0
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> float:
-    """Poll *condition* until true; :returns: the seconds it took. Fails after *timeout*."""
-    began = time.monotonic()
-    while not condition():
-        assert time.monotonic() - began < timeout, f"{what}: not within {timeout} s"
-        time.sleep(0.01)
-    return time.monotonic() - began
+    """:returns: the seconds until *condition* held; fails after *timeout*."""
+    return wait_until(condition, what, timeout)
 
 
 class Proc:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +21,7 @@ from typing import Any, Callable
 import pytest
 
 from kiwipy import cli, sqlite
+from tests import _waits as waits
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 10.0
@@ -51,10 +51,7 @@ def inspect_json(capsys: pytest.CaptureFixture[str], url: str) -> dict[str, Any]
 
 
 def wait_until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    waits.wait_until(check, what, WAIT)
 
 
 def one_error_line(err: str, command: str) -> str:

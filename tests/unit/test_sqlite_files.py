@@ -273,15 +273,16 @@ def _read_line(stream: object, timeout: float) -> str:
 def test_a_killed_owner_does_not_hold(tmp_path: pathlib.Path) -> None:
     src = pathlib.Path(_files.__file__).parents[2]
     code = (
-        "import pathlib, sys, time\n"
+        "import pathlib, sys\n"
         "from kiwipy.sqlite._lockfile import LockFile\n"
         "lock = LockFile.create(pathlib.Path(sys.argv[1]), 'child')\n"
         "print('READY', flush=True)\n"
-        "time.sleep(60)\n"
+        "sys.stdin.read()\n"  # holds the lock until killed
     )
     env = dict(os.environ, PYTHONPATH=str(src))
     child = subprocess.Popen(
         [sys.executable, "-c", code, str(tmp_path)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -295,7 +296,8 @@ def test_a_killed_owner_does_not_hold(tmp_path: pathlib.Path) -> None:
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-        assert child.stdout is not None and child.stderr is not None
+        assert child.stdout is not None and child.stderr is not None and child.stdin is not None
+        child.stdin.close()
         child.stdout.close()
         child.stderr.close()
     assert child.returncode == -signal.SIGKILL

@@ -26,7 +26,7 @@ from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 from ..encoders import Encoder
 
-__all__ = ("Broker", "Connection", "Consumer", "Delivery", "Message", "Payload")
+__all__ = ("Broker", "Connection", "Consumer", "Delivery", "Message", "Payload", "Post", "post")
 
 
 class Payload(NamedTuple):
@@ -92,6 +92,25 @@ class Connection:
     rpc: dict[str, Callable[[str, Message], None]] = dataclasses.field(default_factory=dict)
     waiters: list[tuple[str, Callable[[], None]]] = dataclasses.field(default_factory=list)
     closed: bool = False
+
+
+#: A call a broker makes on a connection's loop: ``(connection, function, arguments)``.
+Post = tuple["Connection", Callable[..., None], tuple[Any, ...]]
+
+
+def post(posts: list[Post]) -> list[Connection]:
+    """Post each call to its connection's loop (rule 1), in order.
+
+    :returns: the connections whose loop is closed (their communicators are gone: the
+        broker treats them as lost), in the order met.
+    """
+    lost: list[Connection] = []
+    for connection, fn, args in posts:
+        try:
+            connection.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed
+            lost.append(connection)
+    return lost
 
 
 class Broker(Protocol):

@@ -24,7 +24,7 @@ import threading
 from typing import Any, Callable, Optional
 
 from .. import _tracing, _unroutable, exceptions
-from ..core._broker import Connection, Consumer, Delivery, Message, Payload
+from ..core._broker import Connection, Consumer, Delivery, Message, Payload, post
 from ._queues import Post, TaskQueues, check_open
 
 __all__ = ("Connection", "Consumer", "Delivery", "MemoryBroker", "Message", "Payload")
@@ -220,12 +220,7 @@ class MemoryBroker:
 
         :returns: whether every call was posted.
         """
-        lost: list[Connection] = []
-        for connection, fn, args in posts:
-            try:
-                connection.loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:  # the loop is closed: its communicator is gone
-                lost.append(connection)
+        lost = post(posts)
         for connection in lost:
             self.close(connection)
         return not lost

@@ -24,12 +24,9 @@ import itertools
 from typing import Any, Callable, Optional
 
 from .. import exceptions
-from ..core._broker import Connection, Consumer, Delivery, Message
+from ..core._broker import Connection, Consumer, Delivery, Message, Post
 
 __all__ = ("Post", "TaskQueues", "check_open")
-
-#: A call to post to a connection's loop: ``(connection, function, arguments)``.
-Post = tuple[Connection, Callable[..., None], tuple[Any, ...]]
 
 
 @dataclasses.dataclass(eq=False)

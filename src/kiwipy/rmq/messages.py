@@ -40,7 +40,7 @@ from .. import _broadcasts, _deadlines, _limits, exceptions
 from . import defaults, protocol
 from .connection import _amqp
 from .connection._recovery import RestoreLater
-from .connection._session import Session
+from .connection._session import Session, codec_options
 from .protocol import rpc_queue_name
 from .receive import _cancel
 from .receive._broadcast_queue import BroadcastQueue
@@ -84,10 +84,6 @@ class BroadcastMessage:
         return protocol.encode_broadcast(message)
 
 
-def _codec_options(encoder: Any, decoder: Any, testing_mode: bool) -> dict[str, Any]:
-    return {"encoder": encoder, "decoder": decoder, "testing_mode": testing_mode}
-
-
 class BaseConnectionWithExchange:
     """kiwipy 0.9's base class of its task subscriber, kept so that ``isinstance`` and
     ``issubclass`` checks written against 0.9 still hold: :class:`~kiwipy.rmq.RmqTaskSubscriber`
@@ -125,7 +121,7 @@ class RmqPublisher(BasePublisherWithReplyQueue):
         *,
         replies: Optional[ReplyQueue] = None,
     ) -> None:
-        self._session = Session.of(connection, _codec_options(encoder, decoder, testing_mode))
+        self._session = Session.of(connection, codec_options(encoder, decoder, testing_mode))
         self._owns_session = self._session is not connection
         self._exchange_name = exchange_name
         self._exchange_params = _amqp.exchange_arguments(
@@ -275,7 +271,7 @@ class RmqSubscriber:
         owner: Any = None,
         tally: Optional[_broadcasts.Tally] = None,
     ) -> None:
-        self._session = Session.of(connection, _codec_options(encoder, decoder, testing_mode))
+        self._session = Session.of(connection, codec_options(encoder, decoder, testing_mode))
         self._owns_session = self._session is not connection
         self._exchange_name = message_exchange
         self._exchange_params = _amqp.exchange_arguments(None, self._session.testing_mode)

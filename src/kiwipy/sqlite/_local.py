@@ -17,11 +17,9 @@ import threading
 from typing import Any, Callable, NamedTuple, Optional
 
 from .. import encoders, exceptions
-from ..core._broker import Connection, Message
+from ..core._broker import Connection, Message, Post, post
 
 __all__ = ("Address", "Connections", "Post", "encoder", "message_values")
-
-Post = tuple[Connection, Callable[..., None], tuple[Any, ...]]
 
 
 class Address(NamedTuple):
@@ -100,12 +98,7 @@ class Connections:
 
     def flush(self, posts: list[Post]) -> bool:
         """Post each call to its connection's loop. :returns: whether every loop took it."""
-        lost: list[Connection] = []
-        for connection, fn, args in posts:
-            try:
-                connection.loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:  # the loop is closed: its communicator is gone
-                lost.append(connection)
+        lost = post(posts)
         for connection in lost:
             self._on_lost(connection)
         return not lost
