@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 from collections.abc import Awaitable
 from typing import Any, Callable, TypeVar
@@ -22,14 +23,42 @@ from ._raised import original, set_exception
 
 T = TypeVar("T")
 
-__all__ = ("LoopThread", "thread_world", "to_asyncio", "to_concurrent")
+__all__ = ("LOOP_ENV", "LoopThread", "new_loop", "thread_world", "to_asyncio", "to_concurrent")
+
+#: Environment variable choosing the private loop's implementation: ``uvloop`` (the default
+#: when it is importable: ``pip install 'kiwipy[uvloop]'``) or ``asyncio``.
+LOOP_ENV = "KIWIPY_EVENT_LOOP"
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """:returns: a new event loop for a thread facade: uvloop's where it is installed (unless
+    :data:`LOOP_ENV` says ``asyncio``), else asyncio's own.
+
+    :raises ValueError: when :data:`LOOP_ENV` names neither, or asks for uvloop and it is not
+        installed.
+    """
+    choice = os.environ.get(LOOP_ENV, "").strip().lower()
+    if choice not in ("", "uvloop", "asyncio"):
+        raise ValueError(f"{LOOP_ENV}={choice!r}: expected 'uvloop' or 'asyncio'")
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ValueError(
+                    f"{LOOP_ENV}=uvloop but uvloop is not installed (pip install 'kiwipy[uvloop]')"
+                ) from None
+        else:
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+    return asyncio.new_event_loop()
 
 
 class LoopThread:
     """An asyncio event loop running forever on a daemon thread."""
 
     def __init__(self, name: str = "kiwipy communicator") -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 

@@ -9,6 +9,7 @@ import pytest
 
 import kiwipy
 from kiwipy import memory
+from kiwipy._portal import LOOP_ENV
 from tests.contract import (
     ALL,
     ENCODES,
@@ -63,7 +64,9 @@ class _MemoryContract(CommunicatorContract):
 
 # The flavours and encodings of the shared core (kiwipy.core) are covered across its two
 # transports: asyncio by reference and thread with JSON here, asyncio with YAML and thread
-# with msgpack on SQLite (tests/unit/test_contract_sqlite.py).
+# with msgpack on SQLite (tests/unit/test_contract_sqlite.py). The thread facade's loop is
+# asyncio's here (what an installation without the uvloop extra runs) and uvloop's
+# everywhere else in the suite (the default where it is installed, as in the dev extra).
 
 
 class TestAsyncMemory(_MemoryContract):
@@ -74,6 +77,10 @@ class TestThreadMemoryJson(_MemoryContract):
     capabilities = ALL
     flavour = "thread"
     encoder = "json"
+
+    @pytest.fixture(autouse=True)
+    def _asyncio_loop(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(LOOP_ENV, "asyncio")
 
 
 class _MemoryTracing(TracingContract):
