@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import signal
 import sys
 import time
 from typing import Any, Optional
@@ -98,7 +99,8 @@ class _SqliteSamples:
 async def _watch(args: argparse.Namespace, sampler: Any) -> None:
     previous: Optional[dict[str, Any]] = None
     refreshes = 0
-    while True:
+    stop = _ctrl_c()
+    while not stop.is_set():
         started = time.monotonic()
         sample = await sampler.sample()
         view = _view(sample, previous)
@@ -110,7 +112,30 @@ async def _watch(args: argparse.Namespace, sampler: Any) -> None:
         refreshes += 1
         if args.count is not None and refreshes >= args.count:
             return
-        await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+        pause = max(0.0, args.interval - (time.monotonic() - started))
+        try:
+            await asyncio.wait_for(stop.wait(), pause)
+        except asyncio.TimeoutError:
+            pass
+
+
+def _ctrl_c() -> asyncio.Event:
+    """:returns: an event set by the first Ctrl-C, which ends the watch after the refresh in
+    progress. Not a cancellation: a cancel landing inside the AMQP client's channel handling
+    can be swallowed there, and the watch would go on. A second Ctrl-C interrupts at once
+    (KeyboardInterrupt), as does the first where the loop cannot handle signals."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def first() -> None:
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)  # back to KeyboardInterrupt
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, first)
+    except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not the main thread
+        pass
+    return stop
 
 
 # Samples: {"at": monotonic seconds, "time": ISO text, "queues": [...], "connections": n}
