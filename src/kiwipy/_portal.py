@@ -23,11 +23,31 @@ from ._raised import original, set_exception
 
 T = TypeVar("T")
 
-__all__ = ("LOOP_ENV", "LoopThread", "new_loop", "thread_world", "to_asyncio", "to_concurrent")
+__all__ = (
+    "LOOP_ENV",
+    "LoopThread",
+    "loop_choice",
+    "new_loop",
+    "thread_world",
+    "to_asyncio",
+    "to_concurrent",
+)
 
 #: Environment variable choosing the private loop's implementation: ``uvloop`` (the default
 #: when it is importable: ``pip install 'kiwipy[uvloop]'``) or ``asyncio``.
 LOOP_ENV = "KIWIPY_EVENT_LOOP"
+
+
+def loop_choice() -> str:
+    """:returns: what :data:`LOOP_ENV` asks for: ``'uvloop'``, ``'asyncio'`` or ``''`` (unset:
+    uvloop where installed).
+
+    :raises ValueError: when it names neither.
+    """
+    choice = os.environ.get(LOOP_ENV, "").strip().lower()
+    if choice not in ("", "uvloop", "asyncio"):
+        raise ValueError(f"{LOOP_ENV}={choice!r}: expected 'uvloop' or 'asyncio'")
+    return choice
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -37,9 +57,7 @@ def new_loop() -> asyncio.AbstractEventLoop:
     :raises ValueError: when :data:`LOOP_ENV` names neither, or asks for uvloop and it is not
         installed.
     """
-    choice = os.environ.get(LOOP_ENV, "").strip().lower()
-    if choice not in ("", "uvloop", "asyncio"):
-        raise ValueError(f"{LOOP_ENV}={choice!r}: expected 'uvloop' or 'asyncio'")
+    choice = loop_choice()
     if choice != "asyncio":
         try:
             import uvloop

@@ -231,6 +231,16 @@ def test_unknown_encoder_is_a_usage_error(output: Output, url: str) -> None:
     assert "invalid choice: 'pickle'" in one_error_line(output.read().err, "send")
 
 
+def test_wrong_event_loop_setting_is_a_usage_error_not_a_bad_url(
+    output: Output, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KIWIPY_EVENT_LOOP", "trio")
+    assert cli.main(["send", "1", "--url", url]) == 2
+    line = one_error_line(output.read().err, "send")
+    assert "KIWIPY_EVENT_LOOP='trio': expected 'uvloop' or 'asyncio'" in line
+    assert "bad URL" not in line
+
+
 def test_url_defaults_to_env_then_local_rabbitmq(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KIWIPY_URL", raising=False)
     parser = cli.build_parser()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from .. import encoders, exceptions
+from .._portal import loop_choice
 from ..communications import Communicator, connect
 
 __all__ = (
@@ -191,6 +192,10 @@ def connect_from_args(args: argparse.Namespace, **extra: Any) -> Communicator:
     """
     url: str = args.url
     check_url(url)
+    try:
+        loop_choice()  # a wrong KIWIPY_EVENT_LOOP is not a bad URL
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     options = {**connect_options(args), **extra}
     try:
         return connect(url, **options)
