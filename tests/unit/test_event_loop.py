@@ -26,8 +26,15 @@ def uri(unique_name: str) -> Iterator[str]:
     memory.drop_broker(unique_name)
 
 
-def _loop_module(comm: kiwipy.Communicator) -> str:
-    return type(comm.loop()).__module__.split(".")[0]  # type: ignore[attr-defined]
+def _runs_on(uri: str, loop_module: str) -> None:
+    """A thread communicator on *uri* runs its loop from *loop_module* and answers a task,
+    an RPC and a broadcast."""
+    comm = kiwipy.connect(uri)
+    try:
+        assert type(comm.loop()).__module__.split(".")[0] == loop_module  # type: ignore[attr-defined]
+        _round_trip(comm)
+    finally:
+        comm.close()
 
 
 def _round_trip(comm: kiwipy.Communicator) -> None:
@@ -45,22 +52,12 @@ def _round_trip(comm: kiwipy.Communicator) -> None:
 def test_uvloop_is_the_default_where_installed(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     require(HAVE_UVLOOP, "uvloop is not installed (pip install 'kiwipy[uvloop]')")
     monkeypatch.delenv(LOOP_ENV, raising=False)
-    comm = kiwipy.connect(uri)
-    try:
-        assert _loop_module(comm) == "uvloop"
-        _round_trip(comm)
-    finally:
-        comm.close()
+    _runs_on(uri, "uvloop")
 
 
 def test_asyncio_loop_on_request(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(LOOP_ENV, "asyncio")
-    comm = kiwipy.connect(uri)
-    try:
-        assert _loop_module(comm) == "asyncio"
-        _round_trip(comm)
-    finally:
-        comm.close()
+    _runs_on(uri, "asyncio")
 
 
 @pytest.mark.parametrize("value", ["trio", "uv loop", "1"])

@@ -24,8 +24,8 @@ import threading
 from typing import Any, Callable, Optional
 
 from .. import _tracing, _unroutable, exceptions
-from ..core._broker import Connection, Consumer, Delivery, Message, Payload, post
-from ._queues import Post, TaskQueues, check_open
+from ..core._broker import Connection, Consumer, Delivery, Message, Payload, Post, post
+from ._queues import TaskQueues, check_open
 
 __all__ = ("Connection", "Consumer", "Delivery", "MemoryBroker", "Message", "Payload")
 

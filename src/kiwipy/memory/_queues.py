@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 from .. import exceptions
 from ..core._broker import Connection, Consumer, Delivery, Message, Post
 
-__all__ = ("Post", "TaskQueues", "check_open")
+__all__ = ("TaskQueues", "check_open")
 
 
 @dataclasses.dataclass(eq=False)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-from ..core._broker import Payload
+from ..core._broker import Payload, Post
 from . import _doorbell
-from ._local import Connections, Post, encoder
+from ._local import Connections, encoder
 from ._peers import Peers
 from ._tables import BroadcastTable
 

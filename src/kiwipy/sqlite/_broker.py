@@ -31,11 +31,11 @@ import socket
 from typing import Any, Callable, Optional
 
 from .. import exceptions
-from ..core._broker import Connection, Consumer, Delivery, Message, Payload
+from ..core._broker import Connection, Consumer, Delivery, Message, Payload, Post
 from . import _doorbell, _files
 from ._broadcasts import Broadcasts
 from ._doorbell import Doorbell
-from ._local import Address, Connections, Post
+from ._local import Address, Connections
 from ._lockfile import LockFile
 from ._peers import Peers
 from ._pump import Pump

@@ -14,10 +14,10 @@ import time
 from typing import Optional
 
 from .. import _tracing
-from ..core._broker import Connection, Consumer, Delivery, Message, Payload
+from ..core._broker import Connection, Consumer, Delivery, Message, Payload, Post
 from . import _doorbell
 from ._database import Row
-from ._local import Connections, Post, encoder
+from ._local import Connections, encoder
 from ._peers import Peers
 from ._tables import ProcessTable
 from ._task_tables import TaskTable

@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple, Optional
 from .. import encoders, exceptions
 from ..core._broker import Connection, Message, Post, post
 
-__all__ = ("Address", "Connections", "Post", "encoder", "message_values")
+__all__ = ("Address", "Connections", "encoder", "message_values")
 
 
 class Address(NamedTuple):

@@ -25,9 +25,9 @@ from typing import Any, Callable, Optional
 
 from .. import _unroutable, exceptions
 from .._replies import lost_response
-from ..core._broker import Connection, Message, Payload
+from ..core._broker import Connection, Message, Payload, Post
 from . import _doorbell
-from ._local import Address, Connections, Post, encoder, message_values
+from ._local import Address, Connections, encoder, message_values
 from ._peers import Peers
 from ._tables import RpcTables
 
