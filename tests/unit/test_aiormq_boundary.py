@@ -34,8 +34,9 @@ from pamqp.header import ContentHeader
 from yarl import URL
 
 from kiwipy.rmq.connection import _aiormq_boundary as internals
-from kiwipy.rmq.connection import _amqp
+from kiwipy.rmq.connection import _amqp, _joined
 from kiwipy.rmq.receive import _acks
+from kiwipy.rmq.send import _fastpublish
 from kiwipy.rmq.send._fastpublish import Outgoing, start
 from kiwipy.rmq.send._frames import publish_frames
 
@@ -162,7 +163,7 @@ async def test_direct_writes_are_allowed_only_when_nothing_else_writes(
     while not connection.write_queue.full():
         connection.write_queue.put_nowait(aiormq.abc.ChannelFrame(b"", False))
     assert internals.write_queue_full(channel)
-    assert not internals.can_write_directly(channel)
+    assert not _fastpublish.can_start(channel)  # no room, and no item of its own to join
     unconfirmed = aiormq.Channel(connection, 2, publisher_confirms=False)
     assert not internals.can_write_directly(unconfirmed)
     unconfirmed.closing.cancel()
@@ -205,6 +206,32 @@ async def test_a_direct_publish_is_what_basic_publish_writes(
     )
 
 
+async def test_direct_publishes_join_one_write_and_keep_the_broker_s_numbering(
+    connection: aiormq.Connection, channel: Any
+) -> None:
+    def outgoing(message_id: str) -> Outgoing:
+        props = _amqp.properties(correlation_id=message_id)
+        props.message_id = message_id
+        return Outgoing("e", "k", message_id.encode(), props, False)
+
+    first = _fastpublish.publish(channel, outgoing("m1"))
+    second = _fastpublish.publish(channel, outgoing("m2"))
+    assert connection.write_queue.qsize() == 1  # one item for both
+    async with channel.lock:  # a basic_publish half-way: the next one must wait its turn
+        third = asyncio.ensure_future(_fastpublish.publish(channel, outgoing("m3")))
+        assert not _joined.is_open(channel)  # sealed: nothing may overtake m3 any more
+    fourth = _fastpublish.publish(channel, outgoing("m4"))  # numbered before m3 takes the lock
+    written = await run_writer(connection)
+    order = [written.index(m) for m in (b"m1", b"m2", b"m4", b"m3")]
+    assert order == sorted(order), "frames went out in another order than they were numbered"
+    await from_broker(channel, *(spec.Basic.Ack(delivery_tag=tag) for tag in (1, 2, 4)))
+    await from_broker(channel, spec.Basic.Nack(delivery_tag=3, requeue=False))
+    for confirm in (first, second, third):
+        assert isinstance(await asyncio.wait_for(confirm, 1), spec.Basic.Ack)
+    with pytest.raises(amqp_errors.DeliveryError):  # tag 3 is m4's
+        await asyncio.wait_for(fourth, 1)
+
+
 async def test_a_returned_direct_publish_fails_with_publish_error(channel: Any) -> None:
     confirm = internals.register_confirm(channel, "returned-id")
     returned = spec.Basic.Properties(message_id="returned-id")
@@ -236,9 +263,9 @@ async def test_closing_the_channel_fails_its_pending_confirms(channel: Any) -> N
 async def test_the_writer_takes_frames_and_ack_batches(
     connection: aiormq.Connection, channel: Any
 ) -> None:
-    drained: asyncio.Future[Any] = channel.create_future()
-    internals.write(channel, b"frames", drained)
-    acked = _acks.ack(channel, 7)
+    drained = _joined.add(channel, b"frames", drain=True)
+    acked = _acks.ack(channel, 7)  # joins the item still in the queue
+    assert connection.write_queue.qsize() == 1
     written = await run_writer(connection)
     assert written == b"frames" + _acks.ack_frame(1, 7), broke(
         "aiormq", "the connection writer no longer writes each queued item's payload"

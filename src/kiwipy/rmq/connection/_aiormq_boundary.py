@@ -11,7 +11,7 @@ libraries (the ranges pinned in ``pyproject.toml``, extra ``rmq``):
   ``confirmations``, ``message_id_delivery_tag``), its ``lock`` and the connection's writer
   queue shared through ``channel.write_queue``, which let a publish or an ack be written
   without a coroutine each (:func:`can_write_directly`, :func:`register_confirm`,
-  :func:`write`, :func:`enqueue`; :mod:`kiwipy.rmq.send._fastpublish`, :mod:`kiwipy.rmq.receive._acks`);
+  :func:`enqueue`; :mod:`kiwipy.rmq.connection._joined`);
   the writer reads ``payload``, ``should_close``, ``should_drain`` and calls ``drain()`` on
   each item (:class:`WriterItem`);
 * ``channel.max_content_size``, the body frame size aiormq splits at;
@@ -57,7 +57,6 @@ __all__ = (
     "register_confirm",
     "replace_consumer_table",
     "set_reconnect_interval",
-    "write",
     "write_queue_full",
 )
 
@@ -102,15 +101,16 @@ class WriterItem(Protocol):
 
 
 def can_write_directly(channel: aiormq.abc.AbstractChannel) -> bool:
-    """:returns: whether a confirmed publish may be written on *channel* now, bypassing
-    ``basic_publish``: the channel is open with publisher confirms, nothing holds its lock (no
-    ``basic_publish`` is half-way) and the writer's queue has room."""
+    """:returns: whether a confirmed publish may be numbered and written on *channel* now,
+    bypassing ``basic_publish``: the channel is open with publisher confirms and nothing holds
+    its lock (no ``basic_publish`` is half-way). Whether its writer's queue has room for it
+    is :func:`write_queue_full`'s to say."""
     if channel.is_closed or not getattr(channel, "publisher_confirms", False):
         return False
     if not all(hasattr(channel, name) for name in _DIRECT):
         return False
     ch: Any = channel
-    return not ch.lock.locked() and not ch.write_queue.full()
+    return not ch.lock.locked()
 
 
 def register_confirm(channel: aiormq.abc.AbstractChannel, message_id: str) -> asyncio.Future[Any]:
@@ -144,16 +144,6 @@ def write_queue_full(channel: aiormq.abc.AbstractChannel) -> bool:
     """:returns: whether the writer queue of *channel*'s connection has no room."""
     full: bool = channel.write_queue.full()  # type: ignore[attr-defined]
     return full
-
-
-def write(
-    channel: aiormq.abc.AbstractChannel,
-    payload: bytes,
-    drained: Optional[asyncio.Future[Any]] = None,
-) -> None:
-    """Queue *payload* (whole frames) for *channel*'s connection writer, in order with
-    everything queued before; *drained* is resolved once it is handed to the socket."""
-    enqueue(channel, aiormq.abc.ChannelFrame(payload, False, drained))
 
 
 def enqueue(channel: aiormq.abc.AbstractChannel, item: WriterItem) -> None:

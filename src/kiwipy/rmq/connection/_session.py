@@ -256,6 +256,8 @@ class Session:
                 # coroutines and pamqp marshalling (issue 6)
                 outgoing = _fastpublish.Outgoing(exchange, routing_key, body, properties, mandatory)
                 publishing = _fastpublish.publish(channel, outgoing)
+                if asyncio.isfuture(publishing):  # written: its confirm is all there is to wait for
+                    return await _amqp.confirmed(publishing, attempt.confirm_window())
                 return await _amqp.guarded(channel, publishing, attempt.confirm_window())
             except _amqp.LINK_ERRORS as exc:
                 await attempt.after(exc, channel)
