@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from . import OTEL_ENV
 from ._support import ROOT
 from .catalog import CASES, CASES_BY_NAME, IMPLS, TARGETS
 from .report import console_table, evaluate_targets, machine, summarize
@@ -131,6 +132,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "quick": args.quick,
             "body_bytes": 1024,
             "kiwipy_src": os.environ.get("KIWIPY_BENCH_SRC"),  # a frozen copy, if one was used
+            "opentelemetry": os.environ.get(OTEL_ENV) == "1",  # importable in the measurements
         },
         "source": source_state(),
         "machine": host,

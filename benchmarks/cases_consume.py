@@ -1,17 +1,25 @@
 """Consuming tasks: draining a pre-filled queue of persistent messages.
 
 The queue is filled before timing with persistent messages (kiwipy's wire format for the
-kiwipy cases: the msgpack tuple ``(task, no_reply)``). A few extra messages are delivered
-first and not timed, so the clock runs from the first timed delivery to the last, with every
-message acknowledged by the consumer.
+kiwipy cases: the msgpack tuple ``(task, no_reply)``). A few extra messages are consumed
+first and not timed, so the clock runs from the first timed ack to the last.
+
+Every implementation's clock ticks at the same point: once a message's ``basic.ack`` has
+been handed to the socket (issue 18). aio-pika and pika tick after their ack call returns.
+The kiwipy communicators ack by themselves after the subscriber returns, so a probe wraps
+the call that writes the ack: this library's ``kiwipy.rmq.receive._acks.ack`` (ticking when
+its future resolves, i.e. when the writer drained it) and, for kiwipy 0.9, aiormq's
+``Channel.basic_ack``, which aio-pika's ``message.ack()`` awaits. Both probes cost one Python
+call per message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterator
 
 from ._support import (
     RAW_BODY,
@@ -54,6 +62,42 @@ class Stopwatch:
         return {"metrics": {ctx.case: ctx.n / seconds}, "details": {"seconds": seconds}}
 
 
+@contextlib.contextmanager
+def ack_probe(watch: Stopwatch) -> Iterator[None]:
+    """Tick *watch* as each ack a kiwipy communicator writes is handed to the socket (module
+    doc), for as long as the context lasts."""
+    try:
+        from kiwipy.rmq.receive import _acks  # this library
+    except ImportError:  # kiwipy 0.9: aio-pika's message.ack() awaits aiormq's basic_ack
+        import aiormq
+
+        basic_ack = aiormq.Channel.basic_ack
+
+        async def probed(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = await basic_ack(self, *args, **kwargs)
+            watch.tick()
+            return result
+
+        aiormq.Channel.basic_ack = probed  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            aiormq.Channel.basic_ack = basic_ack  # type: ignore[method-assign]
+        return
+    ack = _acks.ack
+
+    def probed_ack(channel: Any, delivery_tag: int) -> Any:
+        written = ack(channel, delivery_tag)
+        written.add_done_callback(lambda _: watch.tick())
+        return written
+
+    _acks.ack = probed_ack  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _acks.ack = ack  # type: ignore[assignment]
+
+
 def _prefill_kiwi(ctx: Context, total: int) -> None:
     async def fill() -> None:
         await declare_task_queue(ctx.names)
@@ -69,14 +113,15 @@ def consume_thread(ctx: Context) -> Result:
     watch = Stopwatch(ctx.warmup, total)
 
     def subscriber(_comm: Any, _task: Any) -> None:
-        watch.tick()
+        pass
 
-    comm = connect_thread(ctx.names)
-    try:
-        comm.add_task_subscriber(subscriber)
-        watch.done.wait(TIMEOUT)
-    finally:
-        comm.close()
+    with ack_probe(watch):
+        comm = connect_thread(ctx.names)
+        try:
+            comm.add_task_subscriber(subscriber)
+            watch.done.wait(TIMEOUT)
+        finally:
+            comm.close()
     return watch.result(ctx)
 
 
@@ -86,14 +131,15 @@ async def consume_async(ctx: Context) -> Result:
     watch = Stopwatch(ctx.warmup, total)
 
     def subscriber(_comm: Any, _task: Any) -> None:
-        watch.tick()
+        pass
 
-    comm = await connect_async(ctx.names)
-    try:
-        await comm.add_task_subscriber(subscriber)
-        await asyncio.to_thread(watch.done.wait, TIMEOUT)
-    finally:
-        await comm.disconnect()
+    with ack_probe(watch):
+        comm = await connect_async(ctx.names)
+        try:
+            await comm.add_task_subscriber(subscriber)
+            await asyncio.to_thread(watch.done.wait, TIMEOUT)
+        finally:
+            await comm.disconnect()
     return watch.result(ctx)
 
 

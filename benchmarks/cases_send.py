@@ -8,8 +8,10 @@ pile up; the message on the wire is the same either way.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Awaitable, Callable, Deque, Dict, List
 
 from ._support import (
     RAW_BODY,
@@ -62,6 +64,36 @@ async def send_async(ctx: Context) -> Result:
         return _rate(ctx, time.perf_counter() - start)
     finally:
         await comm.disconnect()
+
+
+# -- an asyncio gather of one-at-a-time calls ------------------------------------------------
+
+
+async def _gathered(ctx: Context, send: Callable[[], Awaitable[Any]]) -> Result:
+    """``ctx.n`` calls of *send* started at once with ``asyncio.gather`` (the way asyncio code
+    sends a batch without a batch API), after a warm-up gather of ``ctx.warmup``."""
+    await asyncio.gather(*(send() for _ in range(ctx.warmup)))
+    start = time.perf_counter()
+    await asyncio.gather(*(send() for _ in range(ctx.n)))
+    return _rate(ctx, time.perf_counter() - start, api="asyncio.gather")
+
+
+async def send_gather_async(ctx: Context) -> Result:
+    comm = await connect_async(ctx.names)
+    try:
+        return await _gathered(ctx, lambda: comm.task_send(TASK_BODY, no_reply=True))
+    finally:
+        await comm.disconnect()
+
+
+async def send_gather_aio(ctx: Context) -> Result:
+    """aio-pika: ``exchange.publish`` of every message at once, each confirm awaited."""
+    connection, exchange = await _aio_exchange(ctx)
+    key = ctx.names.task_queue
+    try:
+        return await _gathered(ctx, lambda: exchange.publish(_persistent(), routing_key=key))
+    finally:
+        await connection.close()
 
 
 # -- kiwipy: the pipelined batch API, when the implementation has one -----------------------
@@ -186,6 +218,35 @@ async def send_aio_pipelined(ctx: Context) -> Result:
         await connection.close()
 
 
+async def send_aio_windows(ctx: Context) -> Result:
+    """aio-pika with this library's in-flight window: windows of ``WINDOW`` publishes, up to
+    ``IN_FLIGHT`` of them unconfirmed at once (a new window starts as the oldest is confirmed,
+    as ``task_send_many`` does); every confirm awaited."""
+    from kiwipy.rmq.send._windows import IN_FLIGHT, WINDOW
+
+    connection, exchange = await _aio_exchange(ctx)
+    key = ctx.names.task_queue
+
+    async def publish(n: int) -> None:
+        in_flight: Deque[Awaitable[Any]] = collections.deque()
+        for first in range(0, n, WINDOW):
+            if len(in_flight) == IN_FLIGHT:
+                await in_flight.popleft()
+            count = min(WINDOW, n - first)
+            messages = (exchange.publish(_persistent(), routing_key=key) for _ in range(count))
+            in_flight.append(asyncio.gather(*messages))
+        for window in in_flight:
+            await window
+
+    try:
+        await publish(ctx.warmup)
+        start = time.perf_counter()
+        await publish(ctx.n)
+        return _rate(ctx, time.perf_counter() - start, window=WINDOW, in_flight=IN_FLIGHT)
+    finally:
+        await connection.close()
+
+
 async def confirm_rtt(ctx: Context) -> Result:
     """One publish, one confirm: persistent (written to disk) and transient, alternated."""
     import aio_pika
@@ -281,10 +342,12 @@ RUNNERS: Dict[str, Dict[str, Callable[[Context], Result]]] = {
         "aio-pika": in_loop(send_aio),
     },
     "task_send_yaml": {"thread": send_thread, "async": in_loop(send_async)},
+    "task_send_gather": {"async": in_loop(send_gather_async), "aio-pika": in_loop(send_gather_aio)},
     "task_send_pipelined": {
         "thread": send_many_thread,
         "async": in_loop(send_many_async),
         "aio-pika-pipelined": in_loop(send_aio_pipelined),
+        "aio-pika-windows": in_loop(send_aio_windows),
     },
     "confirm_rtt": {"aio-pika": in_loop(confirm_rtt)},
     "large_task": {"thread": large_thread, "async": in_loop(large_async)},

@@ -41,6 +41,14 @@ IMPLS: Dict[str, Impl] = {
             "reference",
             "aio-pika, pipelined confirms",
         ),
+        # The same client with this library's in-flight window (kiwipy.rmq.send._windows).
+        Impl(
+            "aio-pika-windows",
+            "ours",
+            "aio-pika-windows",
+            "reference",
+            "aio-pika, 4 windows of 250 in flight",
+        ),
         # AiiDA's own ZeroMQ broker service and communicator (aiida-core 2.9, its own venv).
         Impl("aiida-zmq", "aiida-zmq", "aiida-zmq", "reference", "AiiDA ZeroMQ broker (2.9)"),
         # This library's sqlite:// transport: the kiwipy case code on a fresh SQLite file per
@@ -120,8 +128,16 @@ CASES: Tuple[Case, ...] = (
         {"codec": "yaml"},
     ),
     Case(
+        "task_send_gather",
+        ("kiwipy-async", "kiwipy09-async", "aio-pika"),
+        _m("task_send_gather", "task send, asyncio.gather of single calls", "msg/s"),
+        2000,
+        100,
+        180,
+    ),
+    Case(
         "task_send_pipelined",
-        ("kiwipy-thread", "kiwipy-async", "aio-pika-pipelined", *SQLITE),
+        ("kiwipy-thread", "kiwipy-async", "aio-pika-pipelined", "aio-pika-windows", *SQLITE),
         _m("task_send_pipelined", "task send, pipelined confirms", "msg/s"),
         10000,
         300,
@@ -309,7 +325,7 @@ class Target:
     text: str
 
 
-# The targets of issue 6 (then the sqlite:// transport's), as ratios in the same run. Columns: metric, implementation,
+# The targets of issue 6 (then issue 18's and the sqlite:// transport's), as ratios in the same run. Columns: metric, implementation,
 # comparison, threshold, versus (None = the median itself), text.
 # fmt: off
 _TARGET_ROWS: Tuple[Tuple[str, str, str, float, Optional[str], str], ...] = (
@@ -347,6 +363,17 @@ _TARGET_ROWS: Tuple[Tuple[str, str, str, float, Optional[str], str], ...] = (
     # sent live (kiwipy 0.9: flat) and when they wait in the queue (kiwipy 0.9: ~84 MiB).
     ("worker_rss_growth_live", "kiwipy-thread", "<=", 2.0, None, "worker RSS growth < 2 MiB"),
     ("worker_rss_growth", "kiwipy-thread", "<=", 2.0, None, "... with a backlog: < 2 MiB"),
+    # Issue 18's, beside issue 6's above (same metrics where they overlap). task_send_many
+    # against pika without confirms compares two cases (task_send_pipelined with task_send):
+    # the performance page reads it from the table.
+    ("rpc_p50", "kiwipy-thread", "<=", 0.75, "aio-pika", "RPC p50 <= 0.75x raw aio-pika"),
+    ("rpc_p50", "kiwipy-async", "<=", 0.5, "kiwipy09-async", "asyncio RPC p50 <= 0.5x kiwipy 0.9"),
+    ("task_send_gather", "kiwipy-async", ">=", 1.0, "kiwipy09-async",
+     "asyncio gather of task_send >= 1x kiwipy 0.9"),
+    ("task_send_gather", "kiwipy-async", ">=", 1.0, "aio-pika",
+     "... and >= 1x aio-pika's gather"),
+    ("task_send_pipelined", "kiwipy-thread", ">=", 1.5, "aio-pika-windows",
+     "pipelined send >= 1.5x aio-pika with our window"),
     # The sqlite:// transport's targets (same cases, same run). Its default
     # (synchronous=full, every task committed to the disk) against this library on RabbitMQ
     # (persistent messages, confirms); against AiiDA's ZeroMQ broker, whose task storage

@@ -29,6 +29,8 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional
 
+from . import OTEL_ENV
+
 MODES = ("off", "api", "sdk")
 TRANSPORTS = ("memory", "rmq")
 
@@ -99,7 +101,8 @@ def child(mode: str, transport: str, n: int) -> None:
 
 def _measure(mode: str, transport: str, n: int) -> Optional[float]:
     cmd = [sys.executable, "-m", "benchmarks.tracing", "--child", mode, transport, str(n)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, OTEL_ENV: "1"}  # each mode sets OpenTelemetry up itself
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     if done.returncode != 0:
         print(f"{mode}/{transport} failed: {done.stderr[-500:]}", file=sys.stderr)
         return None
