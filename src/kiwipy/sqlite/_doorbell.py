@@ -6,6 +6,13 @@ directory). A ring is one byte naming what changed (:data:`KINDS`); the receivin
 every byte waiting and does each kind of work once. Rings are hints, never data: a lost one
 costs at most the slow safety poll, so a full socket buffer is not an error.
 
+A receiver's queue holds a fixed number of datagrams whatever their size (Linux:
+``net.unix.max_dgram_qlen``, 10 by default), so a burst of messages fills it at once. A ring
+that finds it full waits for room (up to :data:`RING_WAIT`; the receiver's pump is draining
+it) rather than being dropped, which would leave the receiver to find the work at its next
+safety poll, seconds later. A receiver that made no room in that time (a stopped process) is
+not waited for again until a ring reaches it without waiting.
+
 A doorbell also carries small RPC requests and replies (:meth:`Doorbell.send`): a datagram
 of one kind byte (:data:`REQUEST`, :data:`ANSWER`), a 4-byte header length, a JSON header and
 the body. They are not durable (neither are RabbitMQ's); a send that does not fit or finds
@@ -49,6 +56,9 @@ REQUEST = b"Q"  # a datagram carrying an RPC request
 ANSWER = b"R"  # a datagram carrying a reply
 ANNOUNCE = b"B"  # a datagram carrying a broadcast
 
+#: Seconds a ring waits for room in a receiver's full queue (module doc).
+RING_WAIT = 0.1
+
 #: The largest datagram :meth:`Doorbell.send` sends (a larger message goes through the file).
 MAX_DATAGRAM = 64 * 1024
 _HEADER = struct.Struct("!I")
@@ -78,6 +88,12 @@ class Doorbell:
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)
         self._sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        # blocking, but for RING_WAIT at most (SO_SNDTIMEO): for a ring that found the
+        # receiver's queue full
+        self._patient = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        wait = struct.pack("ll", int(RING_WAIT), int(RING_WAIT % 1 * 1_000_000))
+        self._patient.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, wait)
+        self._stuck: set[str] = set()  # doorbells that made no room within RING_WAIT
 
     def fileno(self) -> int:
         return self._socket.fileno()
@@ -90,7 +106,23 @@ class Doorbell:
         try:
             self._sender.sendto(kind, _address(name))
         except BlockingIOError:
-            return True  # its buffer is full of rings: it will look anyway
+            return self._ring_patiently(name, kind)
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                return False
+            raise
+        if self._stuck:
+            self._stuck.discard(name)
+        return True
+
+    def _ring_patiently(self, name: str, kind: bytes) -> bool:
+        """Ring *name*, whose queue is full, waiting for room (module doc)."""
+        if name in self._stuck:
+            return True  # it made no room last time: its safety poll will find the work
+        try:
+            self._patient.sendto(kind, _address(name))
+        except BlockingIOError:
+            self._stuck.add(name)
         except OSError as exc:
             if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
                 return False
@@ -141,6 +173,7 @@ class Doorbell:
     def close(self) -> None:
         self._socket.close()
         self._sender.close()
+        self._patient.close()
         if isinstance(self._address, str):
             try:
                 os.unlink(self._address)
