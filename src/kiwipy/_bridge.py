@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Iterable
 from typing import Any, Callable, Optional, TypeVar
 
 from . import _broadcasts, _deadlines, _quick, _tracing, exceptions
-from ._dispatch import OFFLOADED, Dispatcher
+from ._dispatch import OFFLOADED, SUBMIT, Dispatcher, Done
 from ._portal import LoopThread, thread_world, to_asyncio
 
 __all__ = ("Bridge",)
@@ -131,7 +131,8 @@ class Bridge:
         self, owner: Any, subscriber: Callable[..., Any], lane: Any = None
     ) -> Callable[..., Any]:
         """:returns: a coroutine function for the core that runs ``subscriber(owner, *args)``
-        on the pool (serialised per *lane* unless it is ``None``)."""
+        on the pool (serialised per *lane* unless it is ``None``; then it also has
+        :data:`~kiwipy._dispatch.SUBMIT`, to queue a call from any thread)."""
 
         async def run(_core: Any, *args: Any) -> Any:
             # run in this handler's trace context on the worker thread (issue 17)
@@ -147,6 +148,14 @@ class Bridge:
             return result
 
         setattr(run, OFFLOADED, True)
+        if lane is not None:
+
+            def submit(args: tuple[Any, ...], done: Done) -> None:
+                # a broadcast's call: no deadline, and no trace context to carry (this way
+                # is taken only without tracing, kiwipy._broadcasts.hand_over)
+                self.dispatch.submit_serial(lane, functools.partial(subscriber, owner, *args), done)
+
+            setattr(run, SUBMIT, submit)
         return run
 
     def close(self, disconnect: Callable[[], Awaitable[Any]]) -> None:

@@ -12,6 +12,9 @@ concurrently, each resolves an asyncio future on the loop) with less per call:
 * calls that must run one after the other (one RPC or broadcast subscriber's) are queued
   per key with :meth:`Dispatcher.run_serial`; one worker runs a key's queue until it is
   empty, so a burst costs one hand-over, not one round trip through the loop per call.
+* :meth:`Dispatcher.submit_serial` queues such a call from any thread, with a callback the
+  worker runs with its outcome instead of a future of the loop: a broadcast handed to a
+  subscriber that way never crosses the loop thread (:mod:`kiwipy._broadcasts`).
 
 Everything a call raises (``BaseException`` included) is set on its future, as an executor
 does (what an asyncio future cannot carry is wrapped by :func:`kiwipy._raised.set_exception`).
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import logging
 import os
 import queue
 import threading
@@ -31,14 +35,23 @@ from typing import Any, Callable, Optional
 
 from ._raised import set_exception
 
-__all__ = ("OFFLOADED", "Dispatcher", "default_workers")
+_LOGGER = logging.getLogger(__name__)
+
+__all__ = ("OFFLOADED", "SUBMIT", "Dispatcher", "Done", "default_workers")
 
 #: Attribute set (true) on a subscriber wrapper whose awaitable does nothing but wait for a
 #: :class:`Dispatcher` call: the core may await it without a task of its own (what it
 #: raises is what the user's code raised, or the cancellation of the awaiting task).
 OFFLOADED = "kiwipy_offloaded"
+#: Attribute of a subscriber wrapper (the thread facade's, for a subscriber whose calls run
+#: one after the other) holding ``submit(args, done)``: queue the call with *args* (the
+#: communicator left out) from any thread; ``done(ok, value)`` runs on the worker after it.
+SUBMIT = "kiwipy_submit"
 
-_Call = tuple[asyncio.Future[Any], Callable[[], Any]]
+#: ``done(ok, value)``: a call returned *value* (*ok*) or raised it.
+Done = Callable[[bool, Any], None]
+#: A serial call: the loop's future for it, or the callback that takes its outcome.
+_Call = tuple[Optional[asyncio.Future[Any]], Callable[[], Any], Optional[Done]]
 #: A call and its future; without a future, work of the dispatcher's own (a serial queue).
 _Job = tuple[Optional[asyncio.Future[Any]], Callable[[], Any]]
 
@@ -98,14 +111,22 @@ class Dispatcher:
         they were queued: one worker takes the key's queue and runs what it finds there
         (call on the loop's thread)."""
         future = self._loop.create_future()
+        self._queue_serial(key, (future, call, None))
+        return future
+
+    def submit_serial(self, key: Any, call: Callable[[], Any], done: Done) -> None:
+        """:meth:`run_serial` from any thread, without a future: ``done(ok, value)`` runs
+        on the worker once ``call()`` returned *value* or raised it (what ``done`` raises is
+        logged)."""
+        self._queue_serial(key, (None, call, done))
+
+    def _queue_serial(self, key: Any, job: _Call) -> None:
         with self._lock:
-            queue = self._serial.setdefault(key, collections.deque())
-            queue.append((future, call))
+            self._serial.setdefault(key, collections.deque()).append(job)
             if key in self._draining:
-                return future
+                return
             self._draining.add(key)
         self._start(None, functools.partial(self._drain_serial, key))
-        return future
 
     def _drain_serial(self, key: Any) -> None:
         while True:
@@ -115,8 +136,13 @@ class Dispatcher:
                     self._draining.discard(key)
                     del self._serial[key]
                     return
-                future, call = queue.popleft()
-            self._finished(_call(future, call))
+                future, call, done = queue.popleft()
+            ok, value = _call(call)
+            if done is not None:
+                _report(done, ok, value)
+            elif future is not None:
+                self._finished((future, ok, value))
+            del future, call, done, value
 
     def in_worker(self) -> bool:
         """:returns: whether the caller runs on one of this dispatcher's workers (a
@@ -153,7 +179,7 @@ class Dispatcher:
             if future is None:
                 call()  # a serial queue: it reports each of its calls itself
             else:
-                self._finished(_call(future, call))
+                self._finished((future, *_call(call)))
             del future, call
 
     def _finished(self, outcome: tuple[asyncio.Future[Any], bool, Any]) -> None:
@@ -179,10 +205,15 @@ class Dispatcher:
                 set_exception(future, value)
 
 
-def _call(
-    future: asyncio.Future[Any], call: Callable[[], Any]
-) -> tuple[asyncio.Future[Any], bool, Any]:
+def _call(call: Callable[[], Any]) -> tuple[bool, Any]:
     try:
-        return (future, True, call())
+        return (True, call())
     except BaseException as exc:  # as an executor does: the caller decides
-        return (future, False, exc)
+        return (False, exc)
+
+
+def _report(done: Done, ok: bool, value: Any) -> None:
+    try:
+        done(ok, value)
+    except Exception:  # a worker must go on with the calls queued after this one
+        _LOGGER.exception("kiwipy: reporting a subscriber's outcome failed")

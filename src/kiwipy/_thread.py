@@ -31,7 +31,7 @@ import functools
 from collections.abc import Awaitable, Iterable
 from typing import Any, Callable, Optional
 
-from . import _broadcasts, _quick
+from . import _broadcasts, _quick, _tracing, exceptions
 from ._bridge import Bridge
 from ._thread_queue import ThreadIncomingTask, ThreadTaskQueue
 from .communications import (
@@ -77,6 +77,9 @@ class ThreadCommunicator(Communicator):
         self._task_lane: Optional[_quick.Lane] = make_lane() if callable(make_lane) else None
         make_lane = getattr(self._core, "message_lane", None)
         self._message_lane: Any = make_lane() if callable(make_lane) else None
+        self._broadcast_now: Optional[Callable[..., bool]] = getattr(
+            self._core, "broadcast_now", None
+        )
         make_tally = getattr(self._core, "broadcast_tally", None)
         self._broadcast_tally: Optional[_broadcasts.Tally] = (
             make_tally() if callable(make_tally) else None
@@ -183,7 +186,14 @@ class ThreadCommunicator(Communicator):
         by then (waiting at most one call timeout for them; not from its own subscribers)."""
         lane, send = self._message_lane, self._core.broadcast_send
         args = (body, sender, subject, correlation_id)
-        if lane is None:
+        now = self._broadcast_now
+        if now is not None and not _tracing.ENABLED:
+            # on this thread: the broker hands it to this communicator's own subscribers
+            # here too, so the barrier below sees them (kiwipy._broadcasts)
+            if self._bridge.closed:
+                raise exceptions.CommunicatorClosed
+            sent = bool(now(*args))
+        elif lane is None:
             sent = bool(self._bridge.send(send, *args))
         else:
             data = lane.encode(_broadcasts.envelope(*args))

@@ -8,7 +8,7 @@ import pytest
 from aiormq.abc import AbstractChannel
 from pamqp import commands as spec
 
-from kiwipy import rmq
+from kiwipy import _tracing, rmq
 from tests.contract import ALL, AsyncTransport, BlockingTransport, CommunicatorContract
 from tests.contract_tracing import TracingContract
 
@@ -66,8 +66,16 @@ class TestRmqCommunicatorContract(CommunicatorContract):
 
 
 class TestRmqThreadCommunicatorContract(CommunicatorContract):
+    """Without OpenTelemetry, as installed without the otel extra: broadcasts are handed to
+    the subscribers' workers from the loop without a task (kiwipy._broadcasts.hand_over);
+    with tracing they take a task (TestRmqThreadTracing)."""
+
     capabilities = ALL
     message_limit = MESSAGE_LIMIT
+
+    @pytest.fixture(autouse=True)
+    def _without_tracing(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(_tracing, "ENABLED", False)
 
     @pytest.fixture
     async def transport(self, names, rmq_uri, raw_channel):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kiwipy import sqlite
+from kiwipy import _tracing, sqlite
 from kiwipy.sqlite._store import Store
 from tests.contract import (
     ALL,
@@ -72,10 +72,15 @@ class TestAsyncSqlite(_SqliteContract):
 
 
 class TestThreadSqlite(_SqliteContract):
-    """The thread flavour, with the other encoder and durability than the asyncio one."""
+    """The thread flavour, with the other encoder and durability than the asyncio one, and
+    without OpenTelemetry (broadcasts handed over from the pump: see test_contract_memory)."""
 
     flavour = "thread"
     options = {"encoder": "msgpack", "synchronous": "normal"}
+
+    @pytest.fixture(autouse=True)
+    def _without_tracing(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(_tracing, "ENABLED", False)
 
 
 class TestAsyncSqliteApart(_SqliteContract):

@@ -9,7 +9,10 @@ file that any number of processes share.
 Rules every broker keeps (the contract suite checks them on each):
 
 1. A broker never runs user code and never waits for a loop: it posts each call it makes to
-   the receiving :class:`Connection`'s loop with ``call_soon_threadsafe``.
+   the receiving :class:`Connection`'s loop with ``call_soon_threadsafe`` (:func:`post`).
+   A broadcast to a connection with a ``direct_broadcast`` hook (a thread communicator's)
+   is offered to the hook first, on the broker's thread: it hands the subscribers' calls to
+   their worker threads itself, or declines.
 2. A task message is in exactly one place: ready in its queue, out in one unsettled
    :class:`Delivery`, or gone (acknowledged or dead-lettered).
 3. Closing a connection (or losing it) puts its unsettled deliveries back in their queues in
@@ -92,6 +95,9 @@ class Connection:
     rpc: dict[str, Callable[[str, Message], None]] = dataclasses.field(default_factory=dict)
     waiters: list[tuple[str, Callable[[], None]]] = dataclasses.field(default_factory=list)
     closed: bool = False
+    #: ``direct_broadcast(payload)``: takes a broadcast on the broker's thread instead of
+    #: :attr:`on_broadcast` on the loop, if it returns true (rule 1).
+    direct_broadcast: Optional[Callable[[Payload], bool]] = None
 
 
 #: A call a broker makes on a connection's loop: ``(connection, function, arguments)``.
@@ -99,13 +105,17 @@ Post = tuple["Connection", Callable[..., None], tuple[Any, ...]]
 
 
 def post(posts: list[Post]) -> list[Connection]:
-    """Post each call to its connection's loop (rule 1), in order.
+    """Post each call to its connection's loop (rule 1), in order; a broadcast goes to a
+    connection's ``direct_broadcast`` first.
 
     :returns: the connections whose loop is closed (their communicators are gone: the
         broker treats them as lost), in the order met.
     """
     lost: list[Connection] = []
     for connection, fn, args in posts:
+        direct = connection.direct_broadcast
+        if direct is not None and fn is connection.on_broadcast and direct(*args):
+            continue
         try:
             connection.loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the loop is closed

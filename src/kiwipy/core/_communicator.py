@@ -113,6 +113,7 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
             self._loop = asyncio.get_running_loop()
             on_reply, on_broadcast = self._sender.on_reply, self._broadcasts.on_broadcast
             self._connection = self._broker.connect(self._loop, on_reply, on_broadcast)
+            self._connection.direct_broadcast = self._broadcasts.on_broadcast_direct
 
     def connected(self) -> bool:
         return not self._closed and self._connection is not None and not self._connection.closed
@@ -256,6 +257,15 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
     ) -> bool:
         """:returns: ``True`` (not an error when nobody listens).
         :raises EncodeError: if the broadcast cannot be encoded."""
+        return self.broadcast_now(body, sender, subject, correlation_id)
+
+    def broadcast_now(
+        self, body: Any, sender: Any = None, subject: Any = None, correlation_id: Any = None
+    ) -> bool:
+        """:meth:`broadcast_send` from any thread: the broker takes it on the caller's thread.
+        The thread facade sends this way when its own subscribers take broadcasts on the
+        broker's thread too (:func:`kiwipy._broadcasts.hand_over`), so they are counted
+        before this returns."""
         self._open()
         envelope = _broadcasts.envelope(body, sender, subject, correlation_id)
         self._sender.broadcast(self._codec.encode(envelope))

@@ -61,6 +61,7 @@ class BroadcastQueue:
         self._handling = handling
         self.tally = tally
         self._subscribers: dict[Any, Any] = {}
+        self._hand_over = False  # whether every subscriber takes broadcasts from any thread
         self.queue = f"broadcast-{shortuuid.uuid()}"
         self._tag: Optional[str] = None
 
@@ -70,11 +71,13 @@ class BroadcastQueue:
         if identifier in self._subscribers:
             raise exceptions.DuplicateSubscriberIdentifier(f"Broadcast identifier '{identifier}'")
         self._subscribers[identifier] = subscriber
+        self._hand_over = _broadcasts.can_hand_over(self._subscribers.values())
         if self._tag is None:
             try:
                 await self._start()
             except BaseException:
                 del self._subscribers[identifier]
+                self._hand_over = _broadcasts.can_hand_over(self._subscribers.values())
                 raise
         return identifier
 
@@ -99,6 +102,7 @@ class BroadcastQueue:
             del self._subscribers[identifier]
         except KeyError:
             raise ValueError(f"Broadcast subscriber '{identifier}' unknown") from None
+        self._hand_over = _broadcasts.can_hand_over(self._subscribers.values())
         if not self._subscribers and self._tag is not None:
             tag, self._tag = self._tag, None
             self.tally.fence = None
@@ -119,6 +123,8 @@ class BroadcastQueue:
         # the delivery frame, so it runs before whatever a later frame (the fence's answer)
         # wakes up, and a handler spawned but not yet running counts (kiwipy._thread).
         subscribers = list(self._subscribers.values())
+        if self._hand_over and self._handling.hand_over(subscribers, message, self.tally):
+            return  # on the subscribers' workers already (kiwipy._broadcasts)
         self.tally.started()
         handling = self._handling.broadcast(subscribers, message)
         handler = self._handling.spawn(
@@ -140,5 +146,6 @@ class BroadcastQueue:
     def close(self) -> None:
         """Forget the subscribers and the consumer (after :meth:`stop`)."""
         self._subscribers.clear()
+        self._hand_over = False
         self._tag = None
         self.tally.fence = None

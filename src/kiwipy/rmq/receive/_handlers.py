@@ -22,14 +22,14 @@ from typing import Any, Optional
 
 import aiormq.abc
 
-from ... import _deadlines, exceptions
+from ... import _broadcasts, _deadlines, exceptions
 from ..._cancels import RunningHandlers
 from ..._outcome import encode_reply
 from .. import _traced, protocol
 from ..connection import _amqp
 from ..connection._session import Session
 from . import _outcome
-from ._replies import decode_body, send_reply
+from ._replies import LARGE_BODY, check_decode_size, decode_body, send_reply
 
 __all__ = ("MessageHandling",)
 
@@ -132,13 +132,30 @@ class MessageHandling:
             )
             _traced.outcome(outcome)  # issue 17
             if outcome.kind == _outcome.EXCEPTION:
-                error = outcome.value
-                _LOGGER.error(
-                    "Exception in broadcast receiver %r: %r",
-                    subscriber,
-                    error,
-                    exc_info=(type(error), error, error.__traceback__),
-                )
+                log_broadcast_failure(subscriber, outcome.value)
+
+    def hand_over(
+        self,
+        subscribers: Sequence[Any],
+        message: aiormq.abc.DeliveredMessage,
+        tally: _broadcasts.Tally,
+    ) -> bool:
+        """Hand the broadcast in *message* to the subscribers' workers now, without a task
+        (:func:`kiwipy._broadcasts.hand_over`), unless its body is decoded off the loop.
+
+        :returns: whether it was handled (else :meth:`broadcast` is to handle it).
+        """
+        if len(message.body) > LARGE_BODY:
+            return False
+        try:
+            check_decode_size(self._session, len(message.body))
+            broadcast = protocol.decode_broadcast(self._session.encoder.decode(message.body))
+        except exceptions.KiwiError as exc:
+            _LOGGER.error("dropping an undecodable broadcast: %s", exc)
+            return True
+        args = (broadcast.body, broadcast.sender, broadcast.subject, broadcast.correlation_id)
+        _broadcasts.hand_over(subscribers, args, tally, log_broadcast_failure)
+        return True
 
     async def reply(self, message: aiormq.abc.DeliveredMessage, response: dict[str, Any]) -> None:
         """Send *response* to the requester of *message* (if it asked for one). A reply the
@@ -184,3 +201,13 @@ class MessageHandling:
             encoder.encode, response, protocol.exception_response, encoder.name
         )
         return body
+
+
+def log_broadcast_failure(subscriber: Any, error: BaseException) -> None:
+    """Log what a broadcast subscriber raised (its outcome goes nowhere else)."""
+    _LOGGER.error(
+        "Exception in broadcast receiver %r: %r",
+        subscriber,
+        error,
+        exc_info=(type(error), error, error.__traceback__),
+    )
