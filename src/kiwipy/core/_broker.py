@@ -96,7 +96,7 @@ class Connection:
     waiters: list[tuple[str, Callable[[], None]]] = dataclasses.field(default_factory=list)
     closed: bool = False
     #: ``direct_broadcast(payload)``: takes a broadcast on the broker's thread instead of
-    #: :attr:`on_broadcast` on the loop, if it returns true (rule 1).
+    #: ``on_broadcast`` on the loop, if it returns true (rule 1).
     direct_broadcast: Optional[Callable[[Payload], bool]] = None
 
 
