@@ -11,9 +11,9 @@ libraries (the ranges pinned in ``pyproject.toml``, extra ``rmq``):
   ``confirmations``, ``message_id_delivery_tag``), its ``lock`` and the connection's writer
   queue shared through ``channel.write_queue``, which let a publish or an ack be written
   without a coroutine each (:func:`can_write_directly`, :func:`register_confirm`,
-  :func:`enqueue`; :mod:`kiwipy.rmq.connection._joined`);
-  the writer reads ``payload``, ``should_close``, ``should_drain`` and calls ``drain()`` on
-  each item (:class:`WriterItem`);
+  :func:`join_frames` and its siblings, used by :mod:`kiwipy.rmq.send._fastpublish` and
+  :mod:`kiwipy.rmq.receive._acks`); the writer reads ``payload``, ``should_close``,
+  ``should_drain`` and calls ``drain()`` on each item (:class:`_Joined`);
 * ``channel.max_content_size``, the body frame size aiormq splits at;
 * aiormq's TCP and TLS transport factories, aio-pika's pass-through of ``transport_factory``
   to ``aiormq.connect`` and its private ``_on_connection_close`` hook, which together let
@@ -31,7 +31,8 @@ and names the upgrade that broke one; nothing else in kiwipy may touch such stat
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional, Protocol
+import weakref
+from typing import Any, Optional
 
 import aio_pika
 import aiormq
@@ -44,18 +45,19 @@ from . import _endpoints
 
 __all__ = (
     "RobustConnection",
-    "WriterItem",
     "abort_sockets",
+    "can_join",
     "can_write_directly",
     "closed_by_broker",
     "consumer_table",
-    "enqueue",
     "event_loop",
+    "join_frames",
     "max_content_size",
     "pending_confirms",
     "reconnect_interval",
     "register_confirm",
     "replace_consumer_table",
+    "seal_frames",
     "set_reconnect_interval",
     "write_queue_full",
 )
@@ -81,23 +83,6 @@ def replace_consumer_table(channel: aiormq.abc.AbstractChannel, table: dict[str,
 #: The channel attributes a direct write needs; without any of them (another aiormq), the
 #: callers fall back to ``basic_publish``/``basic_ack``.
 _DIRECT = ("confirmations", "message_id_delivery_tag", "delivery_tag", "write_queue", "lock")
-
-
-class WriterItem(Protocol):
-    """What aiormq's connection writer takes from its queue (its ``ChannelFrame``): it writes
-    ``payload``, and calls ``drain()`` after draining the socket if ``should_drain`` (or
-    stops after it if ``should_close``)."""
-
-    @property
-    def payload(self) -> bytes: ...
-
-    @property
-    def should_close(self) -> bool: ...
-
-    @property
-    def should_drain(self) -> bool: ...
-
-    def drain(self) -> None: ...
 
 
 def can_write_directly(channel: aiormq.abc.AbstractChannel) -> bool:
@@ -146,10 +131,97 @@ def write_queue_full(channel: aiormq.abc.AbstractChannel) -> bool:
     return full
 
 
-def enqueue(channel: aiormq.abc.AbstractChannel, item: WriterItem) -> None:
-    """Queue *item* for *channel*'s connection writer (call only when
-    :func:`write_queue_full` is false)."""
-    channel.write_queue.put_nowait(item)  # type: ignore[attr-defined]
+# -- frames written together ---------------------------------------------------------------
+#
+# aiormq's writer takes one item at a time from a queue of ten (``channel.write_queue``,
+# shared by the connection) and makes a ``send`` system call for each: it reads ``payload``,
+# ``should_close`` and ``should_drain``, and calls ``drain()`` after draining the socket.
+# :func:`join_frames` puts a :class:`_Joined` item of that shape in the queue at once, so it
+# keeps its place before anything queued after it (a ``channel.close`` in particular), and
+# frames added while the writer has not taken it go out with it, in one write, earlier than
+# they would have alone. The acks of a consumer and the publishes of many concurrent senders
+# then cost one item and one system call together, and a publish never has to wait in
+# ``basic_publish`` because ten items are queued.
+#
+# Earlier is always allowed for an ack. For a publish it is allowed as long as no publish of
+# the channel is queued behind the open item (the broker numbers publishes in the order it
+# reads them, and each confirm was registered under the next number when its frames were
+# joined): a caller leaving a publish to ``basic_publish`` calls :func:`seal_frames` first.
+#
+# The open item of each channel is found through a table that holds channels weakly, and an
+# item holds its channel weakly too: a channel whose connection died before its writer took
+# the item is freed with that connection (issue 11).
+
+
+class _Joined:
+    """The writer's item that frames of one channel join until the writer takes it."""
+
+    should_close = False
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = weakref.ref(channel)
+        self.number: int = channel.number
+        self.frames: list[bytes] = []
+        self.drained: Optional[asyncio.Future[None]] = None
+
+    @property
+    def payload(self) -> bytes:
+        self.seal()  # taken by the writer: later frames need an item of their own
+        return b"".join(self.frames)
+
+    def seal(self) -> None:
+        """Let no more frames join this item."""
+        channel = self._channel()
+        if channel is not None and _OPEN.get(channel) is self:
+            del _OPEN[channel]
+
+    @property
+    def should_drain(self) -> bool:
+        return self.drained is not None and not self.drained.done()
+
+    def drain(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def __repr__(self) -> str:
+        return f"<frames of channel {self.number}: {len(self.frames)}>"
+
+
+#: The item of each channel still waiting in its writer's queue (loop thread only).
+_OPEN: weakref.WeakKeyDictionary[Any, _Joined] = weakref.WeakKeyDictionary()
+
+
+def can_join(channel: aiormq.abc.AbstractChannel) -> bool:
+    """:returns: whether frames for *channel* may be queued now: its item still waits in the
+    writer's queue, or the queue has room for a new one."""
+    return channel in _OPEN or not write_queue_full(channel)
+
+
+def join_frames(
+    channel: aiormq.abc.AbstractChannel, frames: bytes, drain: bool = False
+) -> Optional[asyncio.Future[None]]:
+    """Queue *frames* (whole frames of *channel*) in its open item, or in a new one (call only
+    when :func:`can_join`).
+
+    :returns: with *drain*, a future resolved once the writer handed them to the socket
+        (failed, as ``basic_ack``'s, when the channel or connection closes first).
+    """
+    ch: Any = channel
+    item = _OPEN.get(ch)
+    if item is None:
+        item = _OPEN[ch] = _Joined(ch)
+        ch.write_queue.put_nowait(item)
+    item.frames.append(frames)
+    if drain and item.drained is None:
+        item.drained = ch.create_future()
+    return item.drained if drain else None
+
+
+def seal_frames(channel: aiormq.abc.AbstractChannel) -> None:
+    """Let no more frames join the item of *channel* now in its writer's queue."""
+    item = _OPEN.get(channel)
+    if item is not None:
+        item.seal()
 
 
 # -- exceptions ----------------------------------------------------------------------------

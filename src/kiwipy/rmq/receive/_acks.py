@@ -5,8 +5,8 @@ aiormq's ``basic_ack`` queues one frame for its writer task, which writes it (a 
 system call) and drains before the ack returns: a system call per consumed message, a
 quarter of a busy consumer's time. :func:`ack` adds the same frame (each delivery is still
 acknowledged on its own, never with ``multiple``) to the channel's item in the writer's
-queue (:mod:`kiwipy.rmq.connection._joined`), which acks and publishes that follow join
-until the writer takes it. The returned future resolves, as ``basic_ack`` returns, once
+queue, which acks and publishes that follow join until the writer takes it
+(:func:`kiwipy.rmq.connection._aiormq_boundary.join_frames`). The returned future resolves, as ``basic_ack`` returns, once
 that item was drained to the socket.
 """
 
@@ -19,7 +19,6 @@ from typing import Any
 import aiormq.abc
 
 from ..connection import _aiormq_boundary as internals
-from ..connection import _joined
 
 __all__ = ("ack", "ack_frame")
 
@@ -40,10 +39,10 @@ def ack(channel: aiormq.abc.AbstractChannel, delivery_tag: int) -> asyncio.Futur
         ``basic_ack``'s when the channel or connection closes first).
     """
     ch: Any = channel
-    if not _joined.is_open(ch) and internals.write_queue_full(ch):
+    if not internals.can_join(ch):
         # the writer is far behind: let aiormq wait
         waiting: asyncio.Future[None] = asyncio.ensure_future(ch.basic_ack(delivery_tag))
         return waiting
-    drained = _joined.add(ch, ack_frame(ch.number, delivery_tag), drain=True)
+    drained = internals.join_frames(ch, ack_frame(ch.number, delivery_tag), drain=True)
     assert drained is not None
     return drained

@@ -14,7 +14,7 @@ of messages:
   own confirm handling);
 * all their frames (:mod:`kiwipy.rmq.send._frames`, byte-identical to pamqp's) go to the
   connection's writer as one write, joining those of other publishes (and acks) of the
-  channel that the writer has not taken yet (:mod:`kiwipy.rmq.connection._joined`): many
+  channel that the writer has not taken yet (``join_frames`` of the aiormq boundary): many
   concurrent sends cost one write, not one each.
 
 It is used only when nothing else is in the middle of a publish on the channel (the channel
@@ -43,7 +43,6 @@ from pamqp import commands as spec
 
 from ... import _limits, exceptions
 from ..connection import _aiormq_boundary as internals
-from ..connection import _joined
 from ._frames import SHORT_STRING_PROPERTIES, publish_frames
 
 __all__ = ("Outgoing", "can_start", "publish", "start")
@@ -65,7 +64,7 @@ def can_start(channel: aiormq.abc.AbstractChannel) -> bool:
     queue, or the queue has room for a new one."""
     if not internals.can_write_directly(channel):
         return False
-    return _joined.is_open(channel) or not internals.write_queue_full(channel)
+    return internals.can_join(channel)
 
 
 def start(
@@ -85,7 +84,7 @@ def start(
     for message in messages:  # every frame first: registering cannot be undone
         _marshal(ch.number, message, internals.max_content_size(ch), frames)
     futures = [_register(ch, message) for message in messages]
-    drained = _joined.add(ch, b"".join(frames), drain)
+    drained = internals.join_frames(ch, b"".join(frames), drain)
     return futures, drained
 
 
@@ -150,7 +149,7 @@ def publish(
             return futures[0]
         return asyncio.wait_for(futures[0], timeout)
     _marshal(0, message._replace(body=b""), 1, [])  # basic_publish numbers before it marshals
-    _joined.seal(channel)  # no later publish may overtake this one (kiwipy.rmq.connection._joined)
+    internals.seal_frames(channel)  # no publish numbered later may be written before this one
     return channel.basic_publish(
         message.body,
         exchange=message.exchange,
