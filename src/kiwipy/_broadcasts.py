@@ -18,6 +18,7 @@ every subscriber can take it (:func:`can_hand_over`).
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Awaitable, Collection
 from typing import Any, Callable, Optional
@@ -26,7 +27,7 @@ from . import _tracing
 from ._dispatch import SUBMIT
 from ._outcome import EXCEPTION, from_exception
 
-__all__ = ("Tally", "batch_arguments", "can_hand_over", "envelope", "hand_over")
+__all__ = ("Tally", "batch_arguments", "can_hand_over", "envelope", "hand_over", "log_failure")
 
 
 def envelope(body: Any, sender: Any, subject: Any, correlation_id: Any) -> dict[str, Any]:
@@ -106,10 +107,6 @@ class Tally:
             return self._changed.wait_for(lambda: self._finished >= mark, timeout)
 
 
-#: ``failed(subscriber, error)``: log a broadcast subscriber's failure (on its worker thread).
-Failed = Callable[[Any, BaseException], None]
-
-
 def can_hand_over(subscribers: Collection[Any]) -> bool:
     """:returns: whether broadcasts to *subscribers* may take :func:`hand_over`: tracing is
     off and every one is a thread facade's wrapper that takes calls from any thread."""
@@ -121,21 +118,31 @@ def can_hand_over(subscribers: Collection[Any]) -> bool:
 
 
 def hand_over(
-    subscribers: Collection[Any], args: tuple[Any, ...], tally: Tally, failed: Failed
+    subscribers: Collection[Any], args: tuple[Any, ...], tally: Tally, logger: logging.Logger
 ) -> None:
     """Queue ``subscriber(communicator, *args)`` on each subscriber's worker, from any thread
     (module doc), each counted in *tally* now and finished on its worker."""
     for subscriber in subscribers:
         tally.started()
-        done = functools.partial(_handled, subscriber, tally, failed)
+        done = functools.partial(_handled, subscriber, tally, logger)
         getattr(subscriber, SUBMIT)(args, done)
 
 
-def _handled(subscriber: Any, tally: Tally, failed: Failed, ok: bool, value: Any) -> None:
+def log_failure(logger: logging.Logger, subscriber: Any, error: BaseException) -> None:
+    """Log on *logger* what a broadcast subscriber raised (its outcome goes nowhere else)."""
+    logger.error(
+        "Exception in broadcast receiver %r: %r",
+        subscriber,
+        error,
+        exc_info=(type(error), error, error.__traceback__),
+    )
+
+
+def _handled(subscriber: Any, tally: Tally, logger: logging.Logger, ok: bool, value: Any) -> None:
     try:
         if not ok:
             outcome = from_exception(value)  # as the loop's way decides (kiwipy._outcome)
             if outcome.kind == EXCEPTION:
-                failed(subscriber, outcome.value)
+                log_failure(logger, subscriber, outcome.value)
     finally:
         tally.finished()

@@ -84,7 +84,7 @@ class BroadcastReceiver:
         subscribers = list(self._subscribers.values())
         args = self._arguments(payload)
         if args is not None:
-            _broadcasts.hand_over(subscribers, args, self._tally, _log_failure)
+            _broadcasts.hand_over(subscribers, args, self._tally, _LOGGER)
         return True
 
     def on_broadcast(self, payload: Payload) -> None:
@@ -117,13 +117,4 @@ class BroadcastReceiver:
         result = await invoke(subscriber, (self._host, *args), futures=False)
         if result.kind == EXCEPTION:
             _tracing.failed(result.value)
-            _log_failure(subscriber, result.value)
-
-
-def _log_failure(subscriber: Any, error: BaseException) -> None:
-    _LOGGER.error(
-        "Exception in broadcast receiver %r: %r",
-        subscriber,
-        error,
-        exc_info=(type(error), error, error.__traceback__),
-    )
+            _broadcasts.log_failure(_LOGGER, subscriber, result.value)

@@ -29,7 +29,7 @@ from .. import _traced, protocol
 from ..connection import _amqp
 from ..connection._session import Session
 from . import _outcome
-from ._replies import LARGE_BODY, check_decode_size, decode_body, send_reply
+from ._replies import LARGE_BODY, decode_body, decode_now, send_reply
 
 __all__ = ("MessageHandling",)
 
@@ -132,7 +132,7 @@ class MessageHandling:
             )
             _traced.outcome(outcome)  # issue 17
             if outcome.kind == _outcome.EXCEPTION:
-                log_broadcast_failure(subscriber, outcome.value)
+                _broadcasts.log_failure(_LOGGER, subscriber, outcome.value)
 
     def hand_over(
         self,
@@ -148,13 +148,12 @@ class MessageHandling:
         if len(message.body) > LARGE_BODY:
             return False
         try:
-            check_decode_size(self._session, len(message.body))
-            broadcast = protocol.decode_broadcast(self._session.encoder.decode(message.body))
+            broadcast = protocol.decode_broadcast(decode_now(self._session, message.body))
         except exceptions.KiwiError as exc:
             _LOGGER.error("dropping an undecodable broadcast: %s", exc)
             return True
         args = (broadcast.body, broadcast.sender, broadcast.subject, broadcast.correlation_id)
-        _broadcasts.hand_over(subscribers, args, tally, log_broadcast_failure)
+        _broadcasts.hand_over(subscribers, args, tally, _LOGGER)
         return True
 
     async def reply(self, message: aiormq.abc.DeliveredMessage, response: dict[str, Any]) -> None:
@@ -201,13 +200,3 @@ class MessageHandling:
             encoder.encode, response, protocol.exception_response, encoder.name
         )
         return body
-
-
-def log_broadcast_failure(subscriber: Any, error: BaseException) -> None:
-    """Log what a broadcast subscriber raised (its outcome goes nowhere else)."""
-    _LOGGER.error(
-        "Exception in broadcast receiver %r: %r",
-        subscriber,
-        error,
-        exc_info=(type(error), error, error.__traceback__),
-    )

@@ -62,7 +62,7 @@ from ..send._fastpublish import Outgoing
 from . import _acks
 from ._liveness import ResponderCheck
 
-__all__ = ("REPLIES", "ReplyQueue", "decode_body", "send_reply")
+__all__ = ("REPLIES", "ReplyQueue", "decode_body", "decode_now", "send_reply")
 
 _LOGGER = logging.getLogger("kiwipy.rmq.messages")
 
@@ -81,10 +81,17 @@ async def decode_body(session: Session, body: bytes) -> Any:
     :raises DecodeBudgetExceeded: if decoding it could take more than ``max_decode_memory``.
     :raises DecodeError: if it cannot be decoded.
     """
-    check_decode_size(session, len(body))
     if len(body) > LARGE_BODY:
+        check_decode_size(session, len(body))
         async with session.decoding:
             return await session.loop.run_in_executor(None, session.encoder.decode, body)
+    return decode_now(session, body)
+
+
+def decode_now(session: Session, body: bytes) -> Any:
+    """:returns: *body* decoded on this thread, with :func:`decode_body`'s checks (for bodies
+    up to ``LARGE_BODY``)."""
+    check_decode_size(session, len(body))
     return session.encoder.decode(body)
 
 
