@@ -42,8 +42,7 @@ async def test_it_times_out_and_leaves_the_confirm_to_finish() -> None:
 
 async def test_cancelling_the_waiter_leaves_the_confirm_to_finish() -> None:
     confirm: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    waiter = asyncio.ensure_future(_amqp.confirmed(confirm, 5))
-    await asyncio.sleep(0)
+    waiter = _amqp.confirmed(confirm, 5)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
