@@ -60,6 +60,14 @@ class Bridge:
         timeout = max(self.timeout, self.send_timeout)
         return self.portal.call(fn, *args, timeout=timeout, convert=thread_world)
 
+    def now(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the caller's thread, after the closed check: a core's
+        call that may run on any thread (``broadcast_now``, ``task_send_now``,
+        ``rpc_send_now``), its futures already thread-world ones."""
+        if self.closed:
+            raise exceptions.CommunicatorClosed
+        return fn(*args, **kwargs)
+
     def quick_send(
         self,
         body: Optional[bytes],

@@ -4,8 +4,8 @@ Rules that keep the thread facade deadlock-free:
 
 1. The loop thread never blocks: :meth:`LoopThread.call` refuses to run on it (it would wait
    for itself) and raises :class:`RuntimeError` instead.
-2. Futures cross the thread boundary only through :func:`to_concurrent` and
-   :func:`to_asyncio`, which convert nested futures level by level, so a future resolving to a
+2. Futures cross the thread boundary only through :func:`to_concurrent` (or
+   :func:`follow`) and :func:`to_asyncio`, which convert nested futures level by level, so a future resolving to a
    future stays a future of the caller's world all the way down.
 """
 
@@ -30,6 +30,7 @@ __all__ = (
     "new_loop",
     "thread_world",
     "to_asyncio",
+    "follow",
     "to_concurrent",
 )
 
@@ -166,7 +167,14 @@ def to_concurrent(source: asyncio.Future[Any]) -> concurrent.futures.Future[Any]
     """:returns: a thread-world future following the asyncio future *source* (which must
     belong to a running loop). Nested asyncio futures in the result are converted too, and
     cancelling the returned future cancels *source*."""
-    target: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    return follow(source, concurrent.futures.Future())
+
+
+def follow(
+    source: asyncio.Future[Any], target: concurrent.futures.Future[Any]
+) -> concurrent.futures.Future[Any]:
+    """Make the thread-world *target* (possibly already handed out, even cancelled) follow
+    the asyncio future *source*, as :func:`to_concurrent` does. :returns: *target*."""
     loop = source.get_loop()
 
     def copy(done: asyncio.Future[Any]) -> None:

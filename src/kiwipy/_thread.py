@@ -31,7 +31,7 @@ import functools
 from collections.abc import Awaitable, Iterable
 from typing import Any, Callable, Optional
 
-from . import _broadcasts, _quick, _tracing, exceptions
+from . import _broadcasts, _quick, _tracing
 from ._bridge import Bridge
 from ._thread_queue import ThreadIncomingTask, ThreadTaskQueue
 from .communications import (
@@ -77,9 +77,14 @@ class ThreadCommunicator(Communicator):
         self._task_lane: Optional[_quick.Lane] = make_lane() if callable(make_lane) else None
         make_lane = getattr(self._core, "message_lane", None)
         self._message_lane: Any = make_lane() if callable(make_lane) else None
+        # sends a core can make on the caller's thread (the shared core's: kiwipy.core._sending)
         self._broadcast_now: Optional[Callable[..., bool]] = getattr(
             self._core, "broadcast_now", None
         )
+        self._task_send_now: Optional[Callable[..., Any]] = getattr(
+            self._core, "task_send_now", None
+        )
+        self._rpc_send_now: Optional[Callable[..., Any]] = getattr(self._core, "rpc_send_now", None)
         make_tally = getattr(self._core, "broadcast_tally", None)
         self._broadcast_tally: Optional[_broadcasts.Tally] = (
             make_tally() if callable(make_tally) else None
@@ -128,6 +133,11 @@ class ThreadCommunicator(Communicator):
     def task_send(
         self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> Optional[concurrent.futures.Future[Any]]:
+        if self._task_send_now is not None:
+            direct: Optional[concurrent.futures.Future[Any]] = self._bridge.now(
+                self._task_send_now, task, no_reply, timeout=timeout
+            )
+            return direct
         lane = self._task_lane
         if lane is None or timeout is not None:
             # a request with a deadline takes the core's path, which carries it
@@ -155,6 +165,11 @@ class ThreadCommunicator(Communicator):
     def rpc_send(
         self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
     ) -> concurrent.futures.Future[Any]:
+        if self._rpc_send_now is not None:
+            direct: concurrent.futures.Future[Any] = self._bridge.now(
+                self._rpc_send_now, recipient_id, msg, timeout=timeout
+            )
+            return direct
         lane, send = self._message_lane, self._core.rpc_send
         if lane is None or timeout is not None:
             # a request with a deadline takes the core's path, which carries it
@@ -190,9 +205,7 @@ class ThreadCommunicator(Communicator):
         if now is not None and not _tracing.ENABLED:
             # on this thread: the broker hands it to this communicator's own subscribers
             # here too, so the barrier below sees them (kiwipy._broadcasts)
-            if self._bridge.closed:
-                raise exceptions.CommunicatorClosed
-            sent = bool(now(*args))
+            sent = bool(self._bridge.now(now, *args))
         elif lane is None:
             sent = bool(self._bridge.send(send, *args))
         else:

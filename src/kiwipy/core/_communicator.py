@@ -25,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Optional
 
@@ -195,6 +196,18 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         """
         return self._send_task(self._default_queue, task, no_reply, timeout)
 
+    def task_send_now(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[concurrent.futures.Future[Any]]:
+        """:meth:`task_send` from any thread, the thread facade's: the broker stores the task
+        on the caller's thread, and the future is a thread-world one (:mod:`._sending`)."""
+        timeout = _deadlines.check_timeout(timeout)
+        connection = self._open()
+        payload = self._codec.encode((task, no_reply))
+        return self._sender.publish_task_now(
+            self._default_queue, payload, no_reply, connection, timeout
+        )
+
     async def task_send_many(
         self,
         tasks: Iterable[Any],
@@ -225,6 +238,15 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         connection = self._open()
         key = _limits.rpc_identifier(recipient_id)
         return self._sender.send_rpc(key, self._codec.encode(msg), connection, timeout)
+
+    def rpc_send_now(
+        self, recipient_id: Any, msg: Any, *, timeout: Optional[float] = None
+    ) -> concurrent.futures.Future[Any]:
+        """:meth:`rpc_send` from any thread, the thread facade's (:mod:`._sending`)."""
+        timeout = _deadlines.check_timeout(timeout)
+        connection = self._open()
+        key = _limits.rpc_identifier(recipient_id)
+        return self._sender.send_rpc_now(key, self._codec.encode(msg), connection, timeout)
 
     async def rpc_send_many(
         self,

@@ -7,11 +7,18 @@ Every request that expects a reply registers a future under its correlation id
 broker posts each reply to the communicator's loop, where :meth:`Sender.on_reply` resolves
 that future; a sender cancelling the future of a task or an RPC tells the broker, so the task
 is not started any more or the RPC handler is cancelled (:mod:`kiwipy._cancels`).
+
+Sending from another thread (the thread facade's tasks and RPCs): the message is encoded and
+handed to the broker on the caller's thread, which gets a thread-world future at once. Its
+registration is posted to the loop *before* the broker takes the message, and the broker
+posts the reply to that loop too, so the reply always finds it; a send that fails posts its
+removal after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import uuid
@@ -19,6 +26,7 @@ from typing import Any, Callable, Optional
 
 from .. import _deadlines, _replies, exceptions
 from .._outcome import encode_reply
+from .._portal import follow
 from ._broker import Broker, Connection, Message, Payload
 from ._codec import BROADCASTS, Codec
 
@@ -81,6 +89,33 @@ class Sender:
         self._broker.publish_many(queue, messages)
         return [self._expect_task(queue, m, no_reply, timeout) for m in messages]
 
+    def publish_task_now(
+        self,
+        queue: str,
+        payload: Payload,
+        no_reply: bool,
+        connection: Connection,
+        timeout: Optional[float] = None,
+    ) -> Optional[concurrent.futures.Future[Any]]:
+        """:meth:`publish_task` from any thread (module doc, "Sending from another thread").
+
+        :returns: the thread-world future of its outcome, unless *no_reply*."""
+        message = self._task_message(queue, payload, connection, timeout)
+        if no_reply:
+            self._broker.publish(queue, message)
+            return None
+        target: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        expect = functools.partial(self._expect_outcome, queue, message)
+        self._on_loop(connection, functools.partial(_follow, expect, target, connection))
+        try:
+            self._broker.publish(queue, message)
+        except BaseException:
+            self._on_loop(connection, functools.partial(self._forget, message.correlation_id))
+            raise
+        if connection.closed:  # closing meanwhile: its loop may never run the registration
+            _closed(target)
+        return target
+
     def _task_message(
         self, queue: str, payload: Payload, connection: Connection, timeout: Optional[float]
     ) -> Message:
@@ -93,8 +128,9 @@ class Sender:
     def _expect_task(
         self, queue: str, message: Message, no_reply: bool, timeout: Optional[float]
     ) -> Optional[asyncio.Future[Any]]:
-        if no_reply:
-            return None
+        return None if no_reply else self._expect_outcome(queue, message)
+
+    def _expect_outcome(self, queue: str, message: Message) -> asyncio.Future[Any]:
         future = self._expect(message.correlation_id, _deadlines.remaining(message.deadline))
         future.add_done_callback(functools.partial(self._on_task_done, queue, message))
         return future
@@ -124,7 +160,35 @@ class Sender:
         message.deadline = _deadlines.absolute(timeout)
         self._broker.send_rpc(key, message)
         # Replies are posted to this loop, so none can arrive before the future is registered.
-        future = self._expect(correlation_id, _deadlines.remaining(message.deadline))
+        return self._expect_rpc(key, correlation_id, message.deadline)
+
+    def send_rpc_now(
+        self, key: str, payload: Payload, connection: Connection, timeout: Optional[float] = None
+    ) -> concurrent.futures.Future[Any]:
+        """:meth:`send_rpc` from any thread (module doc, "Sending from another thread").
+
+        :returns: the thread-world future of its reply.
+        :raises UnroutableError: if nobody holds *key*."""
+        correlation_id = str(uuid.uuid4())
+        payload = self._codec.traced(payload, "rpc", key, correlation_id)
+        message = Message(payload, correlation_id, connection)
+        message.deadline = _deadlines.absolute(timeout)
+        target: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        expect = functools.partial(self._expect_rpc, key, correlation_id, message.deadline)
+        self._on_loop(connection, functools.partial(_follow, expect, target, connection))
+        try:
+            self._broker.send_rpc(key, message)
+        except BaseException:
+            self._on_loop(connection, functools.partial(self._forget, correlation_id))
+            raise
+        if connection.closed:  # closing meanwhile: its loop may never run the registration
+            _closed(target)
+        return target
+
+    def _expect_rpc(
+        self, key: str, correlation_id: str, deadline: Optional[float]
+    ) -> asyncio.Future[Any]:
+        future = self._expect(correlation_id, _deadlines.remaining(deadline))
         future.add_done_callback(functools.partial(self._on_rpc_done, key, correlation_id))
         return future
 
@@ -199,6 +263,14 @@ class Sender:
         """Fail every future still waiting for a reply with *exc*."""
         self._replies.fail_all(exc)
 
+    @staticmethod
+    def _on_loop(connection: Connection, callback: Callable[[], None]) -> None:
+        """Run *callback* on *connection*'s loop, after everything posted there before."""
+        try:
+            connection.loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop is closed: so is the communicator
+            raise exceptions.CommunicatorClosed from None
+
     def _expect(self, correlation_id: str, timeout: Optional[float] = None) -> asyncio.Future[Any]:
         future = self._replies.expect(correlation_id, None)
         _deadlines.arm(future, timeout, functools.partial(self._forget, correlation_id))
@@ -206,3 +278,23 @@ class Sender:
 
     def _forget(self, correlation_id: str) -> None:
         self._replies.forget(correlation_id)
+
+
+def _follow(
+    expect: Callable[[], asyncio.Future[Any]],
+    target: concurrent.futures.Future[Any],
+    connection: Connection,
+) -> None:
+    """Register a reply for a send from another thread, or fail it if the communicator closed
+    first (its waiters were failed already)."""
+    if connection.closed:
+        _closed(target)
+    else:
+        follow(expect(), target)
+
+
+def _closed(target: concurrent.futures.Future[Any]) -> None:
+    try:
+        target.set_exception(exceptions.CommunicatorClosed())
+    except concurrent.futures.InvalidStateError:  # cancelled or failed already
+        pass

@@ -1,0 +1,111 @@
+"""A thread communicator of the shared core sends tasks and RPCs on the caller's thread
+(``task_send_now``, ``rpc_send_now``: :mod:`kiwipy.core._sending`), so a send does not wait
+for its loop; the reply is still matched on the loop, where the registration was posted
+before the broker took the message."""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import kiwipy
+from kiwipy import memory
+
+from .._waits import wait_until
+
+#: Seconds any wait here may take (every one ends much sooner when things work).
+WAIT = 5.0
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def pair(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[tuple[Any, Any]]:
+    """A sender and a receiver thread communicator on one broker."""
+    if request.param == "memory":
+        name = f"direct-{uuid.uuid4().hex}"
+        url = f"memory://{name}"
+    else:
+        url = f"sqlite:///{tmp_path / 'direct.db'}"
+    sender, receiver = kiwipy.connect(url), kiwipy.connect(url)
+    try:
+        yield sender, receiver
+    finally:
+        sender.close()
+        receiver.close()
+        if request.param == "memory":
+            memory.drop_broker(name)
+
+
+def _block(comm: Any) -> threading.Event:
+    """Keep *comm*'s loop thread busy until the returned event is set."""
+    release, blocked = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        blocked.set()
+        release.wait(3 * WAIT)  # longer than any wait of the tests: released by them
+
+    comm.loop().call_soon_threadsafe(hold)
+    assert blocked.wait(WAIT)
+    return release
+
+
+def test_sends_do_not_wait_for_the_senders_loop(pair: tuple[Any, Any]) -> None:
+    sender, receiver = pair
+    receiver.add_task_subscriber(lambda _c, task: task * 2)
+    receiver.add_rpc_subscriber(lambda _c, msg: msg + 1, "adder")
+    release = _block(sender)
+    try:
+        # through the loop, each would wait for it, past the call timeout
+        task = sender.task_send(21)
+        call = sender.rpc_send("adder", 1)
+        assert sender.task_send("quiet", no_reply=True) is None
+        # the replies are matched on the sender's loop: not before it is free
+        assert not task.done() and not call.done()
+    finally:
+        release.set()
+    assert task.result(WAIT) == 42
+    assert call.result(WAIT) == 2
+
+
+def test_an_unroutable_rpc_raises_on_the_spot_and_leaves_nothing_waiting(
+    pair: tuple[Any, Any],
+) -> None:
+    sender, _ = pair
+    release = _block(sender)
+    try:
+        with pytest.raises(kiwipy.UnroutableError):
+            sender.rpc_send("nobody-holds-this", 1)
+    finally:
+        release.set()
+    # the registration posted before the send is taken back after it
+    wait_until(lambda: sender.core._sender.waiting == 0, "no reply waited for", WAIT)
+
+
+def test_a_task_cancelled_before_its_registration_is_not_run(pair: tuple[Any, Any]) -> None:
+    sender, receiver = pair
+    release = _block(sender)
+    try:
+        first = sender.task_send("cancelled")
+        assert first.cancel()
+    finally:
+        release.set()
+    # the registration finds its future cancelled: the broker is told before anything else
+    wait_until(lambda: sender.core._sender.waiting == 0, "the cancel handled", WAIT)
+    sender.add_broadcast_subscriber(lambda *_: None)  # one more turn of the sender's loop
+    ran: list[Any] = []
+    receiver.add_task_subscriber(lambda _c, task: ran.append(task))
+    sender.task_send("second").result(WAIT)
+    assert ran == ["second"]
+
+
+def test_sends_on_a_closed_communicator_raise(pair: tuple[Any, Any]) -> None:
+    sender, _ = pair
+    sender.close()
+    with pytest.raises(kiwipy.CommunicatorClosed):
+        sender.task_send(1)
+    with pytest.raises(kiwipy.CommunicatorClosed):
+        sender.rpc_send("anyone", 1)
