@@ -1,7 +1,9 @@
 """A thread communicator of the shared core sends tasks and RPCs on the caller's thread
 (``task_send_now``, ``rpc_send_now``: :mod:`kiwipy.core._sending`), so a send does not wait
 for its loop; the reply is still matched on the loop, where the registration was posted
-before the broker took the message."""
+before the broker took the message. And the SQLite broker's acks, written by its pump, are
+written before a closing connection's tasks are given back (rule 3 of
+:mod:`kiwipy.sqlite._tasks`)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import pytest
 
 import kiwipy
 from kiwipy import memory
+from kiwipy.core import DEFAULT_TASK_QUEUE
+from kiwipy.sqlite._store import Store
 
 from .._waits import wait_until
 
@@ -109,3 +113,48 @@ def test_sends_on_a_closed_communicator_raise(pair: tuple[Any, Any]) -> None:
         sender.task_send(1)
     with pytest.raises(kiwipy.CommunicatorClosed):
         sender.rpc_send("anyone", 1)
+
+
+def test_sqlite_acks_are_written_before_a_closing_connection_gives_tasks_back(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "acks.db"
+    url = f"sqlite:///{path}"
+    sender, worker = kiwipy.connect(url), kiwipy.connect(url)
+    store = Store(str(path))
+    try:
+        # the pump writes no ack: the one below waits until the connection closes
+        tasks = worker.core.broker._tasks
+        monkeypatch.setattr(tasks, "write_acks", lambda: None)
+        worker.add_task_subscriber(lambda _c, task: task)
+        assert sender.task_send("done").result(WAIT) == "done"
+        ready, unsettled, _, _ = store.queues.queue_stats(DEFAULT_TASK_QUEUE)[DEFAULT_TASK_QUEUE]
+        assert (ready, unsettled) == (0, 1)  # replied, its ack not written yet
+        worker.close()
+        stats = store.queues.queue_stats(DEFAULT_TASK_QUEUE)[DEFAULT_TASK_QUEUE]
+        assert stats[:2] == (0, 0)  # acked, not given back
+    finally:
+        sender.close()
+        worker.close()
+        store.close()
+
+
+def test_sqlite_acks_are_written_by_the_pump(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "acks.db"
+    url = f"sqlite:///{path}"
+    sender, worker = kiwipy.connect(url), kiwipy.connect(url)
+    store = Store(str(path))
+    try:
+        worker.add_task_subscriber(lambda _c, task: task)
+        for future in [sender.task_send(n) for n in range(20)]:
+            future.result(WAIT)
+
+        def gone() -> bool:
+            stats = store.queues.queue_stats(DEFAULT_TASK_QUEUE)[DEFAULT_TASK_QUEUE]
+            return stats[:2] == (0, 0)
+
+        wait_until(gone, "every task acknowledged in the file", WAIT)
+    finally:
+        sender.close()
+        worker.close()
+        store.close()

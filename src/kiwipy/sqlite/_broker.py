@@ -127,6 +127,7 @@ class SqliteBroker:
         if self._pump is not None:
             self._pump.stop()
         try:
+            self._tasks.write_acks()
             self.store.processes.leave(self.id)
             self._peers.ring_peers(_doorbell.PEERS)
             self._peers.ring_peers(_doorbell.TASK)
@@ -221,6 +222,7 @@ class SqliteBroker:
         self._tasks.dead_letter(delivery, reason)
 
     def queue_stats(self, queue: str) -> tuple[int, int]:
+        self._tasks.write_acks()  # as the other brokers count: acked tasks are gone
         ready, unsettled, _, _ = self.store.queues.queue_stats(queue)[queue]
         return ready, unsettled
 
@@ -254,8 +256,8 @@ class SqliteBroker:
         """Release every peer whose lock is free: its process is gone."""
         self._peers.check()
 
-    def retry_acks(self) -> None:
-        self._tasks.retry_acks()
+    def write_acks(self) -> None:
+        self._tasks.write_acks()
 
     def prune(self) -> None:
         self._rpc.prune()
@@ -274,7 +276,8 @@ class SqliteBroker:
         self._connections.flush(posts)
 
     def pump(self, kinds: set[bytes]) -> None:
-        """Do the work the doorbell rang for."""
+        """Do the work the doorbell rang for, after writing the acks waiting."""
+        self._tasks.write_acks()
         if _doorbell.PEERS in kinds:
             self._peers.refresh()
         if _doorbell.REPLY in kinds:

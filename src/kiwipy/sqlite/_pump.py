@@ -2,8 +2,8 @@
 doorbell and does what the rings ask for.
 
 At idle it sleeps in ``select`` on the doorbell socket, waking only to check its peers' locks
-(every ``liveness_interval``, a few system calls; then it also writes again any ack that
-failed) and, every ``safety_poll``, to look for
+(every ``liveness_interval``, a few system calls; then it also writes the acks waiting,
+as at every wake-up) and, every ``safety_poll``, to look for
 everything at once, in case a ring was lost. A ring wakes it within the time a thread takes
 to be scheduled.
 """
@@ -43,7 +43,7 @@ class PumpHost(Protocol):
 
     def check_peers(self) -> None: ...
 
-    def retry_acks(self) -> None: ...
+    def write_acks(self) -> None: ...
 
     def prune(self) -> None: ...
 
@@ -95,7 +95,7 @@ class Pump:
                 if now >= next_check:
                     next_check = now + settings.liveness_interval
                     self._broker.check_peers()
-                    self._broker.retry_acks()
+                    self._broker.write_acks()
                 if now >= next_poll:
                     next_poll = now + settings.safety_poll
                     kinds |= _doorbell.ALL

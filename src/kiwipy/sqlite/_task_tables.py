@@ -21,6 +21,8 @@ _TASK_COLUMNS = (
     "id, queue, body, encoder, headers, correlation_id, reply_process, reply_conn, deadline,"
     " expires, deliveries, cancelled"
 )
+#: Task ids per statement of a batch (SQLite allows 999 parameters in older builds).
+_CHUNK = 500
 
 
 class DeadLetter(NamedTuple):
@@ -90,10 +92,16 @@ class TaskTable:
         rows.sort(key=lambda row: row.id)
         return rows
 
-    def ack(self, task: int, process: int) -> None:
-        with self._db.write("acknowledge a task") as conn:
-            conn.execute("DELETE FROM tasks WHERE id=? AND owner=?", (task, process))
-            conn.execute("DELETE FROM rejections WHERE task=?", (task,))
+    def ack(self, tasks: Sequence[int], process: int) -> None:
+        """Remove the *tasks* *process* holds, in one transaction."""
+        with self._db.write("acknowledge tasks") as conn:
+            for start in range(0, len(tasks), _CHUNK):
+                chunk = tasks[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                conn.execute(
+                    f"DELETE FROM tasks WHERE owner=? AND id IN ({marks})", (process, *chunk)
+                )
+                conn.execute(f"DELETE FROM rejections WHERE task IN ({marks})", chunk)
 
     def requeue(self, task: int, process: int, rejected_by: Optional[str] = None) -> None:
         with self._db.write("give a task back") as conn:

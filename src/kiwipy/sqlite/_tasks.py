@@ -10,13 +10,17 @@ Rules:
    (:meth:`Tasks.dispatch`, :meth:`._claims.Claims.dispatch`): a queue's only consumer takes
    a batch at once, several take one each in turn. A claimed task whose connection closed
    meanwhile goes back at once.
-3. An ack that cannot be written (e.g. a full disk) is tried again
-   (:meth:`Tasks.retry_acks`): until then its task stays taken by this process, neither lost
-   nor run again.
+3. Acks are written by the pump thread, all those waiting in one transaction
+   (:meth:`Tasks.write_acks`), and before a closing connection's tasks are given back. An
+   ack not written yet, or that cannot be (e.g. a full disk: it is tried again at every
+   wake-up of the pump), leaves its task taken by this process, neither lost nor run again
+   while the process lives; a process that dies before writing it has the task redelivered.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Callable, Optional
 
@@ -29,6 +33,8 @@ from ._peers import Peers
 from ._store import Store
 
 __all__ = ("Tasks",)
+
+_LOGGER = logging.getLogger(__name__)
 
 
 class Tasks:
@@ -57,7 +63,8 @@ class Tasks:
             self._table, connections, peers, delivery_limit, self._consumers, self._processes
         )
         self._next_tag = 0
-        self._failed_acks: set[int] = set()  # tasks run here whose ack could not be written
+        self._acks: set[int] = set()  # tasks settled here whose ack is not written yet
+        self._writing_acks = threading.Lock()  # held while acks are written (rule 3)
 
     def publish_many(self, queue: str, messages: list[Message]) -> None:
         self._connections.check_open()
@@ -140,10 +147,13 @@ class Tasks:
         return queues
 
     def release(self, conn_id: int, queues: set[str]) -> None:
-        """Give back what closed connection *conn_id* consumed and held."""
+        """Give back what closed connection *conn_id* consumed and held (its acks first)."""
         for queue in queues:
             self._publish_consumers(queue)
-        if self._table.requeue_connection(self._peers.id, conn_id):
+        with self._writing_acks:  # every ack taken for writing before this one is written
+            self._write_acks()
+            requeued = self._table.requeue_connection(self._peers.id, conn_id)
+        if requeued:
             self._ring_all()
 
     # Settling
@@ -164,31 +174,36 @@ class Tasks:
             return full
 
     def ack(self, delivery: Delivery) -> None:
+        """Settle *delivery* as done; the pump writes the ack (rule 3)."""
         full = self._settle(delivery)
         if full is None:
             return
-        try:
-            self._table.ack(delivery.message.seq, self._peers.id)
-        except exceptions.StorageError:
-            # e.g. a full disk: the task stays taken by this process; retry_acks tries again
-            with self._lock:
-                self._failed_acks.add(delivery.message.seq)
-            raise
-        if full:
+        with self._lock:
+            first = not self._acks
+            self._acks.add(delivery.message.seq)
+        if first or full:
             self._peers.ring_self(_doorbell.TASK)
 
-    def retry_acks(self) -> None:
-        """Write the acks that failed (rule 3)."""
-        with self._lock:
-            pending, self._failed_acks = self._failed_acks, set()
-        failed = set()
-        for task in sorted(pending):
+    def write_acks(self) -> None:
+        """Write the acks waiting, in one transaction (rule 3); those that cannot be written
+        wait for the next call (a warning says why)."""
+        with self._writing_acks:
             try:
-                self._table.ack(task, self._peers.id)
-            except exceptions.StorageError:
-                failed.add(task)
+                self._write_acks()
+            except exceptions.StorageError as exc:
+                _LOGGER.warning("could not write acks (retrying at the next wake-up): %s", exc)
+
+    def _write_acks(self) -> None:
         with self._lock:
-            self._failed_acks |= failed
+            pending, self._acks = self._acks, set()
+        if not pending:
+            return
+        try:
+            self._table.ack(sorted(pending), self._peers.id)
+        except exceptions.StorageError:
+            with self._lock:
+                self._acks |= pending
+            raise
 
     def requeue(self, delivery: Delivery, reject: bool = False) -> None:
         if self._settle(delivery) is None:
