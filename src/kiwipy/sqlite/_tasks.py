@@ -76,7 +76,7 @@ class Tasks:
         ids = self._table.publish(queue, rows)
         for message, id_ in zip(messages, ids):
             message.seq = id_
-        self._ring_all()
+        self._ring_all(queue)
 
     def cancel_task(self, message: Message) -> None:
         self._table.cancel_task(message.seq)
@@ -124,14 +124,16 @@ class Tasks:
         self, connection: Connection, queue: str, notify: Optional[Callable[[], None]] = None
     ) -> Optional[Delivery]:
         Connections.check(connection)
-        delivery = self._claims.pull(connection, queue)
-        if delivery is not None:
-            return delivery
-        if notify is not None:
+        if notify is not None:  # waiting before looking: a task queued meanwhile rings it
             with self._lock:
                 Connections.check(connection)
                 connection.waiters.append((queue, notify))
-        return None
+        delivery = self._claims.pull(connection, queue)
+        if delivery is not None and notify is not None:
+            with self._lock:
+                if (queue, notify) in connection.waiters:
+                    connection.waiters.remove((queue, notify))
+        return delivery
 
     def drop(self, connection: Connection) -> set[str]:
         """Cancel the consumers of closing *connection* and settle its deliveries (the lock
@@ -212,7 +214,7 @@ class Tasks:
         process = self._peers.id
         rejected_by = f"{process}.{consumer.tag}" if reject and consumer is not None else None
         self._table.requeue(delivery.message.seq, process, rejected_by)
-        self._ring_all()
+        self._ring_all(delivery.queue)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         full = self._settle(delivery)
@@ -228,6 +230,17 @@ class Tasks:
         waiting for a task (on the pump thread)."""
         self._claims.dispatch()
 
-    def _ring_all(self) -> None:
+    def _ring_all(self, queue: Optional[str] = None) -> None:
+        """Ring every peer, and this process's pump if it has a consumer or a pull waiting
+        for *queue* (``None``: any queue) to claim for."""
         self._peers.ring_peers(_doorbell.TASK)
-        self._peers.ring_self(_doorbell.TASK)
+        with self._lock:
+            wanted = any(
+                consumers for name, consumers in self._consumers.items() if queue in (None, name)
+            ) or any(
+                queue in (None, name)
+                for connection in self._connections.all()
+                for name, _ in connection.waiters
+            )
+        if wanted:
+            self._peers.ring_self(_doorbell.TASK)
