@@ -1,6 +1,6 @@
 """Doorbells (:mod:`kiwipy.sqlite._doorbell`): a ring is not lost when the receiver's queue is
-full of messages: on Linux the receiver makes up for a dropped one, elsewhere the ring waits
-for room, yet for a receiver that makes no room only once; and who is rung for a task."""
+full of messages, yet a receiver that makes no room is not waited for twice; and who is rung
+for a task."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import threading
 import time
 import uuid
 from typing import Any
-
-import pytest
 
 import kiwipy
 from kiwipy.sqlite import _doorbell
@@ -29,33 +27,6 @@ def _bells() -> tuple[Doorbell, Doorbell]:
     return Doorbell(f"test-{uuid.uuid4().hex}"), Doorbell(f"test-{uuid.uuid4().hex}")
 
 
-@pytest.fixture
-def patient(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rings as where the queue's length is unknown (not Linux): they wait for room."""
-    monkeypatch.setattr(_doorbell, "QUEUE_LENGTH", None)
-
-
-@pytest.mark.skipif(_doorbell.QUEUE_LENGTH is None, reason="the queue's length is unknown here")
-def test_a_ring_dropped_by_a_full_queue_makes_the_receiver_do_everything() -> None:
-    receiver, sender = _bells()
-    try:
-        queued = _full(receiver, sender)
-        assert queued >= _doorbell.QUEUE_LENGTH
-        start = time.monotonic()
-        assert sender.ring(receiver.name, _doorbell.RPC)  # dropped, at once
-        assert time.monotonic() - start < _doorbell.RING_WAIT / 2
-        kinds, messages = receiver.drain()
-        assert len(messages) == queued
-        assert kinds == _doorbell.ALL
-        # a drain of fewer datagrams than a full queue reports only what was rung
-        assert sender.ring(receiver.name, _doorbell.TASK)
-        assert receiver.drain()[0] == {_doorbell.TASK}
-    finally:
-        receiver.close()
-        sender.close()
-
-
-@pytest.mark.usefixtures("patient")
 def test_a_ring_waits_for_room_in_a_queue_full_of_messages() -> None:
     receiver, sender = _bells()
     try:
@@ -79,7 +50,6 @@ def test_a_ring_waits_for_room_in_a_queue_full_of_messages() -> None:
         sender.close()
 
 
-@pytest.mark.usefixtures("patient")
 def test_a_receiver_that_makes_no_room_is_waited_for_once() -> None:
     receiver, sender = _bells()
     try:

@@ -8,15 +8,10 @@ costs at most the slow safety poll, so a full socket buffer is not an error.
 
 A receiver's queue holds a fixed number of datagrams whatever their size (Linux:
 ``net.unix.max_dgram_qlen``, 10 by default), so a burst of messages fills it at once. A ring
-that finds it full must not be lost without a trace, which would leave the receiver to find
-the work at its next safety poll, seconds later. On Linux, where that number is known
-(:data:`QUEUE_LENGTH`), the ring is dropped at once and the receiver makes up for it: a
-drain that reads a full queue's worth of datagrams does every kind of work (a dropped ring
-means the queue was full, and the drain that empties it reads all of it). Rings go out on a
-socket of their own, so that messages in flight never fill the sender's buffer for them.
-Elsewhere a ring that finds the queue full waits for room (up to :data:`RING_WAIT`; the
-receiver's pump is draining it); a receiver that made no room in that time (a stopped
-process) is not waited for again until a ring reaches it without waiting.
+that finds it full waits for room (up to :data:`RING_WAIT`; the receiver's pump is draining
+it) rather than being dropped, which would leave the receiver to find the work at its next
+safety poll, seconds later. A receiver that made no room in that time (a stopped process) is
+not waited for again until a ring reaches it without waiting.
 
 A doorbell also carries small RPC requests and replies (:meth:`Doorbell.send`): a datagram
 of one kind byte (:data:`REQUEST`, :data:`ANSWER`), a 4-byte header length, a JSON header and
@@ -33,7 +28,7 @@ import socket
 import struct
 import sys
 import tempfile
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 __all__ = (
     "ALL",
@@ -43,7 +38,6 @@ __all__ = (
     "KINDS",
     "MAX_DATAGRAM",
     "PEERS",
-    "QUEUE_LENGTH",
     "REPLY",
     "REQUEST",
     "RPC",
@@ -62,22 +56,8 @@ REQUEST = b"Q"  # a datagram carrying an RPC request
 ANSWER = b"R"  # a datagram carrying a reply
 ANNOUNCE = b"B"  # a datagram carrying a broadcast
 
-#: Seconds a ring waits for room in a receiver's full queue where :data:`QUEUE_LENGTH` is
-#: unknown (module doc).
+#: Seconds a ring waits for room in a receiver's full queue (module doc).
 RING_WAIT = 0.1
-
-
-def _queue_length() -> Optional[int]:
-    try:
-        with open("/proc/sys/net/unix/max_dgram_qlen") as sysctl:
-            return int(sysctl.read())
-    except (OSError, ValueError):
-        return None
-
-
-#: The datagrams a receiver's queue holds (Linux's ``net.unix.max_dgram_qlen``, read when
-#: this module is imported, as sockets read it when created), or ``None`` where unknown.
-QUEUE_LENGTH = _queue_length() if sys.platform.startswith("linux") else None
 
 #: The largest datagram :meth:`Doorbell.send` sends (a larger message goes through the file).
 MAX_DATAGRAM = 64 * 1024
@@ -108,8 +88,6 @@ class Doorbell:
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)
         self._sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        self._ringer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # rings only
-        self._ringer.setblocking(False)
         # blocking, but for RING_WAIT at most (SO_SNDTIMEO): for a ring that found the
         # receiver's queue full
         self._patient = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -126,10 +104,8 @@ class Doorbell:
         :returns: ``False`` if nobody has that doorbell any more (its process is gone).
         """
         try:
-            self._ringer.sendto(kind, _address(name))
+            self._sender.sendto(kind, _address(name))
         except BlockingIOError:
-            if QUEUE_LENGTH is not None:
-                return True  # its queue is full: the drain that empties it does everything
             return self._ring_patiently(name, kind)
         except OSError as exc:
             if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
@@ -174,20 +150,15 @@ class Doorbell:
         self.ring(self.name, kind)
 
     def drain(self) -> tuple[set[bytes], list[tuple[bytes, dict[str, Any], bytes]]]:
-        """:returns: the kinds of every ring waiting (all of them after a full queue, whose
-        rings may have been dropped: module doc), and the messages waiting as ``(kind,
+        """:returns: the kinds of every ring waiting, and the messages waiting as ``(kind,
         header, body)`` (read without blocking)."""
         kinds: set[bytes] = set()
         messages: list[tuple[bytes, dict[str, Any], bytes]] = []
-        read = 0
         while True:
             try:
                 data = self._socket.recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
-                if QUEUE_LENGTH is not None and read >= QUEUE_LENGTH:
-                    kinds |= ALL
                 return kinds, messages
-            read += 1
             kind = data[:1]
             if kind in (REQUEST, ANSWER, ANNOUNCE) and len(data) > 5:
                 (size,) = _HEADER.unpack_from(data, 1)
@@ -202,7 +173,6 @@ class Doorbell:
     def close(self) -> None:
         self._socket.close()
         self._sender.close()
-        self._ringer.close()
         self._patient.close()
         if isinstance(self._address, str):
             try:
