@@ -127,3 +127,20 @@ async def test_submitted_calls_run_in_order_on_a_worker_from_any_thread(
     assert outcomes[5][0] is False and isinstance(outcomes[5][1], KeyError)
     assert all(on_worker for _, _, on_worker in outcomes)
     assert any("reporting a subscriber's outcome failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("tracing", [False, True])
+def test_a_communicator_without_broadcast_subscribers_takes_broadcasts_off_the_loop(
+    pair: tuple[Any, Any], tracing: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody to call: the broker's thread is told it is handled, the loop is not woken."""
+    monkeypatch.setattr(_tracing, "ENABLED", tracing)
+    _, receiver = pair
+    receiver_core = receiver.core
+    payload = receiver_core._codec.encode(
+        {"body": 1, "sender": None, "subject": None, "correlation_id": None}
+    )
+    assert receiver_core._broadcasts.on_broadcast_direct(payload) is True
+    receiver.add_broadcast_subscriber(lambda *_: None)
+    # with a subscriber: handed over without tracing, to the loop with it
+    assert receiver_core._broadcasts.on_broadcast_direct(payload) is (not tracing)

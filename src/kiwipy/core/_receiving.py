@@ -79,6 +79,8 @@ class BroadcastReceiver:
 
         :returns: whether it was handled (else it is to be posted to :meth:`on_broadcast`).
         """
+        if not self._subscribers:
+            return True  # nobody to call: the loop need not wake up for it
         if not self._direct or self._host._closed:
             return False
         subscribers = list(self._subscribers.values())
