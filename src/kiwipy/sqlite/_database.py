@@ -214,6 +214,12 @@ class Database:
             except sqlite3.Error as exc:
                 raise self.error(exc, "read") from exc
 
+    def data_version(self) -> int:
+        """:returns: SQLite's ``data_version`` on this thread's connection: a number that
+        changes when another connection commits to the file (compare it only with numbers
+        read on the same thread)."""
+        return int(self.read("PRAGMA data_version")[0][0])
+
     def initialise(self) -> None:
         """Put the file in WAL mode and create the tables (idempotent, safe to race)."""
         conn = self._fast()

@@ -56,6 +56,7 @@ class Peers:
         #: answers the RPCs of dead processes
         self.handler: Optional[GoneHandler] = None
         self._turn = 0
+        self._looked = threading.local()  # the file's version when this thread last looked
 
     def refresh(self) -> None:
         """Read the other processes on the file, and release those found dead."""
@@ -116,9 +117,13 @@ class Peers:
 
     def current(self) -> list[int]:
         """:returns: the ids of the peers on the file now (read again from the file, since
-        one may have joined an instant ago: its ring saying so may not be read yet)."""
-        if self._table.ids() != {*self._peers, self.id}:
-            self.refresh()
+        one may have joined an instant ago: its ring saying so may not be read yet; unless
+        nothing was written to the file since this thread last looked)."""
+        version = self._table.version()
+        if getattr(self._looked, "version", None) != version:
+            if self._table.ids() != {*self._peers, self.id}:
+                self.refresh()
+            self._looked.version = version
         return list(self._peers)
 
     def ring_self(self, kind: bytes) -> None:

@@ -38,6 +38,11 @@ class ProcessTable:
         """:returns: ``(id, pid, host, doorbell, lock, started)`` of every process row."""
         return self._db.read("SELECT id, pid, host, doorbell, lock, started FROM processes")
 
+    def version(self) -> int:
+        """:returns: a number that changes when another connection writes to the file (per
+        thread: :meth:`~._database.Database.data_version`)."""
+        return self._db.data_version()
+
     def ids(self) -> set[int]:
         """:returns: the id of every process row."""
         return {row[0] for row in self._db.read("SELECT id FROM processes")}
