@@ -99,8 +99,9 @@ class _HandlerDeadline(exceptions.DeadlineExceeded):
 
 def cut_short(outcome: Outcome) -> bool:
     """:returns: whether *outcome* is that of a handler :func:`bounded` cancelled at its
-    deadline. An RPC so cut short gets no reply: its caller's future failed with
-    :class:`~kiwipy.DeadlineExceeded` at the same moment, on its own."""
+    deadline. An RPC or a task so cut short gets no reply (the task is acknowledged): its
+    caller's future failed with :class:`~kiwipy.DeadlineExceeded` at the same moment, on
+    its own, and a reply racing that would fail it with a ``RemoteException`` instead."""
     return isinstance(outcome.value, _HandlerDeadline)
 
 

@@ -12,8 +12,11 @@ from unittest import mock
 import pytest
 
 import kiwipy
-from kiwipy import _deadlines
+from kiwipy import _deadlines, memory
+from kiwipy.core import DEFAULT_TASK_QUEUE
 from kiwipy.rmq.send import _outgoing
+
+from .._waits import wait_until
 
 
 def test_deadline_exceeded_is_a_kiwi_error_and_a_timeout_error() -> None:
@@ -109,3 +112,37 @@ async def test_an_expired_task_found_on_arrival_is_parked_not_run() -> None:
     (_, reason, error), _ = responder.park.call_args
     assert reason == "deadline-exceeded"
     assert isinstance(error, kiwipy.DeadlineExceeded)
+
+
+async def test_a_task_cut_short_at_its_deadline_is_acked_without_a_reply() -> None:
+    """Its sender's future fails with DeadlineExceeded on its own at that moment; a reply
+    saying the same would race it and could arrive first as a RemoteException."""
+    name = f"cut-short-{time.monotonic_ns()}"
+    worker = await memory.async_connect(f"memory://{name}")
+    sender = await memory.async_connect(f"memory://{name}")
+    replies: list[Any] = []
+    reply = worker._sender.reply
+
+    def recording(message: Any, response: Any) -> bool:
+        replies.append(response)
+        return bool(reply(message, response))
+
+    worker._sender.reply = recording  # type: ignore[method-assign]
+
+    async def slow(_comm: Any, task: Any) -> Any:
+        await asyncio.sleep(10)
+
+    try:
+        await worker.add_task_subscriber(slow)
+        future = await sender.task_send(1, timeout=0.2)
+        with pytest.raises(kiwipy.DeadlineExceeded):
+            await asyncio.wait_for(future, 5)
+        broker, queue = worker.broker, DEFAULT_TASK_QUEUE
+
+        acked = lambda: broker.queue_stats(queue) == (0, 0)  # noqa: E731
+        await asyncio.to_thread(wait_until, acked, "the task acknowledged", 5.0)
+        assert replies == []
+    finally:
+        await sender.disconnect()
+        await worker.disconnect()
+        memory.drop_broker(name)

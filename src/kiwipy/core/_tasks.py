@@ -76,10 +76,13 @@ class TaskHost(Protocol):
 
 
 def _conclude(host: TaskHost, delivery: Delivery, no_reply: bool, result: Outcome) -> None:
-    """Reply with a task's final outcome, then ack it (the order RabbitMQ tasks use)."""
+    """Reply with a task's final outcome, then ack it (the order RabbitMQ tasks use). A task
+    cut short at its deadline gets no reply, as an RPC does: its sender's future fails with
+    ``DeadlineExceeded`` at that moment on its own (:func:`kiwipy._deadlines.cut_short`)."""
     if host._closed:  # the task went back to its queue when the connection closed
         return
-    if no_reply or host._sender.reply(delivery.message, outcome_response(result)):
+    quiet = no_reply or _deadlines.cut_short(result)
+    if quiet or host._sender.reply(delivery.message, outcome_response(result)):
         host.broker.ack(delivery)
     else:
         host.broker.dead_letter(delivery, "its reply cannot be encoded")

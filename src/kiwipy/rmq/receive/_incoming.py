@@ -345,7 +345,9 @@ class RmqIncomingTask(IncomingTask):
             _LOGGER.warning(
                 "task raised %r", error, exc_info=(type(error), error, error.__traceback__)
             )
-        answered = self.no_reply or await self._responder.reply(
+        # cut short at its deadline: no reply, the sender's future failed on its own then
+        quiet = self.no_reply or _deadlines.cut_short(outcome)
+        answered = quiet or await self._responder.reply(
             self._message, _outcome.to_response(outcome)
         )
         if await self._end_run(answered):
