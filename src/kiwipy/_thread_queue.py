@@ -49,6 +49,12 @@ class ThreadTaskQueue:
     def task_send(
         self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
     ) -> Optional[concurrent.futures.Future[Any]]:
+        now = getattr(self._core, "task_send_now", None)  # the shared core's, on this thread
+        if now is not None:
+            direct: Optional[concurrent.futures.Future[Any]] = self._bridge.now(
+                now, task, no_reply, timeout=timeout
+            )
+            return direct
         send = functools.partial(self._core.task_send, timeout=timeout)
         result: Optional[concurrent.futures.Future[Any]] = self._bridge.send(send, task, no_reply)
         return result

@@ -60,18 +60,22 @@ def _block(comm: Any) -> threading.Event:
 def test_sends_do_not_wait_for_the_senders_loop(pair: tuple[Any, Any]) -> None:
     sender, receiver = pair
     receiver.add_task_subscriber(lambda _c, task: task * 2)
+    receiver.task_queue("named").add_task_subscriber(lambda _c, task: task * 3)
     receiver.add_rpc_subscriber(lambda _c, msg: msg + 1, "adder")
+    named = sender.task_queue("named")
     release = _block(sender)
     try:
         # through the loop, each would wait for it, past the call timeout
         task = sender.task_send(21)
+        other = named.task_send(2)
         call = sender.rpc_send("adder", 1)
         assert sender.task_send("quiet", no_reply=True) is None
         # the replies are matched on the sender's loop: not before it is free
-        assert not task.done() and not call.done()
+        assert not task.done() and not other.done() and not call.done()
     finally:
         release.set()
     assert task.result(WAIT) == 42
+    assert other.result(WAIT) == 6
     assert call.result(WAIT) == 2
 
 

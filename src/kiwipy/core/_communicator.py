@@ -201,12 +201,7 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
     ) -> Optional[concurrent.futures.Future[Any]]:
         """:meth:`task_send` from any thread, the thread facade's: the broker stores the task
         on the caller's thread, and the future is a thread-world one (:mod:`._sending`)."""
-        timeout = _deadlines.check_timeout(timeout)
-        connection = self._open()
-        payload = self._codec.encode((task, no_reply))
-        return self._sender.publish_task_now(
-            self._default_queue, payload, no_reply, connection, timeout
-        )
+        return self._send_task_now(self._default_queue, task, no_reply, timeout)
 
     async def task_send_many(
         self,
@@ -330,6 +325,14 @@ class AsyncBrokerCommunicator(AsyncCommunicator):
         connection = self._open()
         payload = self._codec.encode((task, no_reply))
         return self._sender.publish_task(queue, payload, no_reply, connection, timeout)
+
+    def _send_task_now(
+        self, queue: str, task: Any, no_reply: bool, timeout: Optional[float] = None
+    ) -> Optional[concurrent.futures.Future[Any]]:
+        timeout = _deadlines.check_timeout(timeout)
+        connection = self._open()
+        payload = self._codec.encode((task, no_reply))
+        return self._sender.publish_task_now(queue, payload, no_reply, connection, timeout)
 
 
 def _waiting_count(communicator: AsyncBrokerCommunicator) -> int:

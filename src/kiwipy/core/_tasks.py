@@ -16,6 +16,7 @@ Rules (the RabbitMQ transport follows the same ones):
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -74,6 +75,10 @@ class TaskHost(Protocol):
         self, queue: str, task: Any, no_reply: bool, timeout: Optional[float] = None
     ) -> Optional[asyncio.Future[Any]]: ...
 
+    def _send_task_now(
+        self, queue: str, task: Any, no_reply: bool, timeout: Optional[float] = None
+    ) -> Optional[concurrent.futures.Future[Any]]: ...
+
 
 def _conclude(host: TaskHost, delivery: Delivery, no_reply: bool, result: Outcome) -> None:
     """Reply with a task's final outcome, then ack it (the order RabbitMQ tasks use). A task
@@ -113,6 +118,13 @@ class BrokerTaskQueue(AsyncTaskQueue):
     ) -> Optional[asyncio.Future[Any]]:
         """Queue *task* here; see :meth:`~kiwipy.core.AsyncBrokerCommunicator.task_send`."""
         return self._comm._send_task(self._name, task, no_reply, timeout)
+
+    def task_send_now(
+        self, task: Any, no_reply: bool = False, *, timeout: Optional[float] = None
+    ) -> Optional[concurrent.futures.Future[Any]]:
+        """:meth:`task_send` from any thread, the thread facade's (see
+        :meth:`~kiwipy.core.AsyncBrokerCommunicator.task_send_now`)."""
+        return self._comm._send_task_now(self._name, task, no_reply, timeout)
 
     async def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
         """:raises DuplicateSubscriberIdentifier: if *identifier* is taken on this queue."""
