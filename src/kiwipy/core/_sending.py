@@ -12,7 +12,8 @@ Sending from another thread (the thread facade's tasks and RPCs): the message is
 handed to the broker on the caller's thread, which gets a thread-world future at once. Its
 registration is posted to the loop *before* the broker takes the message, and the broker
 posts the reply to that loop too, so the reply always finds it; a send that fails posts its
-removal after it.
+removal after it. Cancelling such a task's future marks the task cancelled on the
+cancelling thread itself, so a task sent after the cancel is taken after it.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class Sender:
             self._broker.publish(queue, message)
             return None
         target: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        expect = functools.partial(self._expect_outcome, queue, message)
+        expect = functools.partial(self._expect_outcome, queue, message, False)
         self._on_loop(connection, functools.partial(_follow, expect, target, connection))
         try:
             self._broker.publish(queue, message)
@@ -114,6 +115,8 @@ class Sender:
             raise
         if connection.closed:  # closing meanwhile: its loop may never run the registration
             _closed(target)
+        # a cancel marks the task on the cancelling thread, not later on the loop
+        target.add_done_callback(functools.partial(self._on_direct_task_done, queue, message))
         return target
 
     def _task_message(
@@ -130,20 +133,36 @@ class Sender:
     ) -> Optional[asyncio.Future[Any]]:
         return None if no_reply else self._expect_outcome(queue, message)
 
-    def _expect_outcome(self, queue: str, message: Message) -> asyncio.Future[Any]:
+    def _expect_outcome(
+        self, queue: str, message: Message, marks: bool = True
+    ) -> asyncio.Future[Any]:
+        """:param marks: whether cancelling the future marks the task cancelled (else the
+        thread-world future of a send from another thread does, on the cancelling thread)."""
         future = self._expect(message.correlation_id, _deadlines.remaining(message.deadline))
-        future.add_done_callback(functools.partial(self._on_task_done, queue, message))
+        future.add_done_callback(functools.partial(self._on_task_done, queue, message, marks))
         return future
 
-    def _on_task_done(self, queue: str, message: Message, future: asyncio.Future[Any]) -> None:
+    def _on_task_done(
+        self, queue: str, message: Message, marks: bool, future: asyncio.Future[Any]
+    ) -> None:
         """A task whose future its sender cancelled is not started any more: the broker
         marks it so for the worker that takes it; no reply is awaited for it."""
         if future.cancelled():
             self._forget(message.correlation_id)
-            try:
-                self._broker.cancel_task(queue, message)
-            except exceptions.KiwiError as exc:  # the worker will just run it
-                _LOGGER.warning("could not mark task %s cancelled: %s", message.correlation_id, exc)
+            if marks:
+                self._mark_cancelled(queue, message)
+
+    def _mark_cancelled(self, queue: str, message: Message) -> None:
+        try:
+            self._broker.cancel_task(queue, message)
+        except exceptions.KiwiError as exc:  # the worker will just run it
+            _LOGGER.warning("could not mark task %s cancelled: %s", message.correlation_id, exc)
+
+    def _on_direct_task_done(
+        self, queue: str, message: Message, target: concurrent.futures.Future[Any]
+    ) -> None:
+        if target.cancelled():  # at once: a send after the cancel comes after it
+            self._mark_cancelled(queue, message)
 
     # RPCs
 
