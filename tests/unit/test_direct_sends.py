@@ -7,6 +7,7 @@ written before a closing connection's tasks are given back (rule 3 of
 
 from __future__ import annotations
 
+import os
 import pathlib
 import threading
 import uuid
@@ -162,3 +163,23 @@ def test_sqlite_acks_are_written_by_the_pump(tmp_path: pathlib.Path) -> None:
         sender.close()
         worker.close()
         store.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+def test_sqlite_sends_from_many_short_lived_threads_do_not_leak_files(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Each thread that sends opens its own connections to the file; those of threads that
+    ended are closed when another thread opens its own."""
+    comm = kiwipy.connect(f"sqlite:///{tmp_path / 'threads.db'}")
+    try:
+        comm.task_send(0, no_reply=True)
+        before = len(os.listdir("/proc/self/fd"))
+        for n in range(100):
+            thread = threading.Thread(target=comm.task_send, args=(n,), kwargs={"no_reply": True})
+            thread.start()
+            thread.join()
+        # two connections per thread were kept until the communicator closed: 200 more
+        assert len(os.listdir("/proc/self/fd")) - before < 10
+    finally:
+        comm.close()

@@ -7,7 +7,8 @@ Rules:
 * WAL mode; every write is one ``BEGIN IMMEDIATE`` transaction (:meth:`Database.write`), so
   writers queue for the lock (up to ``busy_timeout``) instead of failing half-way, and
   readers never wait.
-* Two connections per thread: a *durable* one (``synchronous=FULL`` by default) that only
+* Two connections per thread (closed once their thread has ended, when another thread
+  opens one): a *durable* one (``synchronous=FULL`` by default) that only
   commits new tasks, and a *fast* one (``synchronous=NORMAL``) for everything else. In WAL
   mode the next durable commit makes every earlier commit durable too, and losing a fast
   commit to a power cut only ever redelivers a task (an ack, a claim) or loses a reply or an
@@ -106,6 +107,12 @@ def dumps(headers: Optional[dict[str, str]]) -> Optional[str]:
     return None if not headers else json.dumps(headers)
 
 
+def _close(conns: list[sqlite3.Connection]) -> None:
+    for conn in conns:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+
 class Database:
     """The database file at *path*, opened per thread.
 
@@ -119,7 +126,8 @@ class Database:
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # every connection opened, by the thread it belongs to
+        self._all: dict[threading.Thread, list[sqlite3.Connection]] = {}
         self._all_lock = threading.Lock()
 
     # Connections
@@ -136,7 +144,10 @@ class Database:
             raise self.error(exc, "open") from exc
         self._retrying(conn, f"PRAGMA synchronous={synchronous}", "open")
         with self._all_lock:
-            self._all.append(conn)
+            ended = [thread for thread in self._all if not thread.is_alive()]
+            gone = [each for thread in ended for each in self._all.pop(thread)]
+            self._all.setdefault(threading.current_thread(), []).append(conn)
+        _close(gone)  # those of threads that ended (any thread may send): no leak of files
         return conn
 
     def _fast(self) -> sqlite3.Connection:
@@ -154,10 +165,9 @@ class Database:
     def close(self) -> None:
         """Close every connection this store opened, on any thread."""
         with self._all_lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+            conns = [each for per_thread in self._all.values() for each in per_thread]
+            self._all = {}
+        _close(conns)
         self._local = threading.local()
 
     def error(self, exc: sqlite3.Error, doing: str) -> exceptions.StorageError:
