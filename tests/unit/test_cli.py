@@ -719,3 +719,17 @@ def test_inspect_watch_refuses_bad_numbers(output: Output, url: str, option: str
 def test_inspect_count_needs_watch(output: Output, url: str) -> None:
     assert cli.main(["inspect", "--count", "2", "--url", url]) != 0
     assert "--count goes with --watch" in output.read().err
+
+
+def test_shared_options_may_come_before_the_command(output: Output, url: str) -> None:
+    """``kiwipy --url URL COMMAND``, as many tools take their global options."""
+    assert cli.main(["--url", url, "rpc", "nobody", "--timeout", "1", "1"]) == 1
+    assert "nobody answers RPCs as 'nobody'" in one_error_line(output.read().err, "rpc")
+    output.err = ""
+    assert cli.main([f"--url={url}", "--encoder", "json", "send", "1"]) == 0
+    output.read().err = ""
+    assert cli.main(["--encoder", "pickle", "send", "1", "--url", url]) == 2
+    assert "invalid choice: 'pickle'" in one_error_line(output.read().err, "send")
+    parser = cli.build_parser()
+    assert cli._parse(parser, ["--url", url, "inspect"]).url == url
+    assert cli._parse(parser, ["inspect", "--url", url]).url == url

@@ -2,7 +2,8 @@
 
 Subcommands: ``demo``, ``send``, ``rpc``, ``broadcast``, ``worker``, ``serve``, ``listen``,
 ``inspect``, ``dead`` and ``move``; ``kiwipy <command> --help`` describes each. The broker URL
-comes from ``--url``, else the ``KIWIPY_URL`` environment variable, else the local RabbitMQ
+comes from ``--url`` (after the command, or before it: ``kiwipy --url URL inspect``), else the
+``KIWIPY_URL`` environment variable, else the local RabbitMQ
 (``amqp://guest:guest@127.0.0.1:5672/``); the demo defaults to a new SQLite file in a temporary
 folder, with its workers as processes of their own.
 
@@ -59,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """:returns: the parsed *argv*, with a body given after options between positionals
-    (``kiwipy rpc NAME --timeout 5 BODY``), which argparse alone refuses."""
+    (``kiwipy rpc NAME --timeout 5 BODY``), which argparse alone refuses, and the options
+    every command takes given before the command (``kiwipy --url URL inspect``)."""
+    argv = _shared_options_after_command(list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     if extra and len(extra) == 1 and getattr(args, "body", "") is None:
         if extra[0] == "-" or not extra[0].startswith("-"):
@@ -68,6 +71,29 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+#: The options every command takes, accepted before the command too.
+_SHARED = ("--url", "--encoder")
+
+
+def _shared_options_after_command(argv: list[str]) -> list[str]:
+    """:returns: *argv* with ``--url``/``--encoder`` (and their values) that come before the
+    command moved just after it; unchanged when no command follows them."""
+    moved: list[str] = []
+    rest = list(argv)
+    index = 0
+    while index < len(rest) and rest[index].startswith("-"):
+        name = rest[index].split("=", 1)[0]
+        if name not in _SHARED:
+            index += 1
+            continue
+        width = 1 if "=" in rest[index] else 2
+        moved.extend(rest[index : index + width])
+        del rest[index : index + width]
+    if not moved or index >= len(rest):
+        return argv
+    return [*rest[: index + 1], *moved, *rest[index + 1 :]]
 
 
 def _quiet_library_logs() -> logging.Handler:
