@@ -172,8 +172,12 @@ def expiration(timeout: float) -> str:
 
 def header_value(at: Optional[float]) -> str:
     """:returns: the deadline *at* as the :data:`HEADER` value: epoch seconds as a decimal
-    string (an AMQP float field may be single precision, which cannot hold the time)."""
-    return f"{at:.3f}"
+    string (an AMQP float field may be single precision, which cannot hold the time),
+    rounded *down* to the millisecond: the receiver's deadline is never later than the
+    caller's own timer (:func:`arm`), so a caller that has ``DeadlineExceeded`` knows the
+    request will not start any more."""
+    assert at is not None
+    return f"{math.floor(at * 1000) / 1000:.3f}"
 
 
 def from_headers(headers: Optional[Mapping[str, Any]]) -> Optional[float]:
