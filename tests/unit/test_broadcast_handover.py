@@ -19,6 +19,8 @@ import pytest
 from kiwipy import _tracing, memory
 from kiwipy._dispatch import Dispatcher
 
+from .._waits import block_loop
+
 #: Seconds any wait here may take (every one ends much sooner when things work).
 WAIT = 5.0
 
@@ -36,24 +38,21 @@ def pair() -> Iterator[tuple[Any, Any]]:
         memory.drop_broker(name)
 
 
+@pytest.fixture(params=[False, True], ids=["untraced", "traced"])
+def tracing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Tracing off (the hand-over is taken) and on (broadcasts go through the loop)."""
+    monkeypatch.setattr(_tracing, "ENABLED", request.param)
+    return bool(request.param)
+
+
 def _block(comm: Any) -> threading.Event:
     """Keep *comm*'s loop thread busy until the returned event is set."""
-    release, blocked = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        blocked.set()
-        release.wait(3 * WAIT)  # longer than any wait of the tests: released by them
-
-    comm.loop().call_soon_threadsafe(hold)
-    assert blocked.wait(WAIT)
-    return release
+    return block_loop(comm.loop(), WAIT)
 
 
-@pytest.mark.parametrize("tracing", [False, True])
 def test_a_blocked_loop_does_not_hold_back_broadcasts_without_tracing(
-    pair: tuple[Any, Any], tracing: bool, monkeypatch: pytest.MonkeyPatch
+    pair: tuple[Any, Any], tracing: bool
 ) -> None:
-    monkeypatch.setattr(_tracing, "ENABLED", tracing)
     sender, receiver = pair
     got = threading.Event()
     receiver.add_broadcast_subscriber(lambda _c, body, *_: got.set())
@@ -129,12 +128,10 @@ async def test_submitted_calls_run_in_order_on_a_worker_from_any_thread(
     assert any("reporting a subscriber's outcome failed" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("tracing", [False, True])
 def test_a_communicator_without_broadcast_subscribers_takes_broadcasts_off_the_loop(
-    pair: tuple[Any, Any], tracing: bool, monkeypatch: pytest.MonkeyPatch
+    pair: tuple[Any, Any], tracing: bool
 ) -> None:
     """Nobody to call: the broker's thread is told it is handled, the loop is not woken."""
-    monkeypatch.setattr(_tracing, "ENABLED", tracing)
     _, receiver = pair
     receiver_core = receiver.core
     payload = receiver_core._codec.encode(

@@ -131,7 +131,7 @@ async def test_a_task_cut_short_at_its_deadline_is_acked_without_a_reply() -> No
     worker._sender.reply = recording  # type: ignore[method-assign]
 
     async def slow(_comm: Any, task: Any) -> Any:
-        await asyncio.sleep(10)
+        await asyncio.Event().wait()  # never set: still running at the deadline, cut short
 
     try:
         await worker.add_task_subscriber(slow)

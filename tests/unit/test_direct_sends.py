@@ -21,7 +21,7 @@ from kiwipy import memory
 from kiwipy.core import DEFAULT_TASK_QUEUE
 from kiwipy.sqlite._store import Store
 
-from .._waits import wait_until
+from .._waits import block_loop, wait_until
 
 #: Seconds any wait here may take (every one ends much sooner when things work).
 WAIT = 5.0
@@ -47,15 +47,7 @@ def pair(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[tup
 
 def _block(comm: Any) -> threading.Event:
     """Keep *comm*'s loop thread busy until the returned event is set."""
-    release, blocked = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        blocked.set()
-        release.wait(3 * WAIT)  # longer than any wait of the tests: released by them
-
-    comm.loop().call_soon_threadsafe(hold)
-    assert blocked.wait(WAIT)
-    return release
+    return block_loop(comm.loop(), WAIT)
 
 
 def test_sends_do_not_wait_for_the_senders_loop(pair: tuple[Any, Any]) -> None:
@@ -165,7 +157,6 @@ def test_sqlite_acks_are_written_by_the_pump(tmp_path: pathlib.Path) -> None:
         store.close()
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
 def test_sqlite_sends_from_many_short_lived_threads_do_not_leak_files(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -174,12 +165,17 @@ def test_sqlite_sends_from_many_short_lived_threads_do_not_leak_files(
     comm = kiwipy.connect(f"sqlite:///{tmp_path / 'threads.db'}")
     try:
         comm.task_send(0, no_reply=True)
-        before = len(os.listdir("/proc/self/fd"))
+        before = _open_files()
         for n in range(100):
             thread = threading.Thread(target=comm.task_send, args=(n,), kwargs={"no_reply": True})
             thread.start()
             thread.join()
         # two connections per thread were kept until the communicator closed: 200 more
-        assert len(os.listdir("/proc/self/fd")) - before < 10
+        assert _open_files() - before < 10
     finally:
         comm.close()
+
+
+def _open_files() -> int:
+    """:returns: how many files this process has open (``/dev/fd``: Linux and macOS)."""
+    return len(os.listdir("/dev/fd"))

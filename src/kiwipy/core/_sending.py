@@ -73,7 +73,7 @@ class Sender:
         :returns: the future of its outcome, unless *no_reply*."""
         message = self._task_message(queue, payload, connection, timeout)
         self._broker.publish(queue, message)
-        return self._expect_task(queue, message, no_reply, timeout)
+        return self._expect_task(queue, message, no_reply)
 
     def publish_tasks(
         self,
@@ -88,7 +88,7 @@ class Sender:
         :returns: the futures of their outcomes (``None`` each with *no_reply*)."""
         messages = [self._task_message(queue, p, connection, timeout) for p in payloads]
         self._broker.publish_many(queue, messages)
-        return [self._expect_task(queue, m, no_reply, timeout) for m in messages]
+        return [self._expect_task(queue, m, no_reply) for m in messages]
 
     def publish_task_now(
         self,
@@ -105,16 +105,12 @@ class Sender:
         if no_reply:
             self._broker.publish(queue, message)
             return None
-        target: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        expect = functools.partial(self._expect_outcome, queue, message, False)
-        self._on_loop(connection, functools.partial(_follow, expect, target, connection))
-        try:
-            self._broker.publish(queue, message)
-        except BaseException:
-            self._on_loop(connection, functools.partial(self._forget, message.correlation_id))
-            raise
-        if connection.closed:  # closing meanwhile: its loop may never run the registration
-            _closed(target)
+        target = self._send_from_thread(
+            connection,
+            message.correlation_id,
+            functools.partial(self._expect_outcome, queue, message, False),
+            functools.partial(self._broker.publish, queue, message),
+        )
         # a cancel marks the task on the cancelling thread, not later on the loop
         target.add_done_callback(functools.partial(self._on_direct_task_done, queue, message))
         return target
@@ -129,7 +125,7 @@ class Sender:
         return message
 
     def _expect_task(
-        self, queue: str, message: Message, no_reply: bool, timeout: Optional[float]
+        self, queue: str, message: Message, no_reply: bool
     ) -> Optional[asyncio.Future[Any]]:
         return None if no_reply else self._expect_outcome(queue, message)
 
@@ -173,13 +169,10 @@ class Sender:
 
         :returns: the future of its reply.
         :raises UnroutableError: if nobody holds *key*."""
-        correlation_id = str(uuid.uuid4())
-        payload = self._codec.traced(payload, "rpc", key, correlation_id)
-        message = Message(payload, correlation_id, connection)
-        message.deadline = _deadlines.absolute(timeout)
+        message = self._rpc_message(key, payload, connection, timeout)
         self._broker.send_rpc(key, message)
         # Replies are posted to this loop, so none can arrive before the future is registered.
-        return self._expect_rpc(key, correlation_id, message.deadline)
+        return self._expect_rpc(key, message.correlation_id, message.deadline)
 
     def send_rpc_now(
         self, key: str, payload: Payload, connection: Connection, timeout: Optional[float] = None
@@ -188,21 +181,22 @@ class Sender:
 
         :returns: the thread-world future of its reply.
         :raises UnroutableError: if nobody holds *key*."""
+        message = self._rpc_message(key, payload, connection, timeout)
+        return self._send_from_thread(
+            connection,
+            message.correlation_id,
+            functools.partial(self._expect_rpc, key, message.correlation_id, message.deadline),
+            functools.partial(self._broker.send_rpc, key, message),
+        )
+
+    def _rpc_message(
+        self, key: str, payload: Payload, connection: Connection, timeout: Optional[float]
+    ) -> Message:
         correlation_id = str(uuid.uuid4())
         payload = self._codec.traced(payload, "rpc", key, correlation_id)
         message = Message(payload, correlation_id, connection)
         message.deadline = _deadlines.absolute(timeout)
-        target: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        expect = functools.partial(self._expect_rpc, key, correlation_id, message.deadline)
-        self._on_loop(connection, functools.partial(_follow, expect, target, connection))
-        try:
-            self._broker.send_rpc(key, message)
-        except BaseException:
-            self._on_loop(connection, functools.partial(self._forget, correlation_id))
-            raise
-        if connection.closed:  # closing meanwhile: its loop may never run the registration
-            _closed(target)
-        return target
+        return message
 
     def _expect_rpc(
         self, key: str, correlation_id: str, deadline: Optional[float]
@@ -281,6 +275,26 @@ class Sender:
     def fail_all(self, exc: BaseException) -> None:
         """Fail every future still waiting for a reply with *exc*."""
         self._replies.fail_all(exc)
+
+    def _send_from_thread(
+        self,
+        connection: Connection,
+        correlation_id: str,
+        expect: Callable[[], asyncio.Future[Any]],
+        send: Callable[[], None],
+    ) -> concurrent.futures.Future[Any]:
+        """``send()`` on this thread, its reply registered with ``expect()`` on the loop first
+        (module doc). :returns: the thread-world future of the reply."""
+        target: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._on_loop(connection, functools.partial(_follow, expect, target, connection))
+        try:
+            send()
+        except BaseException:
+            self._on_loop(connection, functools.partial(self._forget, correlation_id))
+            raise
+        if connection.closed:  # closing meanwhile: its loop may never run the registration
+            _closed(target)
+        return target
 
     @staticmethod
     def _on_loop(connection: Connection, callback: Callable[[], None]) -> None:

@@ -6,8 +6,9 @@ system call) and drains before the ack returns: a system call per consumed messa
 quarter of a busy consumer's time. :func:`ack` adds the same frame (each delivery is still
 acknowledged on its own, never with ``multiple``) to the channel's item in the writer's
 queue, which acks and publishes that follow join until the writer takes it
-(:func:`kiwipy.rmq.connection._aiormq_boundary.join_frames`). The returned future resolves, as ``basic_ack`` returns, once
-that item was drained to the socket.
+(:func:`kiwipy.rmq.connection._aiormq_boundary.join_frames`, the one module that reaches
+into aiormq). The returned future resolves, as ``basic_ack`` returns, once that item was
+drained to the socket.
 """
 
 from __future__ import annotations
